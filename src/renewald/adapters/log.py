@@ -1,0 +1,46 @@
+"""The `log` adapter: writes the payload to the log and reports it delivered.
+
+It is the dry-run adapter: point a conversation link's `target_kind` at `log` (or enqueue
+with `--target-kind log`) to see what renewald would send without sending anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from renewald.adapters.base import Delivery, Outcome
+
+_log = structlog.get_logger("renewald.adapters.log")
+
+
+class LogAdapter:
+    kind = "log"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self._include_payload = bool((settings or {}).get("include_payload", True))
+
+    def target_key(self, delivery: Delivery) -> str:
+        return f"log:{delivery.conversation.local_id}"
+
+    def deliver(self, delivery: Delivery) -> Outcome:
+        fields: dict[str, Any] = {
+            "job_id": delivery.job_id,
+            "attempt_id": delivery.attempt_id,
+            "attempt": delivery.attempt,
+            "conversation": delivery.conversation.local_id,
+            "payload_kind": delivery.payload_kind,
+        }
+        if self._include_payload:
+            fields["payload"] = delivery.payload
+        _log.info("delivery_logged", **fields)
+        return Outcome.delivered(summary=f"logged {len(delivery.payload)} chars")
+
+    def close(self) -> None:
+        pass
+
+
+def factory(settings: Mapping[str, Any]) -> LogAdapter:
+    return LogAdapter(settings)

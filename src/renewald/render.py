@@ -1,0 +1,64 @@
+"""Output for people: tables, times in local time with a relative hint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from renewald.durations import format_duration
+
+
+def relative(ms: int, now: int) -> str:
+    delta = (ms - now) / 1000
+    if abs(delta) < 1:
+        return "now"
+    text = format_duration(abs(delta))
+    text = _coarse(text)
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def _coarse(text: str) -> str:
+    """Keep the two largest units: "1d2h3m4s" -> "1d2h"."""
+    parts, current = [], ""
+    for ch in text:
+        current += ch
+        if ch.isalpha() and not (ch == "m" and current.endswith("ms")):
+            parts.append(current)
+            current = ""
+    if current:
+        parts.append(current)
+    return "".join(parts[:2])
+
+
+def when(ms: int | None, now: int) -> str:
+    """Local time and how far it is from now: "2026-11-24 10:03:05 (in 4m)"."""
+    if ms is None:
+        return "-"
+    local = datetime.fromtimestamp(ms / 1000).astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S} ({relative(ms, now)})"
+
+
+def short_when(ms: int | None, now: int) -> str:
+    return "-" if ms is None else relative(ms, now)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def truncate(text: str | None, width: int) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False, default=str)

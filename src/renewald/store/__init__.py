@@ -1,0 +1,20 @@
+"""The store: schema, migrations, engines and every query renewald runs."""
+
+from __future__ import annotations
+
+from renewald.store.migrate import HEAD, check_schema, migrate
+from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob
+from renewald.store.store import Store
+
+__all__ = [
+    "HEAD",
+    "Attempt",
+    "AttemptResult",
+    "ClaimedJob",
+    "Job",
+    "Link",
+    "NewJob",
+    "Store",
+    "check_schema",
+    "migrate",
+]

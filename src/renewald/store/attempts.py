@@ -1,0 +1,84 @@
+"""Recording attempts: the attempt row and the job's next state, fenced, together or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, insert, update
+
+from renewald.store.models import AttemptResult
+from renewald.store.schema import local_conversations, renewal_job_attempts, renewal_jobs
+
+jobs = renewal_jobs
+
+
+def _fenced(job_id: str, lease_token: int):  # type: ignore[no-untyped-def]
+    """Every write that ends, retries, extends or rescues a job matches the lease it holds."""
+    return (
+        jobs.c.job_id == job_id,
+        jobs.c.status == "running",
+        jobs.c.lease_token == lease_token,
+    )
+
+
+def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: int) -> list[bool]:
+    """Apply each result if its lease still holds; returns, per result, whether it did.
+
+    A result whose fence matches nothing writes nothing at all, not even its attempt row:
+    the job was taken away (rescued, cancelled, reset by the tracker) and its new holder's
+    record is the one that counts.
+    """
+    applied: list[bool] = []
+    attempt_rows = []
+    for r in results:
+        values: dict[str, object] = {
+            "status": r.status,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "next_attempt_at": r.next_attempt_at,
+            "last_error": r.error_message,
+            "updated_at": now,
+        }
+        if r.log_path is not None:
+            values["log_path"] = r.log_path
+        if r.status in ("done", "failed"):
+            values["finished_at"] = r.finished_at
+            values["terminal_reason"] = r.terminal_reason
+        if r.refund_attempt:
+            values["attempt_count"] = jobs.c.attempt_count - 1
+        matched = conn.execute(
+            update(jobs).where(*_fenced(r.job_id, r.lease_token)).values(**values)
+        ).rowcount
+        applied.append(matched == 1)
+        if matched != 1:
+            continue
+        if r.cooldown_until is not None and r.local_conversation_id is not None:
+            conn.execute(
+                update(local_conversations)
+                .where(local_conversations.c.local_conversation_id == r.local_conversation_id)
+                .values(cooldown_until=r.cooldown_until, updated_at=now)
+            )
+        attempt_rows.append(
+            {
+                "attempt_id": r.attempt_id,
+                "job_id": r.job_id,
+                "attempt_no": r.attempt_no,
+                "lease_owner": r.lease_owner,
+                "lease_token": r.lease_token,
+                "adapter": r.adapter,
+                "target": r.target,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "duration_ms": max(0, r.finished_at - r.started_at),
+                "outcome": r.outcome,
+                "error_class": r.error_class,
+                "error_message": r.error_message,
+                "response_summary": r.response_summary,
+                "next_attempt_at": r.next_attempt_at,
+                "decision": r.decision,
+                "decision_reason": r.decision_reason,
+            }
+        )
+    if attempt_rows:
+        conn.execute(insert(renewal_job_attempts), attempt_rows)
+    return applied

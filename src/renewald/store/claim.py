@@ -1,0 +1,163 @@
+"""Claiming due jobs: one UPDATE … RETURNING per batch, in two dialect twins.
+
+Both pick at most one job per conversation in a batch and none for a conversation that
+already has a running job ("one at a time per conversation", across all daemons).
+
+SQLite serializes writers: the claim runs inside `BEGIN IMMEDIATE`, so the running-job
+check sees every earlier claim.
+
+PostgreSQL runs claims concurrently, and READ COMMITTED gives each statement a snapshot
+taken when it starts: two daemons claiming at the same moment would each miss the
+other's fresh claim and could both start a job of the same conversation. SKIP LOCKED only
+keeps them off the same *row*. So each claim first takes a transaction-level advisory
+lock: claims (a few milliseconds each) queue behind each other, and the UPDATE's
+snapshot, taken after the lock, sees every committed claim. SKIP LOCKED still keeps a
+claim from waiting on rows that a finishing or rescuing transaction holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, exists, func, select, text, update
+
+from renewald.store.jobs import due_condition
+from renewald.store.models import ClaimedJob, Job, Link
+from renewald.store.schema import conversation_links, local_conversations, renewal_jobs
+
+jobs = renewal_jobs
+_PG_CLAIM_LOCK = 0x636C616D  # "clam"
+
+# How many due rows one claim looks at to fill a batch with distinct conversations.
+SCAN_FACTOR = 4
+
+
+def _candidates(now: int, limit: int, dispatch_statuses: Sequence[str], *, skip_locked: bool):
+    running = jobs.alias("running")
+    busy = exists().where(
+        running.c.local_conversation_id == jobs.c.local_conversation_id,
+        running.c.status == "running",
+    )
+    scan = (
+        select(
+            jobs.c.job_id,
+            jobs.c.local_conversation_id,
+            jobs.c.next_attempt_at,
+            jobs.c.created_at,
+        )
+        .where(due_condition(now, dispatch_statuses), ~busy)
+        .order_by(jobs.c.next_attempt_at, jobs.c.created_at)
+        .limit(limit * SCAN_FACTOR)
+    )
+    if skip_locked:
+        scan = scan.with_for_update(skip_locked=True)
+    scan = scan.subquery("scan")
+    ranked = select(
+        scan.c.job_id,
+        scan.c.next_attempt_at,
+        scan.c.created_at,
+        func.row_number()
+        .over(
+            partition_by=scan.c.local_conversation_id,
+            order_by=(scan.c.next_attempt_at, scan.c.created_at),
+        )
+        .label("rn"),
+    ).subquery("ranked")
+    return (
+        select(ranked.c.job_id)
+        .where(ranked.c.rn == 1)
+        .order_by(ranked.c.next_attempt_at, ranked.c.created_at)
+        .limit(limit)
+    )
+
+
+def _claim_update(candidates, *, owner: str, now: int, lease_ms: int):  # type: ignore[no-untyped-def]
+    return (
+        update(jobs)
+        .where(jobs.c.job_id.in_(candidates), jobs.c.status == "pending")
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + lease_ms,
+            lease_token=jobs.c.lease_token + 1,
+            attempt_count=jobs.c.attempt_count + 1,
+            started_at=now,
+            last_attempt_at=now,
+            updated_at=now,
+        )
+        .returning(*jobs.c)
+    )
+
+
+def claim_due_jobs_sqlite(
+    conn: Connection,
+    *,
+    owner: str,
+    now: int,
+    lease_ms: int,
+    limit: int,
+    dispatch_statuses: Sequence[str],
+) -> list[Job]:
+    candidates = _candidates(now, limit, dispatch_statuses, skip_locked=False)
+    rows = conn.execute(_claim_update(candidates, owner=owner, now=now, lease_ms=lease_ms))
+    return [Job.from_row(r) for r in rows.mappings()]
+
+
+def claim_due_jobs_postgresql(
+    conn: Connection,
+    *,
+    owner: str,
+    now: int,
+    lease_ms: int,
+    limit: int,
+    dispatch_statuses: Sequence[str],
+) -> list[Job]:
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIM_LOCK})
+    candidates = _candidates(now, limit, dispatch_statuses, skip_locked=True)
+    rows = conn.execute(_claim_update(candidates, owner=owner, now=now, lease_ms=lease_ms))
+    return [Job.from_row(r) for r in rows.mappings()]
+
+
+def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
+    """Attach each claimed job's conversation platform and active link (latest observed)."""
+    if not claimed:
+        return []
+    ids = sorted({j.local_conversation_id for j in claimed})
+    platforms = dict(
+        conn.execute(
+            select(
+                local_conversations.c.local_conversation_id, local_conversations.c.platform
+            ).where(local_conversations.c.local_conversation_id.in_(ids))
+        ).all()
+    )
+    links: dict[str, Link] = {}
+    link_rows = conn.execute(
+        select(conversation_links)
+        .where(
+            conversation_links.c.local_conversation_id.in_(ids),
+            conversation_links.c.is_active == 1,
+        )
+        .order_by(conversation_links.c.observed_at.desc(), conversation_links.c.link_id)
+    ).mappings()
+    for row in link_rows:
+        links.setdefault(
+            row["local_conversation_id"],
+            Link(
+                platform=row["platform"],
+                remote_conversation_id=row["remote_conversation_id"],
+                page_url=row["page_url"],
+                client_id=row["client_id"],
+                target_kind=row["target_kind"],
+                target_id=row["target_id"],
+                target_payload=row["target_payload"],
+            ),
+        )
+    ordered = sorted(claimed, key=lambda j: (j.next_attempt_at or 0, j.created_at, j.job_id))
+    return [
+        ClaimedJob(
+            job=j,
+            platform=platforms.get(j.local_conversation_id),
+            link=links.get(j.local_conversation_id),
+        )
+        for j in ordered
+    ]

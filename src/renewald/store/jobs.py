@@ -1,0 +1,144 @@
+"""Job queries the CLI and the daemon share: insert, get, list, what is due and when."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from renewald.errors import DuplicateJob
+from renewald.store.models import Attempt, Job, NewJob
+from renewald.store.schema import (
+    local_conversations,
+    renewal_job_attempts,
+    renewal_jobs,
+)
+
+jobs = renewal_jobs
+convs = local_conversations
+
+
+def ensure_conversation(
+    conn: Connection, *, conversation_id: str, platform: str, status: str, now: int
+) -> bool:
+    """Create the conversation row when missing; returns whether it was created."""
+    found = conn.execute(
+        select(convs.c.local_conversation_id).where(
+            convs.c.local_conversation_id == conversation_id
+        )
+    ).first()
+    if found:
+        return False
+    conn.execute(
+        insert(convs).values(
+            local_conversation_id=conversation_id,
+            platform=platform,
+            automation_status=status,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return True
+
+
+def insert_job(conn: Connection, *, job: NewJob, now: int) -> None:
+    clash = conn.execute(
+        select(jobs.c.job_id, jobs.c.message_id).where(
+            or_(jobs.c.job_id == job.job_id, jobs.c.message_id == job.message_id)
+        )
+    ).first()
+    if clash:
+        what = f"job id {job.job_id}" if clash.job_id == job.job_id else f"message {job.message_id}"
+        raise DuplicateJob(f"{what} already has a job ({clash.job_id})")
+    try:
+        conn.execute(
+            insert(jobs).values(
+                job_id=job.job_id,
+                local_conversation_id=job.local_conversation_id,
+                message_id=job.message_id,
+                status="pending",
+                payload=job.payload,
+                payload_kind=job.payload_kind,
+                target_snapshot=job.target_snapshot,
+                target_kind=job.target_kind,
+                attempt_count=0,
+                max_attempts=job.max_attempts,
+                next_attempt_at=job.next_attempt_at,
+                deadline_at=job.deadline_at,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    except IntegrityError as exc:  # lost a race with another writer of the same ids
+        raise DuplicateJob(f"job {job.job_id} or message {job.message_id} already exists") from exc
+
+
+def get_job(conn: Connection, job_id: str) -> Job | None:
+    row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
+    return Job.from_row(row) if row else None
+
+
+def list_jobs(
+    conn: Connection,
+    *,
+    statuses: Sequence[str] = (),
+    conversation: str | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    query = select(jobs)
+    if statuses:
+        query = query.where(jobs.c.status.in_(statuses))
+    if conversation:
+        query = query.where(jobs.c.local_conversation_id == conversation)
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id).limit(limit)
+    return [Job.from_row(r) for r in conn.execute(query).mappings()]
+
+
+def list_attempts(conn: Connection, job_id: str) -> list[Attempt]:
+    query = (
+        select(renewal_job_attempts)
+        .where(renewal_job_attempts.c.job_id == job_id)
+        .order_by(renewal_job_attempts.c.attempt_no, renewal_job_attempts.c.started_at)
+    )
+    return [Attempt.from_row(r) for r in conn.execute(query).mappings()]
+
+
+def dispatch_allowed(now: int, dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
+    """The conversation gate of the due rule: no conversation row, or one that allows dispatch
+    and is not cooling down (DESIGN §2)."""
+    gate = convs.alias("gate")
+    blocked = exists().where(
+        gate.c.local_conversation_id == jobs.c.local_conversation_id,
+        or_(
+            gate.c.automation_status.not_in(list(dispatch_statuses)),
+            gate.c.cooldown_until > now,
+        ),
+    )
+    return ~blocked
+
+
+def due_condition(now: int, dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
+    return and_(
+        jobs.c.status == "pending",
+        jobs.c.next_attempt_at <= now,
+        dispatch_allowed(now, dispatch_statuses),
+    )
+
+
+def count_due(conn: Connection, *, now: int, dispatch_statuses: Sequence[str]) -> int:
+    query = select(func.count()).select_from(jobs).where(due_condition(now, dispatch_statuses))
+    return int(conn.execute(query).scalar_one())
+
+
+def next_due_at(conn: Connection, *, now: int) -> int | None:
+    """The earliest future `next_attempt_at` of a pending job that could then be dispatched.
+
+    Read straight off `idx_renewal_jobs_status_due`: `min()` over the index range is one
+    seek. Conversation gates are not applied: a wake-up for a gated job claims nothing and
+    costs one poll, while applying them here would cost a scan.
+    """
+    query = select(func.min(jobs.c.next_attempt_at)).where(
+        jobs.c.status == "pending", jobs.c.next_attempt_at > now
+    )
+    return conn.execute(query).scalar()

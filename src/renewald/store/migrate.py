@@ -1,0 +1,74 @@
+"""`renewald migrate` and the schema check every other command runs first.
+
+Alembic keeps its bookkeeping in renewald's own version table, so a tracker that uses
+Alembic itself is never confused. The known revisions are listed here so that the
+check at start-up is one SELECT, not an import of every migration script.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, inspect, text
+
+from renewald.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
+
+VERSION_TABLE = "renewald_schema_version"
+REVISIONS: tuple[str, ...] = ("0001",)
+HEAD = REVISIONS[-1]
+SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
+_PG_MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs
+
+
+def alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Create or upgrade the schema in one transaction; returns (before, after) revisions."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
+        before = (
+            conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            if inspect(conn).has_table(VERSION_TABLE)
+            else None
+        )
+        if before is not None and before not in REVISIONS:
+            raise SchemaTooNew(
+                f"the database schema is at revision {before}, newer than this renewald "
+                f"knows (up to {HEAD}): upgrade renewald"
+            )
+        if before != HEAD:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    return before, HEAD
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise the error that tells the operator what to do when the schema is not current."""
+    revision = current_revision(engine)
+    if revision is None:
+        raise SchemaMissing("the database has no renewald schema: run `renewald migrate`")
+    if revision not in REVISIONS:
+        raise SchemaTooNew(
+            f"the database schema is at revision {revision}, newer than this renewald "
+            f"knows (up to {HEAD}): upgrade renewald"
+        )
+    if revision != HEAD:
+        raise SchemaOutdated(
+            f"the database schema is at revision {revision}, this renewald needs {HEAD}: "
+            "run `renewald migrate`"
+        )

@@ -1,0 +1,143 @@
+"""Plain rows the store hands out: no ORM, no lazy loading, safe to pass between threads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    local_conversation_id: str
+    message_id: str
+    status: str
+    payload: str
+    payload_kind: str
+    target_snapshot: str | None
+    attempt_count: int
+    max_attempts: int
+    next_attempt_at: int | None
+    last_attempt_at: int | None
+    last_error: str | None
+    log_path: str | None
+    started_at: int | None
+    finished_at: int | None
+    created_at: int
+    updated_at: int
+    lease_owner: str | None = None
+    lease_expires_at: int | None = None
+    lease_token: int = 0
+    terminal_reason: str | None = None
+    deadline_at: int | None = None
+    target_kind: str | None = None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Job:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Link:
+    """The conversation's active link: where its messages go."""
+
+    platform: str | None
+    remote_conversation_id: str | None
+    page_url: str | None
+    client_id: str | None
+    target_kind: str | None
+    target_id: str | None
+    target_payload: str | None
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this daemon now holds: the row as claimed, its conversation and its link."""
+
+    job: Job
+    platform: str | None
+    link: Link | None
+
+    @property
+    def lease_token(self) -> int:
+        return self.job.lease_token
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempt_id: str
+    job_id: str
+    attempt_no: int
+    lease_owner: str | None
+    lease_token: int | None
+    adapter: str | None
+    target: str | None
+    started_at: int
+    finished_at: int
+    duration_ms: int | None
+    outcome: str
+    error_class: str | None
+    error_message: str | None
+    response_summary: str | None
+    next_attempt_at: int | None
+    decision: str | None
+    decision_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Attempt:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One finished attempt and what it does to its job, written together or not at all.
+
+    `status` is the job's next status: 'done', 'pending' (retry at `next_attempt_at`)
+    or 'failed' (with `terminal_reason`). `refund_attempt` gives the attempt back to the
+    job's budget (a deferral that never reached the target, such as an open breaker).
+    """
+
+    attempt_id: str
+    job_id: str
+    attempt_no: int
+    lease_owner: str
+    lease_token: int
+    adapter: str | None
+    target: str | None
+    started_at: int
+    finished_at: int
+    outcome: str
+    status: str
+    next_attempt_at: int | None = None
+    terminal_reason: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    response_summary: str | None = None
+    decision: str | None = None
+    decision_reason: str | None = None
+    log_path: str | None = None
+    refund_attempt: bool = False
+    cooldown_until: int | None = None
+    local_conversation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_id: str
+    local_conversation_id: str
+    message_id: str
+    payload: str
+    payload_kind: str = "text"
+    target_snapshot: str | None = None
+    target_kind: str | None = None
+    max_attempts: int = 3
+    next_attempt_at: int | None = None
+    deadline_at: int | None = None

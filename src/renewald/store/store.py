@@ -1,0 +1,271 @@
+"""The store: every SQL statement renewald runs goes through here.
+
+Each public method is one transaction. Writes on SQLite open with `BEGIN IMMEDIATE`
+(see `engine.py`); a busy database (the tracker writing) or a dropped PostgreSQL
+connection is retried with short jittered backoff, because a transaction here is all or
+nothing and running it again is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from renewald.errors import DatabaseError
+from renewald.store import attempts, claim, daemons, jobs, leases
+from renewald.store.engine import READ_ONLY, make_engine, sqlite_path
+from renewald.store.migrate import check_schema
+from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
+
+T = TypeVar("T")
+_log = logging.getLogger("renewald.store")
+
+# How long a transaction keeps retrying a busy/locked database or a lost connection.
+RETRY_FOR = 30.0
+SLOW_RETRY = 1.0
+
+_TRANSIENT_PG = ("40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006")
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    message = str(orig).lower()
+    if "database is locked" in message or "database is busy" in message:
+        return True
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _TRANSIENT_PG:
+        return True
+    return isinstance(exc, OperationalError) and (
+        "server closed the connection" in message
+        or (
+            "connection" in message
+            and ("refused" in message or "terminat" in message or "lost" in message)
+        )
+    )
+
+
+class Store:
+    def __init__(self, engine: Engine, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._sleep = sleep
+        self._claim = (
+            claim.claim_due_jobs_postgresql
+            if self.dialect == "postgresql"
+            else claim.claim_due_jobs_sqlite
+        )
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        pool_size: int = 5,
+        create: bool = False,
+    ) -> Store:
+        """Open the database at `url`. Without `create`, a SQLite file that does not exist
+        is an error rather than a new empty database."""
+        path = sqlite_path(url)
+        if path is not None:
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.exists():
+                raise DatabaseError(f"no database at {path}: run `renewald migrate` to create it")
+        engine = make_engine(
+            url, busy_timeout=busy_timeout, synchronous=synchronous, pool_size=pool_size
+        )
+        store = cls(engine)
+        store.ping()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ----------------------------------------------------------------
+
+    def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+        started = time.monotonic()
+        delay = 0.005
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                if write:
+                    with self.engine.begin() as conn:
+                        result = fn(conn)
+                else:
+                    with self.engine.connect() as conn:
+                        conn = conn.execution_options(**{READ_ONLY: True})
+                        with conn.begin():
+                            result = fn(conn)
+                waited = time.monotonic() - started
+                if tries > 1 and waited >= SLOW_RETRY:
+                    _log.warning(
+                        "database busy: transaction succeeded after %d tries in %.1fs",
+                        tries,
+                        waited,
+                    )
+                return result
+            except DBAPIError as exc:
+                if not _is_transient(exc) or time.monotonic() - started > RETRY_FOR:
+                    raise
+                self._sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.5)
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        return self._run(fn, write=True)
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        return self._run(fn, write=False)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A raw write transaction, for callers composing several store functions at once."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        try:
+            self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
+        except DBAPIError as exc:
+            raise DatabaseError(f"cannot reach the database: {_first_line(exc.orig)}") from None
+
+    def check_schema(self) -> None:
+        check_schema(self.engine)
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        job: NewJob,
+        now: int,
+        platform: str = "renewald",
+        conversation_status: str = "auto",
+    ) -> Job:
+        """Insert a job, creating its conversation row (`auto`) when missing."""
+
+        def tx(conn: Connection) -> Job:
+            jobs.ensure_conversation(
+                conn,
+                conversation_id=job.local_conversation_id,
+                platform=platform,
+                status=conversation_status,
+                now=now,
+            )
+            jobs.insert_job(conn, job=job, now=now)
+            found = jobs.get_job(conn, job.job_id)
+            assert found is not None
+            return found
+
+        return self.write(tx)
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self.read(lambda conn: jobs.get_job(conn, job_id))
+
+    def list_jobs(
+        self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        return self.read(
+            lambda conn: jobs.list_jobs(
+                conn, statuses=statuses, conversation=conversation, limit=limit
+            )
+        )
+
+    def list_attempts(self, job_id: str) -> list[Attempt]:
+        return self.read(lambda conn: jobs.list_attempts(conn, job_id))
+
+    def count_due(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> int:
+        return self.read(
+            lambda conn: jobs.count_due(conn, now=now, dispatch_statuses=dispatch_statuses)
+        )
+
+    def next_due_at(self, *, now: int) -> int | None:
+        return self.read(lambda conn: jobs.next_due_at(conn, now=now))
+
+    # -- the daemon's writes ---------------------------------------------------------
+
+    def claim_due_jobs(
+        self,
+        *,
+        owner: str,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+    ) -> list[ClaimedJob]:
+        def tx(conn: Connection) -> list[ClaimedJob]:
+            claimed = self._claim(
+                conn,
+                owner=owner,
+                now=now,
+                lease_ms=lease_ms,
+                limit=limit,
+                dispatch_statuses=dispatch_statuses,
+            )
+            return claim.load_targets(conn, claimed)
+
+        return self.write(tx)
+
+    def record_results(self, results: Sequence[AttemptResult], *, now: int) -> list[bool]:
+        if not results:
+            return []
+        return self.write(lambda conn: attempts.record_results(conn, results, now=now))
+
+    def extend_leases(
+        self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
+    ) -> list[str]:
+        if not held:
+            return []
+        return self.write(
+            lambda conn: leases.extend_leases(
+                conn, owner=owner, held=held, now=now, lease_ms=lease_ms
+            )
+        )
+
+    def release_jobs(self, *, held: Sequence[tuple[str, int]], now: int) -> list[bool]:
+        if not held:
+            return []
+        return self.write(lambda conn: leases.release_jobs(conn, held=held, now=now))
+
+    def find_abandoned(self, *, now: int, stale_before: int, limit: int = 100) -> list[Job]:
+        return self.read(
+            lambda conn: leases.find_abandoned(
+                conn, now=now, stale_before=stale_before, limit=limit
+            )
+        )
+
+    # -- the daemon registry ---------------------------------------------------------
+
+    def register_daemon(self, *, owner: str, host: str, pid: int, version: str, now: int) -> None:
+        self.write(
+            lambda conn: daemons.register_daemon(
+                conn, owner=owner, host=host, pid=pid, version=version, now=now
+            )
+        )
+
+    def heartbeat_daemon(self, *, owner: str, now: int, status: str | None = None) -> bool:
+        return self.write(
+            lambda conn: daemons.heartbeat_daemon(conn, owner=owner, now=now, status=status)
+        )
+
+    def unregister_daemon(self, *, owner: str) -> None:
+        self.write(lambda conn: daemons.unregister_daemon(conn, owner=owner))
+
+    def list_daemons(self) -> list[daemons.DaemonRow]:
+        return self.read(daemons.list_daemons)
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return str(exc).strip().splitlines()[0] if exc and str(exc).strip() else repr(exc)

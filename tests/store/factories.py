@@ -1,0 +1,71 @@
+"""Row factories for store tests: `make_job(store, **overrides)`."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from sqlalchemy import insert, update
+
+from renewald.store import Job, NewJob, Store
+from renewald.store.schema import conversation_links, local_conversations
+
+T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
+_seq = itertools.count(1)
+
+
+def make_conversation(
+    store: Store, conversation_id: str | None = None, *, status: str = "auto", **values: Any
+) -> str:
+    cid = conversation_id or f"conv-{next(_seq)}"
+    row = {
+        "local_conversation_id": cid,
+        "platform": "claude",
+        "automation_status": status,
+        "created_at": T0,
+        "updated_at": T0,
+        **values,
+    }
+    store.write(lambda conn: conn.execute(insert(local_conversations).values(**row)))
+    return cid
+
+
+def set_conversation(store: Store, conversation_id: str, **values: Any) -> None:
+    store.write(
+        lambda conn: conn.execute(
+            update(local_conversations)
+            .where(local_conversations.c.local_conversation_id == conversation_id)
+            .values(**values)
+        )
+    )
+
+
+def make_link(store: Store, conversation_id: str, **values: Any) -> str:
+    link_id = values.pop("link_id", f"link-{next(_seq)}")
+    row = {
+        "link_id": link_id,
+        "local_conversation_id": conversation_id,
+        "platform": "claude",
+        "remote_conversation_id": f"remote-{link_id}",
+        "target_kind": "log",
+        "is_active": 1,
+        "observed_at": T0,
+        "created_at": T0,
+        "updated_at": T0,
+        **values,
+    }
+    store.write(lambda conn: conn.execute(insert(conversation_links).values(**row)))
+    return link_id
+
+
+def make_job(store: Store, *, now: int = T0, **overrides: Any) -> Job:
+    n = next(_seq)
+    fields: dict[str, Any] = {
+        "job_id": f"job-{n}",
+        "local_conversation_id": overrides.pop("conversation", None) or f"conv-j{n}",
+        "message_id": f"msg-{n}",
+        "payload": f"keepalive {n}",
+        "next_attempt_at": now,
+    }
+    fields.update(overrides)
+    return store.enqueue(job=NewJob(**fields), now=now)

@@ -33,6 +33,9 @@ __all__ = [
 
 BUILTIN: dict[str, str] = {
     "log": "renewald.adapters.log:factory",
+    "browser.proxy_delivery": "renewald.adapters.bridge:factory",
+    "http.webhook": "renewald.adapters.webhook:factory",
+    "command": "renewald.adapters.command:factory",
 }
 
 

@@ -35,10 +35,11 @@ def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: i
             "status": r.status,
             "lease_owner": None,
             "lease_expires_at": None,
-            "next_attempt_at": r.next_attempt_at,
             "last_error": r.error_message,
             "updated_at": now,
         }
+        if r.status == "pending":
+            values["next_attempt_at"] = r.next_attempt_at
         if r.log_path is not None:
             values["log_path"] = r.log_path
         if r.status in ("done", "failed"):

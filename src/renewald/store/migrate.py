@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from renewald.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
 
@@ -28,11 +28,10 @@ def alembic_config() -> AlembicConfig:
     return cfg
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+def current_revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def migrate(engine: Engine) -> tuple[str | None, str]:
@@ -40,11 +39,7 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
-        before = (
-            conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-            if inspect(conn).has_table(VERSION_TABLE)
-            else None
-        )
+        before = current_revision(conn)
         if before is not None and before not in REVISIONS:
             raise SchemaTooNew(
                 f"the database schema is at revision {before}, newer than this renewald "
@@ -57,9 +52,12 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     return before, HEAD
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(conn: Connection | Engine) -> None:
     """Raise the error that tells the operator what to do when the schema is not current."""
-    revision = current_revision(engine)
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            return check_schema(c)
+    revision = current_revision(conn)
     if revision is None:
         raise SchemaMissing("the database has no renewald schema: run `renewald migrate`")
     if revision not in REVISIONS:

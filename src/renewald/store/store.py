@@ -8,13 +8,13 @@ nothing and running it again is safe.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
+import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -25,7 +25,7 @@ from renewald.store.migrate import check_schema
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
 
 T = TypeVar("T")
-_log = logging.getLogger("renewald.store")
+_log = structlog.get_logger("renewald.store")
 
 # How long a transaction keeps retrying a busy/locked database or a lost connection.
 RETRY_FOR = 30.0
@@ -111,11 +111,7 @@ class Store:
                             result = fn(conn)
                 waited = time.monotonic() - started
                 if tries > 1 and waited >= SLOW_RETRY:
-                    _log.warning(
-                        "database busy: transaction succeeded after %d tries in %.1fs",
-                        tries,
-                        waited,
-                    )
+                    _log.warning("database.busy", tries=tries, waited=f"{waited:.1f}s")
                 return result
             except DBAPIError as exc:
                 if not _is_transient(exc) or time.monotonic() - started > RETRY_FOR:
@@ -142,7 +138,7 @@ class Store:
             raise DatabaseError(f"cannot reach the database: {_first_line(exc.orig)}") from None
 
     def check_schema(self) -> None:
-        check_schema(self.engine)
+        self.read(check_schema)
 
     # -- jobs ------------------------------------------------------------------------
 

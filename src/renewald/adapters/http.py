@@ -1,0 +1,455 @@
+"""What the HTTP adapters share: the request body, one client, the total deadline, and
+the mapping from an HTTP response to an `Outcome` (DESIGN §3).
+
+The adapters themselves are `renewald.adapters.bridge` (browser.proxy_delivery) and
+`renewald.adapters.webhook` (http.webhook).
+
+**The total deadline.** httpx's timeouts are per phase: a read timeout bounds each
+`recv`, so a server that trickles one byte a second never trips it. `HttpSender`
+therefore runs its client on `DeadlineTransport`, an httpcore connection pool whose
+network streams clamp every connect, TLS handshake, write and read to the time left
+before the request's deadline (kept in a context variable set around the request, so
+it belongs to the calling thread). When no time is left the next I/O raises the
+ordinary httpcore timeout, which httpx reports as `ReadTimeout`, `WriteTimeout` or
+`ConnectTimeout`. No watchdog thread is needed, and the cut-off connection is
+discarded by the pool like any other failed connection. The limits: name resolution
+(`getaddrinfo`) cannot be interrupted, and waiting for a free pooled connection is
+bounded by the pool timeout (= the total) before the deadline applies.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpcore
+import httpx
+
+from renewald import __version__
+from renewald.adapters.allowlist import HostAllowList
+from renewald.adapters.base import Delivery, Outcome
+from renewald.durations import format_duration, parse_duration
+from renewald.errors import ConfigError
+from renewald.redact import redact_text
+
+DEFAULT_TIMEOUT = "10s"
+DEFAULT_CONNECT_TIMEOUT = "3s"
+USER_AGENT = f"renewald/{__version__}"
+# Only an excerpt of the body is ever used; reading stops here.
+BODY_LIMIT = 64 * 1024
+EXCERPT_CHARS = 200
+# 408 Request Timeout, 409 Conflict (e.g. the conversation is busy), 423 Locked,
+# 425 Too Early: the same request may succeed later.
+RETRY_STATUSES = frozenset({408, 409, 423, 425})
+
+Clock = Callable[[], float]
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def setting_duration(settings: Mapping[str, Any], key: str, default: str, *, section: str) -> float:
+    """Seconds in `settings[key]` ("10s", or a bare number of seconds); ConfigError if bad."""
+    raw = settings.get(key, default)
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    elif isinstance(raw, str):
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{section} {key}: {exc}") from None
+    else:
+        raise ConfigError(f'{section} {key}: expected a duration such as "10s", got {raw!r}')
+    if seconds <= 0:
+        raise ConfigError(f"{section} {key}: must be more than zero")
+    return seconds
+
+
+def setting_int(settings: Mapping[str, Any], key: str, default: int, *, section: str) -> int:
+    """A positive integer in `settings[key]`; ConfigError if bad."""
+    raw = settings.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ConfigError(f"{section} {key}: expected a whole number of at least 1, got {raw!r}")
+    return raw
+
+
+# --- the total deadline ---------------------------------------------------------------
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "renewald_http_deadline", default=None
+)
+
+
+def _clamp(timeout: float | None, timeout_error: type[Exception]) -> float | None:
+    """`timeout` shortened to what is left of the current request's total deadline."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise timeout_error("total timeout exceeded")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# Most specific first: the first match wins.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+class _MappedErrors:
+    """Re-raise httpcore's exceptions as httpx's, as httpx's own transport does."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            return
+        for source, target in _HTTPCORE_ERRORS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _MappedErrors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport on a connection pool whose I/O honours `_deadline`.
+
+    No proxies and no environment: outbound hosts are allow-listed, and a proxy from
+    `HTTP_PROXY` would send the request somewhere the allow-list never saw.
+    """
+
+    def __init__(self, limits: httpx.Limits | None = None) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._pool = httpcore.ConnectionPool(
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _MappedErrors():
+            response = self._pool.handle_request(core_request)
+        assert isinstance(response.stream, Iterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --- request and response -------------------------------------------------------------
+
+
+class BadPayload(ValueError):
+    """The job's payload cannot be sent as its payload_kind says."""
+
+
+def request_body(delivery: Delivery) -> bytes:
+    """The bridge request body (DESIGN §3) as the exact bytes sent (and signed)."""
+    if delivery.payload_kind == "json":
+        try:
+            payload: Any = json.loads(delivery.payload)
+        except ValueError as exc:
+            raise BadPayload(f"payload is not valid JSON: {exc}") from None
+    elif delivery.payload_kind == "text":
+        payload = delivery.payload
+    else:
+        raise BadPayload(f"unsupported payload_kind {delivery.payload_kind!r}")
+    conversation = delivery.conversation
+    body = {
+        "job_id": delivery.job_id,
+        "attempt": delivery.attempt,
+        "conversation": {
+            "local_id": conversation.local_id,
+            "platform": conversation.platform,
+            "remote_id": conversation.remote_id,
+            "page_url": conversation.page_url,
+        },
+        "target": dict(delivery.target),
+        "payload": payload,
+        "payload_kind": delivery.payload_kind,
+    }
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # NaN/Infinity in a json payload: not JSON on the wire
+        raise BadPayload(f"payload cannot be sent as JSON: {exc}") from None
+    return text.encode("utf-8")
+
+
+def request_headers(delivery: Delivery) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "Idempotency-Key": delivery.job_id,
+        "X-Renewald-Attempt": str(delivery.attempt),
+    }
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC with no claim about local time
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _excerpt(body: bytes) -> str:
+    text = " ".join(body[: EXCERPT_CHARS * 20].decode("utf-8", "replace").split())
+    # Redact before cutting, so a cut cannot leave half a secret unrecognised.
+    text = redact_text(text) or ""
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+def outcome_for_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, size: str, now: float
+) -> Outcome:
+    """Map one HTTP response to an outcome (DESIGN §3).
+
+    `headers` must be case-insensitive (`httpx.Headers`); `body` is what was read of the
+    body, `size` says how much that was.
+    """
+    summary = f"HTTP {status}, {size}"
+    error_class = f"HTTP{status}"
+    if 200 <= status < 300:
+        return Outcome.delivered(summary)
+    if 300 <= status < 400:
+        location = headers.get("location")
+        where = f"to {redact_text(location)}" if location else "without a Location"
+        return Outcome.permanent(
+            f"redirect not followed: {status} {where}", summary=summary, error_class=error_class
+        )
+    excerpt = _excerpt(body)
+    reason = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
+    after = parse_retry_after(headers.get("retry-after"), now)
+    if status == 429 or (status == 503 and after is not None):
+        return Outcome.rate_limited(reason, after=after, summary=summary)
+    if status in RETRY_STATUSES or 500 <= status < 600:
+        return Outcome.retry(reason, after=after, summary=summary, error_class=error_class)
+    if 400 <= status < 500:
+        return Outcome.permanent(reason, summary=summary, error_class=error_class)
+    return Outcome.retry(
+        f"unexpected HTTP status {status}", summary=summary, error_class=error_class
+    )
+
+
+def check_url(url: object, allow: HostAllowList, *, what: str = "target url") -> httpx.URL | str:
+    """The parsed URL when it may be contacted, else why not (a redacted sentence)."""
+    if not isinstance(url, str) or not url.strip():
+        return f"{what} is missing"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return f"{what} is not a valid URL: {redact_text(url)}"
+    if parsed.scheme not in ("http", "https"):
+        return f"{what} must be http or https: {redact_text(url)}"
+    if not parsed.host:
+        return f"{what} has no host: {redact_text(url)}"
+    if not allow.allows(parsed.host):
+        return f"host {parsed.host} is not in [adapters.http] allow_hosts"
+    return parsed
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    total: float
+    connect: float
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, section: str) -> Timeouts:
+        return cls(
+            total=setting_duration(settings, "timeout", DEFAULT_TIMEOUT, section=section),
+            connect=setting_duration(
+                settings, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, section=section
+            ),
+        )
+
+
+class HttpSender:
+    """One `httpx.Client` (connection reuse, safe to share between worker threads), the
+    allow-list, and the total deadline: `post` turns one request into one `Outcome`.
+    """
+
+    def __init__(self, allow: HostAllowList, *, clock: Clock = time.time) -> None:
+        self.allow = allow
+        self._clock = clock
+        self._client = httpx.Client(
+            transport=DeadlineTransport(),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+
+    def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> Outcome:
+        """POST `body` to `url`. Never raises for anything the target does."""
+        checked = check_url(url, self.allow)
+        if isinstance(checked, str):
+            return Outcome.permanent(checked, error_class="BadTarget")
+        deadline = time.monotonic() + timeouts.total
+        token = _deadline.set(deadline)
+        try:
+            with self._client.stream(
+                "POST",
+                checked,
+                content=body,
+                headers=headers,
+                timeout=httpx.Timeout(timeouts.total, connect=timeouts.connect),
+            ) as response:
+                data, size = _read_some(response)
+                return outcome_for_response(
+                    response.status_code, response.headers, data, size=size, now=self._clock()
+                )
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(_timeout_reason(exc, timeouts), error_class=type(exc).__name__)
+        except httpx.HTTPError as exc:
+            detail = redact_text(str(exc)) or ""
+            name = type(exc).__name__
+            return Outcome.retry(f"{name}: {detail}" if detail else name, error_class=name)
+        finally:
+            _deadline.reset(token)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _timeout_reason(exc: httpx.TimeoutException, timeouts: Timeouts) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {format_duration(min(timeouts.connect, timeouts.total))}"
+    if isinstance(exc, httpx.PoolTimeout):
+        return f"no free connection within {format_duration(timeouts.total)}"
+    return f"no complete response within {format_duration(timeouts.total)}"
+
+
+def _read_some(response: httpx.Response) -> tuple[bytes, str]:
+    """Up to BODY_LIMIT bytes of the body, and a description of its size.
+
+    The status alone decides the outcome: a body that breaks off (the deadline, a reset)
+    only shortens the excerpt, so a 2xx whose body never finishes is still delivered.
+    """
+    chunks: list[bytes] = []
+    count = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            count += len(chunk)
+            if count > BODY_LIMIT:
+                return b"".join(chunks)[:BODY_LIMIT], f"more than {BODY_LIMIT} bytes"
+    except httpx.HTTPError as exc:
+        return b"".join(chunks), f"{count} bytes, then {type(exc).__name__}"
+    return b"".join(chunks), f"{count} bytes"

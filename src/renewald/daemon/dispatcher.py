@@ -1,0 +1,456 @@
+"""Claim, dispatch, record: the part of the daemon that moves jobs.
+
+Claimed jobs go to a bounded pool of delivery threads (`workers`). Each finished
+attempt becomes an `AttemptResult`; one recorder thread writes results in batches — the
+job update and the attempt row in one fenced transaction — and appends their JSONL lines
+right after the commit. A result whose fence matched nothing is logged `lease.lost` and
+changes nothing.
+
+The dispatcher never reads the clock on its own: every time comes from the injected
+clock, and every periodic duty takes `now`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from renewald.adapters import AdapterRegistry, Outcome
+from renewald.clock import Clock
+from renewald.daemon.backoff import Decision, RetryPolicy, decide
+from renewald.daemon.summary import Summary
+from renewald.daemon.target import build_delivery, target_kind_of
+from renewald.logging import JobLog
+from renewald.redact import redact_value
+from renewald.store import AttemptResult, ClaimedJob, Store
+
+_log = structlog.get_logger("renewald.daemon")
+
+RECORD_BATCH = 256
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    workers: int = 8
+    batch: int = 32
+    lease_ms: int = 60_000
+    dispatch_statuses: tuple[str, ...] = ("auto",)
+    cooldown_ms: int = 0
+    max_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    claimed: int
+    next_due_at: int | None
+    more_waiting: bool
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        adapters: AdapterRegistry,
+        job_log: JobLog,
+        clock: Clock,
+        owner: str,
+        settings: DispatchSettings,
+        policy: RetryPolicy,
+        summary: Summary | None = None,
+        rand: random.Random | None = None,
+        on_capacity: Callable[[], None] | None = None,
+        on_record: Callable[[int], None] | None = None,
+        on_retry: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.adapters = adapters
+        self.job_log = job_log
+        self.clock = clock
+        self.owner = owner
+        self.settings = settings
+        self.policy = policy
+        self.summary = summary or Summary()
+        self._rand = rand or random.Random()
+        self._on_capacity = on_capacity
+        self._on_record = on_record
+        self._on_retry = on_retry
+        self.capacity = settings.workers + settings.batch
+        self._held: dict[str, int] = {}
+        self._started: set[str] = set()
+        self._held_lock = threading.Condition()
+        self._tasks: queue.Queue[ClaimedJob | None] = queue.Queue()
+        self._results: queue.Queue[AttemptResult | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._claimed_total = 0
+        self._threads: list[threading.Thread] = []
+        self.fatal: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        for n in range(self.settings.workers):
+            self._spawn(self._deliver_loop, f"renewald-worker-{n}")
+        self._spawn(self._record_loop, "renewald-recorder")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # a dead duty must end the process (supervisor restarts)
+                self.fatal = exc
+                _log.critical(
+                    "daemon.duty_died",
+                    thread=threading.current_thread().name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=True,
+                )
+                with self._held_lock:
+                    self._held_lock.notify_all()
+                if self._on_capacity:
+                    self._on_capacity()
+
+        return run
+
+    def stop_claiming(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def held(self) -> list[tuple[str, int]]:
+        with self._held_lock:
+            return list(self._held.items())
+
+    def in_flight(self) -> int:
+        with self._held_lock:
+            return len(self._started)
+
+    def holding(self) -> int:
+        with self._held_lock:
+            return len(self._held)
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is held (every claimed job recorded or released)."""
+        with self._held_lock:
+            return (
+                self._held_lock.wait_for(lambda: not self._held or self.fatal is not None, timeout)
+                and self.fatal is None
+            )
+
+    def wait_for_capacity(self, timeout: float) -> None:
+        with self._held_lock:
+            self._held_lock.wait_for(
+                lambda: len(self._held) < self.capacity or self.fatal is not None, timeout
+            )
+
+    def close(self, *, now: int) -> list[str]:
+        """Stop the threads; give back jobs claimed but never started. Returns released ids."""
+        self._stopping.set()
+        released = self.release_unstarted(now=now)
+        for _ in range(self.settings.workers):
+            self._tasks.put(None)
+        self._results.put(None)
+        for thread in self._threads:
+            if thread.name == "renewald-recorder":
+                thread.join(timeout=10)
+        self.job_log.flush()
+        return released
+
+    # -- polling ---------------------------------------------------------------------
+
+    def poll_once(self, now: int) -> PollResult:
+        """Claim what fits in the free capacity; say when to look again."""
+        if self._stopping.is_set() or self.fatal is not None:
+            return PollResult(0, None, False)
+        room = self.capacity - self.holding()
+        limit = min(self.settings.batch, room)
+        if self.settings.max_jobs is not None:
+            limit = min(limit, self.settings.max_jobs - self._claimed_total)
+        if limit <= 0:
+            return PollResult(0, None, room <= 0)
+        claimed = self.store.claim_due_jobs(
+            owner=self.owner,
+            now=now,
+            lease_ms=self.settings.lease_ms,
+            limit=limit,
+            dispatch_statuses=self.settings.dispatch_statuses,
+        )
+        self._claimed_total += len(claimed)
+        with self._held_lock:
+            for c in claimed:
+                self._held[c.job.job_id] = c.lease_token
+        for c in claimed:
+            self._tasks.put(c)
+        if len(claimed) == limit:
+            return PollResult(len(claimed), now, True)
+        return PollResult(len(claimed), self.store.next_due_at(now=now), False)
+
+    @property
+    def claimed_total(self) -> int:
+        return self._claimed_total
+
+    def exhausted(self) -> bool:
+        """True once `max_jobs` jobs have been claimed."""
+        return self.settings.max_jobs is not None and self._claimed_total >= self.settings.max_jobs
+
+    # -- heartbeat -------------------------------------------------------------------
+
+    def extend_leases(self, now: int) -> list[str]:
+        """Extend the lease of every job held; jobs whose lease was taken are let go."""
+        held = self.held()
+        lost = self.store.extend_leases(
+            owner=self.owner, held=held, now=now, lease_ms=self.settings.lease_ms
+        )
+        for job_id in lost:
+            self.job_log.log(
+                "lease.lost",
+                now_ms=now,
+                job_id=job_id,
+                owner=self.owner,
+                reason="lease could not be extended: the job was taken away",
+            )
+            _log.warning("lease.lost", job_id=job_id, owner=self.owner, during="heartbeat")
+        return lost
+
+    def release_unstarted(self, *, now: int) -> list[str]:
+        with self._held_lock:
+            unstarted = [(j, t) for j, t in self._held.items() if j not in self._started]
+            for job_id, _ in unstarted:
+                del self._held[job_id]
+            self._held_lock.notify_all()
+        if not unstarted:
+            return []
+        flags = self.store.release_jobs(held=unstarted, now=now)
+        released = [j for (j, _), ok in zip(unstarted, flags, strict=True) if ok]
+        for job_id in released:
+            self.job_log.log(
+                "job.released",
+                now_ms=now,
+                job_id=job_id,
+                owner=self.owner,
+                reason="shutting down before the delivery started",
+            )
+        self.job_log.flush()
+        return released
+
+    # -- delivering ------------------------------------------------------------------
+
+    def _deliver_loop(self) -> None:
+        while True:
+            claimed = self._tasks.get()
+            if claimed is None:
+                return
+            with self._held_lock:
+                if self._stopping.is_set() or claimed.job.job_id not in self._held:
+                    continue  # released at shutdown
+                self._started.add(claimed.job.job_id)
+            self._results.put(self.attempt(claimed))
+
+    def attempt(self, claimed: ClaimedJob) -> AttemptResult:
+        """Run one attempt of a claimed job and decide what becomes of the job."""
+        job = claimed.job
+        attempt_id = uuid.uuid4().hex
+        started = self.clock.now_ms()
+        kind = target_kind_of(claimed)
+        outcome: Outcome
+        target_text: str | None = None
+        if job.deadline_at is not None and started > job.deadline_at:
+            outcome = Outcome.permanent(
+                "the deadline passed before the attempt", error_class="DeadlinePassed"
+            )
+        else:
+            planned = build_delivery(claimed, attempt_id=attempt_id)
+            if isinstance(planned, Outcome):
+                outcome = planned
+            else:
+                target_text = json.dumps(redact_value(dict(planned.target)), sort_keys=True)
+                adapter = self.adapters.get(planned.target_kind)
+                if adapter is None:
+                    outcome = Outcome.permanent(
+                        f"no adapter for target kind {planned.target_kind!r} "
+                        f"(known: {', '.join(self.adapters.kinds())})",
+                        error_class="UnknownTargetKind",
+                    )
+                else:
+                    outcome = self._deliver(adapter, planned)
+        finished = self.clock.now_ms()
+        expired = outcome.error_class == "DeadlinePassed"
+        decision = (
+            Decision("failed", None, "expired", "failed", outcome.reason or "deadline passed")
+            if expired
+            else decide(
+                self.policy,
+                outcome=outcome.kind.value,
+                attempt_no=job.attempt_count,
+                max_attempts=job.max_attempts,
+                now=finished,
+                after=outcome.after,
+                reason=outcome.reason,
+                deadline_at=job.deadline_at,
+                rand=self._rand,
+            )
+        )
+        delivered = decision.status == "done"
+        return AttemptResult(
+            attempt_id=attempt_id,
+            job_id=job.job_id,
+            attempt_no=job.attempt_count,
+            lease_owner=self.owner,
+            lease_token=job.lease_token,
+            adapter=kind,
+            target=target_text,
+            started_at=started,
+            finished_at=finished,
+            outcome="expired" if expired else outcome.kind.value,
+            status=decision.status,
+            next_attempt_at=decision.next_attempt_at,
+            terminal_reason=decision.terminal_reason,
+            error_class=None if delivered else outcome.error_class,
+            error_message=None if delivered else outcome.reason,
+            response_summary=outcome.summary,
+            decision=decision.decision,
+            decision_reason=decision.reason,
+            log_path=self.job_log.path_for(finished),
+            cooldown_until=finished + self.settings.cooldown_ms
+            if delivered and self.settings.cooldown_ms > 0
+            else None,
+            local_conversation_id=job.local_conversation_id,
+        )
+
+    def _deliver(self, adapter, delivery) -> Outcome:  # type: ignore[no-untyped-def]
+        try:
+            return adapter.deliver(delivery)
+        except Exception as exc:  # an adapter bug must not take the daemon down
+            _log.error(
+                "adapter.crashed",
+                adapter=delivery.target_kind,
+                job_id=delivery.job_id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+            return Outcome.retry(
+                f"adapter raised {type(exc).__name__}: {exc}", error_class=type(exc).__name__
+            )
+
+    # -- recording -------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        closing = False
+        while not closing:
+            first = self._results.get()
+            if first is None:
+                closing = True
+                batch: list[AttemptResult] = []
+            else:
+                batch = [first]
+            while len(batch) < RECORD_BATCH:
+                try:
+                    more = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
+            if batch:
+                self.record(batch)
+
+    def record(self, batch: Sequence[AttemptResult]) -> None:
+        """Write a batch of results; retry through database outages without dropping any."""
+        delay = 0.2
+        while True:
+            try:
+                now = self.clock.now_ms()
+                applied = self.store.record_results(batch, now=now)
+                break
+            except Exception as exc:
+                _log.error(
+                    "record.failed",
+                    count=len(batch),
+                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                    retry_in=f"{delay:.1f}s",
+                )
+                threading.Event().wait(delay)
+                delay = min(delay * 2, 5.0)
+        for result, ok in zip(batch, applied, strict=True):
+            self._log_result(result, ok, now)
+        self.job_log.flush()
+        with self._held_lock:
+            for result in batch:
+                if self._held.get(result.job_id) == result.lease_token:
+                    del self._held[result.job_id]
+                self._started.discard(result.job_id)
+            self._held_lock.notify_all()
+        if self._on_record:
+            self._on_record(len(batch))
+        retries = [
+            r.next_attempt_at
+            for r, ok in zip(batch, applied, strict=True)
+            if ok and r.status == "pending" and r.next_attempt_at is not None
+        ]
+        if retries and self._on_retry:
+            self._on_retry(min(retries))
+        if self._on_capacity:
+            self._on_capacity()
+
+    def _log_result(self, r: AttemptResult, applied: bool, now: int) -> None:
+        if not applied:
+            self.job_log.log(
+                "lease.lost",
+                now_ms=now,
+                job_id=r.job_id,
+                attempt_id=r.attempt_id,
+                attempt=r.attempt_no,
+                owner=r.lease_owner,
+                outcome=r.outcome,
+                reason="the job was taken away before its result was recorded",
+            )
+            _log.warning(
+                "lease.lost", job_id=r.job_id, attempt_id=r.attempt_id, owner=r.lease_owner
+            )
+            self.summary.count("lost", "lease_lost")
+            return
+        self.job_log.log(
+            "attempt.finished",
+            now_ms=r.finished_at,
+            job_id=r.job_id,
+            attempt_id=r.attempt_id,
+            attempt=r.attempt_no,
+            conversation=r.local_conversation_id,
+            adapter=r.adapter,
+            outcome=r.outcome,
+            duration_ms=r.finished_at - r.started_at,
+            status=r.status,
+            next_attempt_at=r.next_attempt_at,
+            decision=r.decision,
+            reason=r.decision_reason,
+            error=r.error_message,
+            owner=r.lease_owner,
+        )
+        reason = r.terminal_reason or r.decision_reason or ""
+        self.summary.count(r.status, reason)
+        log = _log.debug if r.status == "done" else _log.info
+        log(
+            "attempt.finished",
+            job_id=r.job_id,
+            attempt=r.attempt_no,
+            adapter=r.adapter,
+            outcome=r.outcome,
+            status=r.status,
+            reason=r.decision_reason,
+            error=r.error_message,
+        )

@@ -1,0 +1,372 @@
+"""The process (DESIGN §6): ticks on APScheduler, signals, systemd notify, one-shot runs.
+
+Signal handlers only set flags; the main thread acts on them. APScheduler runs the
+periodic duties — poll, heartbeat, rescue, watchdog — each as one `*_tick` that reads
+the clock once and passes `now` down. After every poll the next poll is pulled forward to
+the earliest future `next_attempt_at`, so a job is picked up within milliseconds of
+becoming due while an idle daemon polls once per `poll_interval`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from types import FrameType
+
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from renewald import __version__
+from renewald.adapters import AdapterRegistry
+from renewald.clock import Clock, SystemClock, ms_to_datetime
+from renewald.config import Config
+from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.daemon.owner import make_owner_id
+from renewald.daemon.rescuer import Rescuer
+from renewald.daemon.sdnotify import Notifier, WatchdogGate
+from renewald.daemon.summary import Summary
+from renewald.logging import JobLog
+
+_log = structlog.get_logger("renewald.daemon")
+
+EXIT_DUTY_DIED = 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    once: bool = False
+    workers: int | None = None
+    max_jobs: int | None = None
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        store,  # type: ignore[no-untyped-def]
+        *,
+        options: RunOptions = RunOptions(),
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        on_record: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier.from_env()
+        self.owner = make_owner_id()
+        d = config.daemon
+        r = config.retry
+        policy = RetryPolicy(
+            base=r.base,
+            factor=r.factor,
+            cap=r.cap,
+            jitter=r.jitter,
+            max_retry_after=r.max_retry_after,
+        )
+        self.job_log = JobLog(config.logging.dir)
+        self.adapters = AdapterRegistry(config.adapters)
+        self.summary = Summary()
+        self.dispatcher = Dispatcher(
+            store=store,
+            adapters=self.adapters,
+            job_log=self.job_log,
+            clock=self.clock,
+            owner=self.owner,
+            settings=DispatchSettings(
+                workers=options.workers or d.workers,
+                batch=d.batch,
+                lease_ms=round(d.lease * 1000),
+                dispatch_statuses=tuple(d.dispatch_statuses),
+                cooldown_ms=round(d.cooldown_after_delivery * 1000),
+                max_jobs=options.max_jobs,
+            ),
+            policy=policy,
+            summary=self.summary,
+            rand=random.Random(),
+            on_capacity=self._on_capacity,
+            on_record=on_record,
+            on_retry=self._on_retry_scheduled,
+        )
+        self.rescuer = Rescuer(
+            store=store,
+            job_log=self.job_log,
+            policy=policy,
+            owner=self.owner,
+            stale_after_ms=round(3 * d.heartbeat_interval * 1000),
+        )
+        self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
+        self._stop = threading.Event()
+        self._signals = 0
+        self.exit_code = 0
+        self._scheduler: BackgroundScheduler | None = None
+        self._poll_lock = threading.Lock()
+        self._poll_again = threading.Event()
+        self._backlog = False
+        self._wake_at: int | None = None
+        self._wake_lock = threading.Lock()
+
+    # -- signals ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"renewald: second signal, stopping now (leases expire and are rescued)\n")
+            os._exit(1)
+        self._stop.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.job_log.reopen()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- ticks -----------------------------------------------------------------------
+
+    def poll_tick(self) -> None:
+        if not self._poll_lock.acquire(blocking=False):
+            self._poll_again.set()
+            return
+        try:
+            while True:
+                self._poll_again.clear()
+                now = self.clock.now_ms()
+                result = self.dispatcher.poll_once(now)
+                self.gate.mark("poll", self.clock.monotonic())
+                self._backlog = result.more_waiting
+                if result.more_waiting and self.dispatcher.holding() < self.dispatcher.capacity:
+                    continue
+                if self._poll_again.is_set():
+                    continue
+                break
+            if result.next_due_at is not None and not result.more_waiting:
+                self.wake_at(result.next_due_at, polled_at=now)
+        finally:
+            self._poll_lock.release()
+        if self.dispatcher.exhausted() and not self.options.once:
+            self._stop.set()
+
+    def heartbeat_tick(self) -> None:
+        now = self.clock.now_ms()
+        self.dispatcher.extend_leases(now)
+        status = f"holding {self.dispatcher.holding()}, in flight {self.dispatcher.in_flight()}"
+        if not self.store.heartbeat_daemon(owner=self.owner, now=now, status=status):
+            self._register(now)
+        self.gate.mark("heartbeat", self.clock.monotonic())
+        self.notifier.status(f"{status}; delivered {self.summary.delivered}")
+
+    def rescue_tick(self) -> None:
+        self.rescuer.run_once(self.clock.now_ms())
+
+    def watchdog_tick(self) -> None:
+        d = self.config.daemon
+        self.notifier.watchdog_if(
+            self.gate,
+            self.clock.monotonic(),
+            {"poll": 3 * d.poll_interval + 5, "heartbeat": 3 * d.heartbeat_interval},
+        )
+
+    # -- waking the poller -----------------------------------------------------------
+
+    def wake_at(self, at_ms: int, *, polled_at: int | None = None) -> None:
+        """Make the next poll happen at `at_ms` (or at once), unless one is due sooner."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        now = self.clock.now_ms()
+        with self._wake_lock:
+            if polled_at is None and self._wake_at is not None and now < self._wake_at <= at_ms:
+                return
+            self._wake_at = at_ms
+        with contextlib.suppress(JobLookupError, SchedulerNotRunningError):
+            scheduler.modify_job("poll", next_run_time=ms_to_datetime(max(at_ms, now)))
+
+    def _on_capacity(self) -> None:
+        if self._backlog and not self.dispatcher.stopping:
+            if self._poll_lock.locked():
+                self._poll_again.set()
+            else:
+                self.wake_at(self.clock.now_ms())
+
+    def _on_retry_scheduled(self, at_ms: int) -> None:
+        self.wake_at(at_ms)
+
+    # -- the process -----------------------------------------------------------------
+
+    def _register(self, now: int) -> None:
+        self.store.register_daemon(
+            owner=self.owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            now=now,
+        )
+
+    def _scheduler_for(self, *, once: bool) -> BackgroundScheduler:
+        d = self.config.daemon
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+        )
+        now = ms_to_datetime(self.clock.now_ms())
+        guarded = self._guarded
+        if not once:
+            scheduler.add_job(
+                guarded(self.poll_tick),
+                "interval",
+                seconds=d.poll_interval,
+                id="poll",
+                next_run_time=now,
+            )
+            scheduler.add_job(
+                guarded(self.rescue_tick),
+                "interval",
+                seconds=d.rescue_interval,
+                id="rescue",
+                next_run_time=now,
+            )
+        scheduler.add_job(
+            guarded(self.heartbeat_tick), "interval", seconds=d.heartbeat_interval, id="heartbeat"
+        )
+        if self.notifier.watchdog_interval:
+            scheduler.add_job(
+                guarded(self.watchdog_tick),
+                "interval",
+                seconds=self.notifier.watchdog_interval,
+                id="watchdog",
+            )
+        scheduler.add_listener(self._on_tick_error, EVENT_JOB_ERROR)
+        return scheduler
+
+    def _guarded(self, tick: Callable[[], None]) -> Callable[[], None]:
+        """A database that is briefly gone is a warning and a missed tick, not a crash:
+        the next tick tries again, and the watchdog notices if it never recovers."""
+
+        def run() -> None:
+            try:
+                tick()
+            except SQLAlchemyError as exc:
+                _log.warning(
+                    "tick.database_error",
+                    tick=tick.__name__,
+                    error=str(exc).strip().splitlines()[0],
+                )
+
+        run.__name__ = tick.__name__
+        return run
+
+    def _on_tick_error(self, event: JobExecutionEvent) -> None:
+        _log.critical(
+            "daemon.duty_died",
+            tick=event.job_id,
+            error=f"{type(event.exception).__name__}: {event.exception}",
+        )
+        self.exit_code = EXIT_DUTY_DIED
+        self._stop.set()
+
+    def run(self) -> int:
+        """Run until stopped (or, with `once`, until nothing due is left); returns the exit code."""
+        now = self.clock.now_ms()
+        self._register(now)
+        self.dispatcher.start()
+        once = self.options.once
+        scheduler = self._scheduler_for(once=once)
+        self._scheduler = scheduler
+        scheduler.start()
+        d = self.config.daemon
+        _log.info(
+            "daemon.started",
+            owner=self.owner,
+            version=__version__,
+            once=once,
+            workers=self.dispatcher.settings.workers,
+            batch=d.batch,
+            lease=f"{d.lease:g}s",
+            log_dir=str(self.config.logging.dir),
+        )
+        self.notifier.ready(status="ready")
+        try:
+            if once:
+                self._drain()
+            else:
+                while not self._stop.wait(1.0):
+                    if self.dispatcher.fatal is not None:
+                        self.exit_code = EXIT_DUTY_DIED
+                        break
+        finally:
+            self._shutdown(scheduler)
+        if self.dispatcher.fatal is not None:
+            return EXIT_DUTY_DIED
+        if self.exit_code:
+            return self.exit_code
+        return self.summary.exit_code() if once else 0
+
+    def _drain(self) -> None:
+        """`run --once`: deliver everything due now; retries due later are not waited for."""
+        dispatcher = self.dispatcher
+        while not self._stop.is_set() and dispatcher.fatal is None:
+            held_before = dispatcher.holding()
+            result = dispatcher.poll_once(self.clock.now_ms())
+            self.gate.mark("poll", self.clock.monotonic())
+            if result.claimed == 0 and held_before == 0:
+                break  # nothing due is left that our own running jobs could be holding back
+            if result.more_waiting or result.claimed == 0:
+                dispatcher.wait_for_capacity(0.2)
+                if result.claimed == 0:
+                    dispatcher.wait_idle(0.2)
+            if dispatcher.exhausted():
+                dispatcher.wait_idle(None)
+                break
+
+    def _shutdown(self, scheduler: BackgroundScheduler) -> None:
+        d = self.config.daemon
+        self.dispatcher.stop_claiming()
+        self.notifier.stopping(status="stopping")
+        for job_id in ("poll", "rescue"):
+            if scheduler.get_job(job_id):
+                scheduler.remove_job(job_id)
+        now = self.clock.now_ms()
+        try:
+            released = self.dispatcher.release_unstarted(now=now)
+        except SQLAlchemyError as exc:
+            released = []
+            _log.error("shutdown.release_failed", error=str(exc).splitlines()[0])
+        in_flight = self.dispatcher.in_flight()
+        if in_flight:
+            _log.info("daemon.stopping", in_flight=in_flight, grace=f"{d.shutdown_grace:g}s")
+        finished = self.dispatcher.wait_idle(d.shutdown_grace)
+        scheduler.shutdown(wait=False)
+        self.dispatcher.close(now=self.clock.now_ms())
+        try:
+            self.store.unregister_daemon(owner=self.owner)
+        except SQLAlchemyError as exc:
+            _log.error("shutdown.unregister_failed", error=str(exc).splitlines()[0])
+        self.job_log.close()
+        self.adapters.close()
+        _log.info(
+            "daemon.stopped",
+            owner=self.owner,
+            released=len(released),
+            abandoned=0 if finished else self.dispatcher.in_flight(),
+            **self.summary.as_dict(),
+        )

@@ -1,0 +1,183 @@
+"""Logs (DESIGN §5): the JSONL job log and the console, both rendered by structlog.
+
+The job log is one JSON object per line in `<dir>/<UTC date>.jsonl`, appended by the
+recorder right after the database commit that its lines describe. The console is for
+people on a TTY (structlog's ConsoleRenderer) and JSON lines otherwise.
+
+A job log that cannot be written (directory gone, disk full, permissions) never stops a
+delivery or its database record: the failure is said loudly on the console, at most once
+a minute, and the lines are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from renewald.clock import iso_utc
+from renewald.redact import redact_value
+
+_REDACTED_FIELDS = ("error", "reason", "summary", "target", "url", "last_error")
+_ORDER = ("ts", "event", "job_id", "attempt_id", "attempt", "conversation", "adapter")
+
+
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in _REDACTED_FIELDS:
+        if event.get(key) is not None:
+            event[key] = redact_value(event[key])
+    return event
+
+
+def _ordered(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    head = {k: event.pop(k) for k in _ORDER if k in event}
+    head.update(event)
+    return head
+
+
+def configure_console(
+    *, level: str = "info", console: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Console output: human on a TTY (or `console = "human"`), JSON lines otherwise."""
+    stream = stream or sys.stderr
+    human = console == "human" or (console == "auto" and stream.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if human
+        else structlog.processors.JSONRenderer()
+    )
+    # Third-party libraries log through the standard library: warnings and up, one line each.
+    logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s: %(message)s")
+    # A poll that is still draining a backlog when its next interval comes is expected.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+class _DailyFile:
+    """A structlog logger that appends rendered lines to `<dir>/<UTC date>.jsonl`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._name: str | None = None
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self._error_said_at = 0.0
+
+    def path_for(self, now_ms: int) -> str:
+        day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+        return str(self.directory / f"{day}.jsonl")
+
+    def write(self, line: str, path: str) -> bool:
+        with self._lock:
+            try:
+                if self._name != path or self._file is None:
+                    self._close()
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                    self._name = path
+                self._file.write(line + "\n")
+                return True
+            except OSError as exc:
+                self._close()
+                self._complain(exc)
+                return False
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._close()
+                self._complain(exc)
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._name = None
+
+    def _complain(self, exc: OSError) -> None:
+        self.last_error = f"{exc.strerror or exc} ({self.directory})"
+        now = time.monotonic()
+        if now - self._error_said_at >= 60 or self._error_said_at == 0:
+            self._error_said_at = now
+            structlog.get_logger("renewald.logging").error(
+                "job_log.unwritable",
+                directory=str(self.directory),
+                error=self.last_error,
+                hint="deliveries and their database records go on; the JSONL lines are lost",
+            )
+
+
+class JobLog:
+    """The JSONL job log. `log(event, now_ms=..., **fields)` returns the file's path."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self._file = _DailyFile(self.directory)
+        self._render = structlog.processors.JSONRenderer()
+
+    def path_for(self, now_ms: int) -> str:
+        return self._file.path_for(now_ms)
+
+    def log(self, event: str, *, now_ms: int, **fields: Any) -> str:
+        data: dict[str, Any] = {"ts": iso_utc(now_ms), "event": event}
+        data.update((k, v) for k, v in fields.items() if v is not None)
+        data = _ordered(None, "", _redact(None, "", data))
+        path = self.path_for(now_ms)
+        self._file.write(self._render(None, "", data), path)
+        return path
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def reopen(self) -> None:
+        """Close the current file so the next line opens it anew (SIGHUP, logrotate)."""
+        self._file.reopen()
+
+    def close(self) -> None:
+        self._file.flush()
+        self._file.reopen()
+
+    @property
+    def last_error(self) -> str | None:
+        return self._file.last_error
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[Mapping[str, Any]]:
+    """Every JSON object in a job log file (for tests and `show`)."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

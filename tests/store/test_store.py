@@ -67,8 +67,8 @@ def test_schema_check_names_the_fix(db_url: str) -> None:
 def test_schema_check_outdated(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     m = importlib.import_module("renewald.store.migrate")
 
-    monkeypatch.setattr(m, "REVISIONS", ("0001", "0002"))
-    monkeypatch.setattr(m, "HEAD", "0002")
+    monkeypatch.setattr(m, "REVISIONS", (*m.REVISIONS, "9000"))
+    monkeypatch.setattr(m, "HEAD", "9000")
     with pytest.raises(SchemaOutdated, match="run `renewald migrate`"):
         m.check_schema(store.engine)
 
@@ -317,3 +317,29 @@ def test_new_job_defaults_match_tracker(store: Store) -> None:
         3,
         None,
     )
+
+
+def test_known_revisions_match_the_scripts() -> None:
+    from alembic.script import ScriptDirectory
+
+    m = importlib.import_module("renewald.store.migrate")
+    script = ScriptDirectory.from_config(m.alembic_config())
+    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert tuple(revisions) == m.REVISIONS
+    assert script.get_current_head() == m.HEAD
+
+
+def test_upgrade_from_the_first_revision(db_url: str) -> None:
+    from alembic import command
+
+    m = importlib.import_module("renewald.store.migrate")
+    store = Store.open(db_url, create=True)
+    try:
+        with store.engine.begin() as conn:
+            cfg = m.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        assert migrate(store.engine) == ("0001", HEAD)
+        check_schema(store.engine)
+    finally:
+        store.close()

@@ -91,7 +91,12 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._claimed_total = 0
         self._threads: list[threading.Thread] = []
+        self._observers: list[Callable[[AttemptResult, bool], None]] = []
         self.fatal: BaseException | None = None
+
+    def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
+        """Call `observer(result, applied)` for every recorded result (metrics, tests)."""
+        self._observers.append(observer)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -388,6 +393,8 @@ class Dispatcher:
                 delay = min(delay * 2, 5.0)
         for result, ok in zip(batch, applied, strict=True):
             self._log_result(result, ok, now)
+            for observer in self._observers:
+                observer(result, ok)
         self.job_log.flush()
         with self._held_lock:
             for result in batch:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from renewald.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
 
 VERSION_TABLE = "renewald_schema_version"
-REVISIONS: tuple[str, ...] = ("0001",)
+REVISIONS: tuple[str, ...] = ("0001", "0002")
 HEAD = REVISIONS[-1]
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 _PG_MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs

@@ -201,3 +201,45 @@ def tracker_ddl_postgresql() -> tuple[str, ...]:
             stmt = stmt.replace(f"{col} INTEGER", f"{col} BIGINT")
         out.append(stmt)
     return tuple(out)
+
+
+# Circuit breaker state per delivery target, shared by every daemon on the database.
+renewal_target_pauses = Table(
+    "renewal_target_pauses",
+    metadata,
+    Column("target_key", Text, primary_key=True),
+    Column("adapter", Text),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("paused_until", Millis),
+    Column("opened_at", Millis),
+    Column("last_error", Text),
+    Column("updated_at", Millis, nullable=False),
+)
+
+# Recurring renewals: each fire time becomes one renewal_jobs row (issue: schedules).
+renewal_schedules = Table(
+    "renewal_schedules",
+    metadata,
+    Column("schedule_id", Text, primary_key=True),
+    Column("local_conversation_id", Text, nullable=False),
+    Column("trigger_kind", Text, nullable=False),  # 'every' | 'cron'
+    Column("every_ms", Millis),
+    Column("cron", Text),
+    Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("payload", Text, nullable=False),
+    Column("payload_kind", Text, nullable=False, server_default=text("'text'")),
+    Column("target_kind", Text),
+    Column("target_snapshot", Text),
+    Column("max_attempts", Integer, nullable=False, server_default=text("3")),
+    Column("jitter_ms", Millis, nullable=False, server_default=text("0")),
+    Column("misfire", Text, nullable=False, server_default=text("'coalesce'")),
+    Column("misfire_grace_ms", Millis),
+    Column("allow_overlap", Integer, nullable=False, server_default=text("0")),
+    Column("enabled", Integer, nullable=False, server_default=text("1")),
+    Column("next_fire_at", Millis),
+    Column("last_fire_at", Millis),
+    Column("last_job_id", Text),
+    Column("created_at", Millis, nullable=False),
+    Column("updated_at", Millis, nullable=False),
+    Index("idx_renewal_schedules_due", "enabled", "next_fire_at"),
+)

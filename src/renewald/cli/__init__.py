@@ -1,0 +1,63 @@
+"""The `renewald` command line (DESIGN §7).
+
+Every user error ends in one line on stderr and exit 2: click's usage errors, config
+errors, database errors, a missing job. Nothing is written unless the whole input is valid.
+Commands live in one module per family and register themselves on the `cli` group.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from renewald.cli import jobs, ops, run  # noqa: F401  (registers the commands)
+from renewald.cli.app import EXIT_USAGE, cli
+from renewald.errors import RenewaldError
+
+__all__ = ["cli", "main"]
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"renewald: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one line on stderr and exit 2, never a traceback."""
+    try:
+        code = cli.main(args=argv, prog_name="renewald", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
+        _fail(f"{where}{exc.format_message()}")
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except RenewaldError as exc:
+        _fail(str(exc))
+    except _db_errors() as exc:
+        _fail(f"database error: {_one_line(exc)}")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError,)
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

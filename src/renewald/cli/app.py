@@ -1,0 +1,117 @@
+"""The `renewald` command group and what every command shares: config, store, clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import click
+
+from renewald import __version__
+from renewald.clock import SystemClock, datetime_to_ms
+from renewald.config import Config, load_config
+from renewald.durations import parse_duration
+from renewald.errors import UsageError
+from renewald.redact import redact_value
+from renewald.store import Store
+from renewald.store.models import Job
+
+STATUSES = ("pending", "running", "done", "failed")
+EXIT_USAGE = 2
+
+
+@dataclass
+class Context:
+    config_path: str | None
+    db_url: str | None
+    clock: SystemClock = field(default_factory=SystemClock)
+    _config: Config | None = None
+    _store: Store | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path, db_url=self.db_url)
+        return self._config
+
+    def store(self, *, create: bool = False, check: bool = True, pool_size: int = 5) -> Store:
+        if self._store is None:
+            db = self.config.database
+            self._store = Store.open(
+                db.url,
+                busy_timeout=db.busy_timeout,
+                synchronous=db.sqlite_synchronous,
+                create=create,
+                pool_size=pool_size,
+            )
+            if check:
+                self._store.check_schema()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="config.toml (env RENEWALD_CONFIG)")
+@click.option("--db", "db_url", metavar="URL", help="SQLAlchemy database URL (env RENEWALD_DB)")
+@click.version_option(__version__, prog_name="renewald")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None:
+    """renewald delivers renewal jobs from the tracker's artifact.db."""
+    obj = Context(config_path=config_path, db_url=db_url)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+def parse_when(value: str, *, now: int, option: str) -> int:
+    """ISO-8601 (naive = local time), "now", or "+30s"/"+5m"/"+2h" from now, as epoch ms."""
+    text = value.strip()
+    if text == "now":
+        return now
+    if text.startswith("+"):
+        try:
+            return now + round(parse_duration(text[1:]) * 1000)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    try:
+        return datetime_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise UsageError(
+            f"{option}: {value!r} is neither an ISO-8601 time nor a relative time like +30s"
+        ) from None
+
+
+def parse_target(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--target: not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"--target: must be a JSON object, got {type(parsed).__name__}")
+    return json.dumps(parsed, separators=(",", ":"))
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    data = job.as_dict()
+    data["target_snapshot"] = _json_or_text(job.target_snapshot)
+    data["last_error"] = job.last_error
+    return data
+
+
+def _json_or_text(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return redact_value(json.loads(value))
+    except json.JSONDecodeError:
+        return redact_value(value)

@@ -82,11 +82,25 @@ class Rescuer:
             )
         return results
 
+    def _ours_and_leased(self, job: Job, now: int) -> bool:
+        """A job of this very process whose lease still holds is alive, however stale our
+        own registry row looks (a database outage stops heartbeats, not deliveries): taking
+        it back would deliver it twice. Its lease, once expired, decides as for anyone."""
+        return (
+            job.lease_owner == self.owner
+            and job.lease_expires_at is not None
+            and job.lease_expires_at > now
+        )
+
     def run_once(self, now: int) -> int:
         """Rescue what is abandoned now; returns how many jobs were taken back."""
-        found = self.store.find_abandoned(
-            now=now, stale_before=now - self.stale_after_ms, limit=self.limit
-        )
+        found = [
+            job
+            for job in self.store.find_abandoned(
+                now=now, stale_before=now - self.stale_after_ms, limit=self.limit
+            )
+            if not self._ours_and_leased(job, now)
+        ]
         if not found:
             return 0
         results = self.results_for(found, now=now)

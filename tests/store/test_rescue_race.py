@@ -1,0 +1,290 @@
+"""Rescue against the owner's own finish, and the rescuer's boundaries, with explicit `now`.
+
+The fence (job_id, status='running', lease_token) is what keeps a slow worker and a
+rescuer from both writing a job's end: whichever commits first wins, the other matches
+nothing and writes nothing — not even its attempt row.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.rescuer import Rescuer
+from renewald.logging import JobLog, read_lines
+from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store import attempts as attempt_sql
+from tests.store.factories import T0, make_job
+
+OWNER = "host-a:1:boot"
+RESCUER = "host-b:2:boot"
+LEASE = 60_000
+HEARTBEAT = 1_000
+STALE_AFTER = 3 * HEARTBEAT
+POLICY = RetryPolicy(base=30.0, factor=2.0, cap=3600.0, jitter=0.0)
+
+
+@pytest.fixture
+def job_log(tmp_path: Path) -> Iterator[JobLog]:
+    log = JobLog(tmp_path / "logs")
+    yield log
+    log.close()
+
+
+def rescuer_for(store: Store, job_log: JobLog, *, owner: str = RESCUER) -> Rescuer:
+    return Rescuer(
+        store=store,
+        job_log=job_log,
+        policy=POLICY,
+        owner=owner,
+        stale_after_ms=STALE_AFTER,
+        rand=random.Random(1),
+    )
+
+
+def claim_one(store: Store, *, now: int = T0, owner: str = OWNER, **job: object) -> ClaimedJob:
+    store.register_daemon(owner=owner, host="host-a", pid=1, version="t", now=now)
+    make_job(store, now=now, **job)
+    [claimed] = store.claim_due_jobs(owner=owner, now=now, lease_ms=LEASE, limit=1)
+    return claimed
+
+
+def delivered(claimed: ClaimedJob, *, now: int) -> AttemptResult:
+    """What the owner's recorder writes when the delivery went through."""
+    job = claimed.job
+    return AttemptResult(
+        attempt_id=f"owner-{job.job_id}-{job.lease_token}",
+        job_id=job.job_id,
+        attempt_no=job.attempt_count,
+        lease_owner=OWNER,
+        lease_token=job.lease_token,
+        adapter="log",
+        target=None,
+        started_at=job.started_at or now,
+        finished_at=now,
+        outcome="delivered",
+        status="done",
+        terminal_reason="delivered",
+        decision="done",
+        decision_reason="delivered",
+    )
+
+
+def assert_one_end(store: Store, job_id: str, *, winner: str) -> None:
+    """Exactly one attempt row, the winner's, and the job in the winner's state."""
+    job = store.get_job(job_id)
+    assert job is not None
+    [attempt] = store.list_attempts(job_id)
+    if winner == "owner":
+        assert attempt.outcome == "delivered" and attempt.attempt_id.startswith("owner-")
+        assert (job.status, job.terminal_reason) == ("done", "delivered")
+    else:
+        assert attempt.outcome == "abandoned" and attempt.error_class == "Abandoned"
+        assert (job.status, job.terminal_reason, job.finished_at) == ("pending", None, None)
+    assert job.lease_owner is None and job.lease_expires_at is None
+
+
+# -- the race, both orders ---------------------------------------------------------------
+
+
+def test_owner_finishes_first_rescue_matches_nothing(store: Store, job_log: JobLog) -> None:
+    c = claim_one(store, job_id="j")
+    expiry = T0 + LEASE
+    rescuer = rescuer_for(store, job_log)
+    # The rescuer has read the job as abandoned, then the owner's record lands first.
+    found = store.find_abandoned(now=expiry, stale_before=expiry - STALE_AFTER)
+    assert [j.job_id for j in found] == ["j"]
+    rescue = rescuer.results_for(found, now=expiry)
+    assert store.record_results([delivered(c, now=expiry)], now=expiry) == [True]
+    assert store.record_results(rescue, now=expiry) == [False]
+    assert_one_end(store, "j", winner="owner")
+    # And the whole duty, run after the owner's write, finds nothing to take.
+    assert rescuer.run_once(expiry + 1) == 0
+
+
+def test_rescue_first_owner_record_matches_nothing(store: Store, job_log: JobLog) -> None:
+    c = claim_one(store, job_id="j")
+    expiry = T0 + LEASE
+    rescuer = rescuer_for(store, job_log)
+    assert rescuer.run_once(expiry) == 1
+    assert store.record_results([delivered(c, now=expiry)], now=expiry) == [False]
+    assert_one_end(store, "j", winner="rescuer")
+    [line] = [x for x in read_lines(job_log.path_for(expiry)) if x["event"] == "job.rescued"]
+    assert (line["job_id"], line["previous_owner"], line["owner"]) == ("j", OWNER, RESCUER)
+    # The owner's lease is gone for its heartbeat too.
+    assert store.extend_leases(
+        owner=OWNER, held=[("j", c.lease_token)], now=expiry, lease_ms=LEASE
+    ) == ["j"]
+
+
+def test_rescue_never_overwrites_the_next_claim(store: Store, job_log: JobLog) -> None:
+    """A rescue computed against an old lease cannot touch the job once it was claimed
+    again (same status 'running', newer token)."""
+    claim_one(store, job_id="j")
+    expiry = T0 + LEASE
+    rescuer = rescuer_for(store, job_log)
+    stale_view = rescuer.results_for(
+        store.find_abandoned(now=expiry, stale_before=expiry - STALE_AFTER), now=expiry
+    )
+    assert rescuer.run_once(expiry) == 1
+    job = store.get_job("j")
+    assert job is not None and job.next_attempt_at is not None
+    [again] = store.claim_due_jobs(owner=OWNER, now=job.next_attempt_at, lease_ms=LEASE, limit=1)
+    assert again.lease_token == stale_view[0].lease_token + 1
+    assert store.record_results(stale_view, now=expiry) == [False]
+    job = store.get_job("j")
+    assert job is not None and (job.status, job.lease_token) == ("running", again.lease_token)
+    assert len(store.list_attempts("j")) == 1
+
+
+def _wait_until_blocked(store: Store, application_name: str) -> None:
+    """Until the session named `application_name` waits on a row lock (PostgreSQL)."""
+    deadline = time.monotonic() + 10
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = :app AND wait_event_type = 'Lock'"
+    )
+    while not store.read(lambda c: c.execute(query, {"app": application_name}).scalar()):
+        assert time.monotonic() < deadline, "the second write never waited on the first"
+
+
+@pytest.mark.parametrize("first", ["owner", "rescuer"])
+def test_concurrent_writes_one_wins(
+    store: Store, db_url: str, backend: str, job_log: JobLog, first: str
+) -> None:
+    """The second write starts while the first one's transaction still holds the row: it
+    waits (PostgreSQL: row lock; SQLite: the write lock), then matches nothing."""
+    c = claim_one(store, job_id="j")
+    expiry = T0 + LEASE
+    rescuer = rescuer_for(store, job_log)
+    rescue = rescuer.results_for(
+        store.find_abandoned(now=expiry, stale_before=expiry - STALE_AFTER), now=expiry
+    )
+    owner = [delivered(c, now=expiry)]
+    first_batch, second_batch = (owner, rescue) if first == "owner" else (rescue, owner)
+
+    app = f"renewald-race-{uuid.uuid4().hex[:8]}"
+    second_store = Store.open(db_url + (f"&application_name={app}" if backend != "sqlite" else ""))
+    outcome: list[list[bool]] = []
+    try:
+        with store.connection() as conn:
+            assert attempt_sql.record_results(conn, first_batch, now=expiry) == [True]
+            racer = threading.Thread(
+                target=lambda: outcome.append(second_store.record_results(second_batch, now=expiry))
+            )
+            racer.start()
+            if backend != "sqlite":
+                _wait_until_blocked(store, app)
+        racer.join(timeout=30)
+        assert not racer.is_alive()
+    finally:
+        second_store.close()
+    assert outcome == [[False]]
+    assert_one_end(store, "j", winner=first)
+
+
+# -- the rescuer's boundaries ------------------------------------------------------------
+
+
+def test_lease_expiry_boundary(store: Store, job_log: JobLog) -> None:
+    claim_one(store, job_id="j")
+    rescuer = rescuer_for(store, job_log)
+    expiry = T0 + LEASE
+    # Keep the owner's heartbeat fresh: only the lease decides here.
+    store.heartbeat_daemon(owner=OWNER, now=expiry - 1)
+    assert rescuer.run_once(expiry - 1) == 0
+    job = store.get_job("j")
+    assert job is not None and job.status == "running"
+    assert rescuer.run_once(expiry) == 1
+    job = store.get_job("j")
+    assert job is not None
+    assert (job.status, job.attempt_count, job.lease_owner) == ("pending", 1, None)
+    # Backoff from the moment of rescue: attempt 1 -> base.
+    assert job.next_attempt_at == expiry + 30_000
+    assert "expired" in (job.last_error or "")
+    [a] = store.list_attempts("j")
+    assert (a.outcome, a.finished_at, a.attempt_no, a.lease_owner) == (
+        "abandoned",
+        expiry,
+        1,
+        OWNER,
+    )
+    assert a.decision == "retry" and a.next_attempt_at == expiry + 30_000
+
+
+def test_owner_heartbeat_staleness(store: Store, job_log: JobLog) -> None:
+    """An owner is dead once its heartbeat is older than three heartbeats, lease or not."""
+    claim_one(store, job_id="j")
+    rescuer = rescuer_for(store, job_log)
+    beat = T0 + 10_000
+    store.heartbeat_daemon(owner=OWNER, now=beat)
+    assert rescuer.run_once(beat + STALE_AFTER) == 0  # exactly three heartbeats old: alive
+    assert rescuer.run_once(beat + STALE_AFTER + 1) == 1
+    job = store.get_job("j")
+    assert job is not None and job.status == "pending"
+    assert beat + STALE_AFTER + 1 < T0 + LEASE, "the lease itself had not expired"
+    [a] = store.list_attempts("j")
+    assert "stopped heartbeating" in (a.error_message or "")
+
+
+def test_owner_without_registry_row_is_dead(store: Store, job_log: JobLog) -> None:
+    claim_one(store, job_id="j")
+    store.unregister_daemon(owner=OWNER)
+    assert rescuer_for(store, job_log).run_once(T0 + 1) == 1
+
+
+def test_rescuer_does_not_take_its_own_live_jobs_on_a_stale_heartbeat(
+    store: Store, job_log: JobLog
+) -> None:
+    """A daemon whose own registry row went stale (a database outage) is, by running its
+    rescuer, alive: it keeps jobs whose lease still holds, and lets the lease decide."""
+    claim_one(store, job_id="j", owner=OWNER)
+    mine = rescuer_for(store, job_log, owner=OWNER)
+    late = T0 + STALE_AFTER + 1
+    assert mine.run_once(late) == 0
+    assert rescuer_for(store, job_log).run_once(late) == 1  # anyone else: owner is dead
+
+
+def test_own_job_with_expired_lease_is_rescued(store: Store, job_log: JobLog) -> None:
+    claim_one(store, job_id="j", owner=OWNER)
+    assert rescuer_for(store, job_log, owner=OWNER).run_once(T0 + LEASE) == 1
+
+
+def test_attempts_used_up_fail_abandoned(store: Store, job_log: JobLog) -> None:
+    claim_one(store, job_id="j", max_attempts=1)
+    expiry = T0 + LEASE
+    assert rescuer_for(store, job_log).run_once(expiry) == 1
+    job = store.get_job("j")
+    assert job is not None
+    assert (job.status, job.terminal_reason, job.finished_at) == ("failed", "abandoned", expiry)
+    assert job.lease_owner is None
+    [a] = store.list_attempts("j")
+    assert (a.outcome, a.decision) == ("abandoned", "failed")
+    assert "exhausted (1/1)" in (a.decision_reason or "")
+
+
+def test_rescue_past_deadline_fails_expired(store: Store, job_log: JobLog) -> None:
+    claim_one(store, job_id="j", deadline_at=T0 + LEASE + 1_000)
+    assert rescuer_for(store, job_log).run_once(T0 + LEASE) == 1
+    job = store.get_job("j")
+    assert job is not None and (job.status, job.terminal_reason) == ("failed", "expired")
+
+
+def test_one_pass_rescues_many_and_leaves_the_live(store: Store, job_log: JobLog) -> None:
+    for n in range(5):
+        claim_one(store, job_id=f"dead-{n}", owner="dead:1:x")
+    store.unregister_daemon(owner="dead:1:x")
+    claim_one(store, job_id="live", owner=OWNER)
+    rescuer = rescuer_for(store, job_log)
+    assert rescuer.run_once(T0 + 1) == 5
+    assert rescuer.run_once(T0 + 2) == 0
+    live = store.get_job("live")
+    assert live is not None and live.status == "running"

@@ -7,14 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Table, insert, select, text
 
 from renewald.store import Store, migrate
+from renewald.store.schema import conversation_links, local_conversations, renewal_jobs
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 
@@ -42,6 +48,8 @@ class Renewald:
         self.log_dir = tmp_path / "logs"
         self.config_path = tmp_path / "renewald.toml"
         self.procs: list[subprocess.Popen[str]] = []
+        # Added to every process's environment (RENEWALD_<SECTION>_<KEY>, NOTIFY_SOCKET...).
+        self.extra_env: dict[str, str] = {}
         self.write_config()
 
     def write_config(self, extra: str = "", **daemon: Any) -> None:
@@ -68,6 +76,7 @@ class Renewald:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RENEWALD_")}
         env.update(RENEWALD_DB=self.db_url, RENEWALD_CONFIG=str(self.config_path))
+        env.update(self.extra_env)
         return env
 
     def run(self, *args: str, timeout: float = 120, input: str | None = None):
@@ -136,3 +145,175 @@ def e2e_store(renewald: Renewald) -> Iterator[Store]:
     migrate(store.engine)
     yield store
     store.close()
+
+
+# -- a delivery target that records what it saw -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the target received it (recorded before it answers)."""
+
+    job_id: str
+    idempotency_key: str | None
+    attempt: int
+    status: int
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # a killed client is expected
+
+
+class HookTarget:
+    """A real HTTP endpoint on 127.0.0.1 for the `http.webhook` adapter.
+
+    Records every POST the moment its body has arrived — before it answers, so a daemon
+    killed mid-delivery leaves a request the target saw and the database never recorded.
+    `delay(job_id, attempt)` returns seconds to wait before answering; `status(job_id,
+    attempt)` the HTTP status to answer with. Both may be replaced while it runs.
+    """
+
+    def __init__(self) -> None:
+        self.delay: Callable[[str, int], float] = lambda job_id, attempt: 0.0
+        self.status: Callable[[str, int], int] = lambda job_id, attempt: 200
+        self.seen: list[Seen] = []
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self.release = threading.Event()  # set: every delay ends at once
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                job_id, attempt = body["job_id"], int(self.headers["X-Renewald-Attempt"])
+                status = target.status(job_id, attempt)
+                with target._lock:
+                    target.seen.append(
+                        Seen(job_id, self.headers.get("Idempotency-Key"), attempt, status)
+                    )
+                    target.in_flight += 1
+                try:
+                    target.release.wait(target.delay(job_id, attempt))
+                    reply = b'{"ok": true}'
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except ConnectionError:
+                    pass  # the daemon was killed while we held its request
+                finally:
+                    with target._lock:
+                        target.in_flight -= 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.seen)
+
+    def busy(self) -> int:
+        with self._lock:
+            return self.in_flight
+
+    def by_job(self) -> dict[str, list[Seen]]:
+        with self._lock:
+            seen = list(self.seen)
+        out: dict[str, list[Seen]] = {}
+        for s in seen:
+            out.setdefault(s.job_id, []).append(s)
+        return out
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_target() -> Iterator[HookTarget]:
+    target = HookTarget()
+    yield target
+    target.close()
+
+
+def add_webhook_jobs(
+    store: Store, url: str, job_ids: list[str], *, max_attempts: int = 3, due: int | None = None
+) -> None:
+    """Tracker-style rows: one `auto` conversation per job, linked to `url` by http.webhook."""
+    t = time.time_ns() // 1_000_000
+    payload = json.dumps({"url": url})
+    convs = [
+        {"local_conversation_id": f"conv-{j}", "platform": "claude", "automation_status": "auto",
+         "created_at": t, "updated_at": t}
+        for j in job_ids
+    ]  # fmt: skip
+    links = [
+        {"link_id": f"link-{j}", "local_conversation_id": f"conv-{j}", "platform": "claude",
+         "remote_conversation_id": f"remote-{j}", "target_kind": "http.webhook",
+         "target_payload": payload, "is_active": 1, "observed_at": t, "created_at": t,
+         "updated_at": t}
+        for j in job_ids
+    ]  # fmt: skip
+    jobs = [
+        {"job_id": j, "local_conversation_id": f"conv-{j}", "message_id": f"msg-{j}",
+         "status": "pending", "payload": f"keepalive {j}", "payload_kind": "text",
+         "attempt_count": 0, "max_attempts": max_attempts,
+         "next_attempt_at": t if due is None else due, "created_at": t, "updated_at": t}
+        for j in job_ids
+    ]  # fmt: skip
+
+    def tx(conn: Any) -> None:
+        conn.execute(insert(local_conversations), convs)
+        conn.execute(insert(conversation_links), links)
+        conn.execute(insert(renewal_jobs), jobs)
+
+    store.write(tx)
+
+
+def table(store: Store, which: Table) -> list[dict[str, Any]]:
+    """Every row of `which`, as dicts."""
+    return [dict(r) for r in store.read(lambda c: c.execute(select(which)).mappings().all())]
+
+
+def pg_application_url(db_url: str) -> tuple[str, str]:
+    """`db_url` with a unique application_name, and that name: its sessions can then be
+    found in pg_stat_activity (and terminated) without touching anyone else's."""
+    name = f"renewald-test-{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in db_url else "?"
+    return f"{db_url}{sep}application_name={name}", name
+
+
+def terminate_sessions(store: Store, application_name: str) -> int:
+    """pg_terminate_backend every session named `application_name`; how many there were."""
+    query = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = :app AND pid <> pg_backend_pid()"
+    )
+    return int(store.write(lambda c: c.execute(query, {"app": application_name}).scalar()))
+
+
+# -- slow tests run only when asked for ------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (long crash runs) run with `-m slow` or RENEWALD_SLOW=1, not by default."""
+    wanted = "slow" in (config.getoption("markexpr") or "").replace("not slow", "")
+    if wanted or os.environ.get("RENEWALD_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or RENEWALD_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)

@@ -6,7 +6,8 @@ people on a TTY (structlog's ConsoleRenderer) and JSON lines otherwise.
 
 A job log that cannot be written (directory gone, disk full, permissions) never stops a
 delivery or its database record: the failure is said loudly on the console, at most once
-a minute, and the lines are dropped.
+a minute, and the lines are dropped; the first line that reaches the file again says so.
+A file moved or deleted underneath (logrotate, a cleanup) is noticed at the next line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import structlog
 
 from renewald.clock import iso_utc
 from renewald.redact import redact_value
+
+# An unwritable job log is said at most this often (seconds), however many lines are lost.
+COMPLAIN_EVERY = 60.0
 
 _REDACTED_FIELDS = ("error", "reason", "summary", "target", "url", "last_error")
 _ORDER = ("ts", "event", "job_id", "attempt_id", "attempt", "conversation", "adapter")
@@ -77,15 +81,24 @@ def configure_console(
 
 
 class _DailyFile:
-    """A structlog logger that appends rendered lines to `<dir>/<UTC date>.jsonl`."""
+    """A structlog logger that appends rendered lines to `<dir>/<UTC date>.jsonl`.
+
+    Like the standard library's WatchedFileHandler, every write first checks that the
+    open file is still the one at its path: a file renamed away (logrotate), deleted,
+    or a directory replaced underneath is noticed at the next line and the path is
+    opened anew, instead of appending in silence to a file nobody can see.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._name: str | None = None
         self._file: TextIO | None = None
+        self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        # Set from a signal handler, so a plain flag: the next write acts on it.
+        self._reopen_requested = False
         self.last_error: str | None = None
-        self._error_said_at = 0.0
+        self._error_said_at: float | None = None
 
     def path_for(self, now_ms: int) -> str:
         day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
@@ -94,17 +107,37 @@ class _DailyFile:
     def write(self, line: str, path: str) -> bool:
         with self._lock:
             try:
-                if self._name != path or self._file is None:
-                    self._close()
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-                    self._name = path
+                if self._reopen_requested or self._name != path or self._moved():
+                    self._reopen(path)
+                assert self._file is not None
                 self._file.write(line + "\n")
                 return True
             except OSError as exc:
                 self._close()
                 self._complain(exc)
                 return False
+
+    def _moved(self) -> bool:
+        """Whether the path no longer names the open file (or nothing is open)."""
+        if self._file is None or self._name is None:
+            return True
+        try:
+            st = os.stat(self._name)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
+
+    def _reopen(self, path: str) -> None:
+        requested = self._reopen_requested
+        self._reopen_requested = False
+        self._close()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        st = os.fstat(self._file.fileno())
+        self._identity = (st.st_dev, st.st_ino)
+        self._name = path
+        if requested:
+            _log().info("job_log.reopened", path=path)
 
     def flush(self) -> None:
         with self._lock:
@@ -115,8 +148,18 @@ class _DailyFile:
             except OSError as exc:
                 self._close()
                 self._complain(exc)
+                return
+            if self.last_error is not None:
+                # Only a flush that reached the file proves it: a full disk takes the
+                # buffered write and fails here.
+                _log().info("job_log.writable", directory=str(self.directory))
+                self.last_error = None
 
     def reopen(self) -> None:
+        """Open the path anew at the next write. Safe to call from a signal handler."""
+        self._reopen_requested = True
+
+    def close(self) -> None:
         with self._lock:
             self._close()
 
@@ -126,18 +169,23 @@ class _DailyFile:
                 self._file.close()
         self._file = None
         self._name = None
+        self._identity = None
 
     def _complain(self, exc: OSError) -> None:
         self.last_error = f"{exc.strerror or exc} ({self.directory})"
         now = time.monotonic()
-        if now - self._error_said_at >= 60 or self._error_said_at == 0:
+        if self._error_said_at is None or now - self._error_said_at >= COMPLAIN_EVERY:
             self._error_said_at = now
-            structlog.get_logger("renewald.logging").error(
+            _log().error(
                 "job_log.unwritable",
                 directory=str(self.directory),
                 error=self.last_error,
                 hint="deliveries and their database records go on; the JSONL lines are lost",
             )
+
+
+def _log() -> Any:
+    return structlog.get_logger("renewald.logging")
 
 
 class JobLog:
@@ -163,12 +211,12 @@ class JobLog:
         self._file.flush()
 
     def reopen(self) -> None:
-        """Close the current file so the next line opens it anew (SIGHUP, logrotate)."""
+        """Open the file anew at the next line (SIGHUP); safe in a signal handler."""
         self._file.reopen()
 
     def close(self) -> None:
         self._file.flush()
-        self._file.reopen()
+        self._file.close()
 
     @property
     def last_error(self) -> str | None:

@@ -54,6 +54,10 @@ def _is_transient(exc: DBAPIError) -> bool:
 
 
 class Store:
+    # How long `_run` keeps retrying a transient error; a health probe lowers it so that
+    # it answers within its own timeout instead of waiting out an outage.
+    retry_for: float = RETRY_FOR
+
     def __init__(self, engine: Engine, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -114,7 +118,7 @@ class Store:
                     _log.warning("database.busy", tries=tries, waited=f"{waited:.1f}s")
                 return result
             except DBAPIError as exc:
-                if not _is_transient(exc) or time.monotonic() - started > RETRY_FOR:
+                if not _is_transient(exc) or time.monotonic() - started > self.retry_for:
                     raise
                 self._sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 0.5)

@@ -15,14 +15,16 @@ import random
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from types import FrameType
+from typing import Any, TypeVar
 
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -43,6 +45,32 @@ from renewald.logging import JobLog
 _log = structlog.get_logger("renewald.daemon")
 
 EXIT_DUTY_DIED = 1
+# After `shutdown_grace`, how long the last bookkeeping (give back unstarted jobs, stop the
+# recorder, leave the registry) may take against a database that does not answer.
+SHUTDOWN_TAIL = 0.75
+
+T = TypeVar("T")
+
+
+class _TickExecutor(BaseExecutor):
+    """Runs each tick in a daemon thread of its own.
+
+    concurrent.futures' pool threads (APScheduler's ThreadPoolExecutor) are joined when
+    the interpreter exits, so one tick stuck in a database call that does not answer
+    would hold a stopped daemon up until systemd's SIGKILL. `max_instances` still keeps
+    each tick to one run at a time.
+    """
+
+    def _do_submit_job(self, job: Any, run_times: list[Any]) -> None:
+        def run() -> None:
+            try:
+                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            except BaseException as exc:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, events)
+
+        threading.Thread(target=run, name=f"renewald-tick-{job.id}", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -225,7 +253,7 @@ class Service:
         d = self.config.daemon
         scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(4)},
+            executors={"default": _TickExecutor()},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )
         now = ms_to_datetime(self.clock.now_ms())
@@ -339,34 +367,70 @@ class Service:
                 break
 
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
+        """Stop claiming, give back what never started, let in-flight deliveries finish
+        within `shutdown_grace`, leave the registry. Bounded throughout: a database that
+        stops answering costs at most SHUTDOWN_TAIL beyond the grace, never a hang."""
         d = self.config.daemon
+        deadline = time.monotonic() + d.shutdown_grace
         self.dispatcher.stop_claiming()
         self.notifier.stopping(status="stopping")
         for job_id in ("poll", "rescue"):
             if scheduler.get_job(job_id):
                 scheduler.remove_job(job_id)
-        now = self.clock.now_ms()
-        try:
-            released = self.dispatcher.release_unstarted(now=now)
-        except SQLAlchemyError as exc:
-            released = []
-            _log.error("shutdown.release_failed", error=str(exc).splitlines()[0])
+        # A poll already inside its claim would hand us jobs after the release below;
+        # they would sit unstarted, held, until the grace ran out. Let it land first.
+        if self._poll_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._poll_lock.release()
+        released = self._bounded(
+            "release",
+            lambda: self.dispatcher.release_unstarted(now=self.clock.now_ms()),
+            deadline,
+        )
         in_flight = self.dispatcher.in_flight()
         if in_flight:
             _log.info("daemon.stopping", in_flight=in_flight, grace=f"{d.shutdown_grace:g}s")
-        finished = self.dispatcher.wait_idle(d.shutdown_grace)
+        finished = self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic()))
         scheduler.shutdown(wait=False)
-        self.dispatcher.close(now=self.clock.now_ms())
-        try:
-            self.store.unregister_daemon(owner=self.owner)
-        except SQLAlchemyError as exc:
-            _log.error("shutdown.unregister_failed", error=str(exc).splitlines()[0])
+        tail = max(deadline, time.monotonic()) + SHUTDOWN_TAIL
+        more = self._bounded("close", lambda: self.dispatcher.close(now=self.clock.now_ms()), tail)
+        self._bounded("unregister", lambda: self.store.unregister_daemon(owner=self.owner), tail)
         self.job_log.close()
         self.adapters.close()
         _log.info(
             "daemon.stopped",
             owner=self.owner,
-            released=len(released),
+            released=len(released or []) + len(more or []),
             abandoned=0 if finished else self.dispatcher.in_flight(),
             **self.summary.as_dict(),
         )
+
+    def _bounded(self, what: str, step: Callable[[], T], deadline: float) -> T | None:
+        """Run one shutdown step, giving up at `deadline` (monotonic): the step goes on in
+        a daemon thread that dies with the process. None when it failed or timed out."""
+        out: list[T] = []
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                out.append(step())
+            except BaseException as exc:
+                error.append(exc)
+
+        thread = threading.Thread(target=run, name=f"renewald-shutdown-{what}", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            _log.error(
+                f"shutdown.{what}_timed_out",
+                reason="the database did not answer in time; leases expire and are rescued",
+            )
+            return None
+        if error:
+            exc = error[0]
+            lines = str(exc).strip().splitlines()
+            _log.error(
+                f"shutdown.{what}_failed",
+                error=f"{type(exc).__name__}: {lines[0] if lines else ''}",
+            )
+            return None
+        return out[0]

@@ -296,13 +296,15 @@ def pg_application_url(db_url: str) -> tuple[str, str]:
     return f"{db_url}{sep}application_name={name}", name
 
 
-def terminate_sessions(store: Store, application_name: str) -> int:
-    """pg_terminate_backend every session named `application_name`; how many there were."""
+def terminate_sessions(store: Store, application_name: str) -> tuple[int, int]:
+    """pg_terminate_backend every session named `application_name`: how many there were,
+    and how many of them were running a statement at that moment."""
     query = text(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = :app AND pid <> pg_backend_pid()"
+        "SELECT count(pg_terminate_backend(pid)), count(*) FILTER (WHERE state = 'active') "
+        "FROM pg_stat_activity WHERE application_name = :app AND pid <> pg_backend_pid()"
     )
-    return int(store.write(lambda c: c.execute(query, {"app": application_name}).scalar()))
+    row = store.write(lambda c: c.execute(query, {"app": application_name}).one())
+    return int(row[0]), int(row[1])
 
 
 # -- slow tests run only when asked for ------------------------------------------------

@@ -200,7 +200,11 @@ class Service:
         if not self.store.heartbeat_daemon(owner=self.owner, now=now, status=status):
             self._register(now)
         self.gate.mark("heartbeat", self.clock.monotonic())
-        self.notifier.status(f"{status}; delivered {self.summary.delivered}")
+        done = self.summary
+        self.notifier.status(
+            f"{status}; delivered {done.delivered}, rescheduled {done.rescheduled}, "
+            f"failed {done.failed}"
+        )
 
     def rescue_tick(self) -> None:
         self.rescuer.run_once(self.clock.now_ms())

@@ -242,6 +242,28 @@ def test_sigterm_while_a_claim_waits(
     assert stopped["released"] == len(ids)
 
 
+def test_a_once_run_is_a_live_owner(
+    renewald: Renewald, e2e_store: Store, hook_target: HookTarget
+) -> None:
+    """`run --once` registers and heartbeats like the daemon: a daemon rescuing every
+    100ms leaves its delivery alone for longer than several leases."""
+    add_webhook_jobs(e2e_store, hook_target.url, ["long"])
+    hook_target.delay = lambda job_id, attempt: 3.0
+    renewald.write_config(lease="900ms", rescue_interval="100ms")
+    once = renewald.start("--once")
+    wait_for(hook_target.busy, what="the once run delivering")
+    daemon = renewald.start()
+    wait_for(lambda: len(e2e_store.list_daemons()) == 2, what="both registered")
+    once.wait(timeout=30)
+    assert once.returncode == 0, renewald.stderr(once)[-3000:]
+    [attempt] = table(e2e_store, renewal_job_attempts)
+    assert attempt["outcome"] == "delivered" and attempt["lease_owner"] != ""
+    assert statuses(e2e_store) == {"long": "done"}
+    assert hook_target.count() == 1
+    assert renewald.stop(daemon)[0] == 0
+    assert not events(renewald, daemon, "job.rescued")
+
+
 # -- PostgreSQL drops the daemon's connections ------------------------------------------
 
 
@@ -521,7 +543,10 @@ def test_notify_ready_status_watchdog_stopping(
     for n in range(3):
         renewald.enqueue(f"c{n}", "hello", "--target-kind", "log")
     wait_for(
-        lambda: any(m.get("STATUS", "").endswith("delivered 3") for m in list(systemd.messages)),
+        lambda: any(
+            m.get("STATUS", "").endswith("delivered 3, rescheduled 0, failed 0")
+            for m in list(systemd.messages)
+        ),
         what="STATUS= with the delivered count",
     )
     status = next(m["STATUS"] for m in systemd.messages if "delivered" in m.get("STATUS", ""))

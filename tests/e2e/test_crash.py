@@ -101,6 +101,14 @@ def crash_run(
     code, err = renewald.stop(proc)
     assert code == 0, err[-3000:]
     check_invariants(store, target, jobs=jobs)
+    # The JSONL lines follow their commits; a kill between the two loses a line, never
+    # adds one: at most one line per job says it ended.
+    ends = Counter(
+        x["job_id"]
+        for x in renewald.log_lines()
+        if x["event"] in ("attempt.finished", "job.rescued") and x["status"] in ("done", "failed")
+    )
+    assert not [j for j, n in ends.items() if n > 1], ends.most_common(3)
 
 
 def check_invariants(store: Store, target: HookTarget, *, jobs: int) -> None:

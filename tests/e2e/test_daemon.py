@@ -229,3 +229,17 @@ def test_sqlite_under_tracker_contention(renewald: Renewald, e2e_store: Store) -
     assert "Traceback" not in out.stderr
     assert len(attempts(e2e_store)) == 300
     assert all(j["status"] == "done" for j in jobs_by_id(e2e_store).values())
+
+
+def test_job_written_by_another_process_wakes_the_daemon(
+    renewald: Renewald, e2e_store: Store
+) -> None:
+    """With an hour between regular polls, only the change watcher can pick this job up."""
+    renewald.write_config(poll_interval="1h")
+    proc = renewald.start()
+    wait_for(lambda: e2e_store.list_daemons(), what="daemon registered")
+    add_conversations(e2e_store, {"woken": "auto"})
+    add_jobs(e2e_store, [("woken-1", "woken")])
+    wait_for(lambda: e2e_store.get_job("woken-1").status == "done", what="job delivered")
+    code, err = renewald.stop(proc)
+    assert code == 0, err

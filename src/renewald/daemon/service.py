@@ -39,6 +39,7 @@ from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog
+from renewald.store.changes import ChangeWatcher
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -119,6 +120,7 @@ class Service:
         self._backlog = False
         self._wake_at: int | None = None
         self._wake_lock = threading.Lock()
+        self._changes: ChangeWatcher | None = None
 
     # -- signals ---------------------------------------------------------------------
 
@@ -207,6 +209,15 @@ class Service:
             else:
                 self.wake_at(self.clock.now_ms())
 
+    def _on_external_change(self) -> None:
+        """Another process wrote jobs: poll now rather than at the next interval."""
+        if self.dispatcher.stopping:
+            return
+        if self._poll_lock.locked():
+            self._poll_again.set()
+        else:
+            self.wake_at(self.clock.now_ms())
+
     def _on_retry_scheduled(self, at_ms: int) -> None:
         self.wake_at(at_ms)
 
@@ -293,6 +304,9 @@ class Service:
         scheduler = self._scheduler_for(once=once)
         self._scheduler = scheduler
         scheduler.start()
+        if not once:
+            self._changes = ChangeWatcher(self.config.database.url, self._on_external_change)
+            self._changes.start()
         d = self.config.daemon
         _log.info(
             "daemon.started",
@@ -341,6 +355,8 @@ class Service:
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
         d = self.config.daemon
         self.dispatcher.stop_claiming()
+        if self._changes is not None:
+            self._changes.stop()
         self.notifier.stopping(status="stopping")
         for job_id in ("poll", "rescue"):
             if scheduler.get_job(job_id):

@@ -64,15 +64,15 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
     )
     if skip_locked:
         scan = scan.with_for_update(skip_locked=True)
-    scan = scan.subquery("scan")
+    scanned = scan.subquery("scan")
     ranked = select(
-        scan.c.job_id,
-        scan.c.next_attempt_at,
-        scan.c.created_at,
+        scanned.c.job_id,
+        scanned.c.next_attempt_at,
+        scanned.c.created_at,
         func.row_number()
         .over(
-            partition_by=scan.c.local_conversation_id,
-            order_by=(scan.c.next_attempt_at, scan.c.created_at),
+            partition_by=scanned.c.local_conversation_id,
+            order_by=(scanned.c.next_attempt_at, scanned.c.created_at),
         )
         .label("rn"),
     ).subquery("ranked")
@@ -176,13 +176,12 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
     if not claimed:
         return []
     ids = sorted({j.local_conversation_id for j in claimed})
-    platforms = dict(
-        conn.execute(
-            select(
-                local_conversations.c.local_conversation_id, local_conversations.c.platform
-            ).where(local_conversations.c.local_conversation_id.in_(ids))
-        ).all()
+    platform_rows = conn.execute(
+        select(local_conversations.c.local_conversation_id, local_conversations.c.platform).where(
+            local_conversations.c.local_conversation_id.in_(ids)
+        )
     )
+    platforms: dict[str, str] = {row[0]: row[1] for row in platform_rows}
     links: dict[str, Link] = {}
     link_rows = conn.execute(
         select(conversation_links)

@@ -190,11 +190,16 @@ class Service:
     # -- waking the poller -----------------------------------------------------------
 
     def wake_at(self, at_ms: int, *, polled_at: int | None = None) -> None:
-        """Make the next poll happen at `at_ms` (or at once), unless one is due sooner."""
+        """Make the next poll happen at `at_ms` (or at once), unless one is due sooner.
+
+        Never later than one `poll_interval` from now: the interval stays the upper bound
+        between polls, whatever the earliest `next_attempt_at` is.
+        """
         scheduler = self._scheduler
         if scheduler is None:
             return
         now = self.clock.now_ms()
+        at_ms = min(at_ms, now + round(self.config.daemon.poll_interval * 1000))
         with self._wake_lock:
             if polled_at is None and self._wake_at is not None and now < self._wake_at <= at_ms:
                 return

@@ -307,6 +307,11 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped (or, with `once`, until nothing due is left); returns the exit code."""
+        metrics = None
+        if self.config.http.listen and not self.options.once:
+            from renewald.daemon.metrics import start_metrics
+
+            metrics = start_metrics(self)
         now = self.clock.now_ms()
         self._register(now)
         self.dispatcher.start()
@@ -336,6 +341,8 @@ class Service:
                         break
         finally:
             self._shutdown(scheduler)
+            if metrics is not None:
+                metrics.close()
         if self.dispatcher.fatal is not None:
             return EXIT_DUTY_DIED
         if self.exit_code:

@@ -124,6 +124,9 @@ def test_explain_due_boundary(store: Store) -> None:
     assert (early.state, early.rule, early.until) == ("waiting", "not_due", T0)
     due = explain(store, "j", now=T0)
     assert (due.state, due.rule, due.until) == ("due", "due", None)
+    assert "no live daemon" in due.detail
+    store.register_daemon(owner=OWNER, host="h", pid=1, version="t", now=T0)
+    assert explain(store, "j", now=T0).detail.endswith("the next poll claims it")
     assert [c.job.job_id for c in claim(store, now=T0)] == ["j"]  # explain agrees with claim
 
 

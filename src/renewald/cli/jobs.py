@@ -23,6 +23,7 @@ from renewald.cli.app import (
     pass_ctx,
     stale_after_ms,
 )
+from renewald.clock import iso_utc
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import UsageError
 from renewald.logging import JobLog
@@ -149,7 +150,12 @@ def _target_of(
 
 def _explain_lines(why: Explanation, now: int) -> list[str]:
     def line(detail: str, until: int | None) -> str:
-        return detail + (f" ({render.relative(until, now)})" if until is not None else "")
+        """The detail, with "(in 4m)" after the time it names (the finished line says when)."""
+        if until is None or why.state == "finished":
+            return detail
+        stamp = iso_utc(until)
+        hint = f"{stamp} ({render.relative(until, now)})"
+        return detail.replace(stamp, hint, 1) if stamp in detail else f"{detail} ({hint})"
 
     lines = [f"explain      {why.state}: {line(why.detail, why.until)}"]
     lines += [f"also         {line(h.detail, h.until)}" for h in why.also]

@@ -213,7 +213,7 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
     by_status = {s: stats.by_status.get(s, 0) for s in STATUSES}
     by_status.update({s: n for s, n in stats.by_status.items() if s not in by_status})
     oldest = (
-        f", oldest {render.age(stats.oldest_due_at, now)} overdue"
+        f" (oldest due for {render.age(stats.oldest_due_at, now)})"
         if stats.oldest_due_at is not None
         else ""
     )
@@ -224,7 +224,7 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
     )
     lines = [
         f"jobs       {render.counts(by_status)}",
-        f"due now    {stats.due}{oldest}; waiting longer than {overdue}: {stats.overdue}",
+        f"due now    {stats.due}{oldest}; overdue (due for over {overdue}) {stats.overdue}",
         f"held       {stats.held} past due but held back by their conversation; "
         f"{stats.unscheduled} not scheduled",
         f"running    {stats.running}{lease}; expired leases {stats.expired_leases}",

@@ -133,7 +133,7 @@ class JobFacts:
     target_kind: str | None
     target_key: str | None
     busy: Job | None  # another running job of the same conversation
-    daemons: dict[str, DaemonRow] = field(default_factory=dict)
+    daemons: dict[str, DaemonRow] = field(default_factory=dict)  # every registered daemon
     pauses: tuple[TargetPause, ...] = ()
 
 
@@ -190,14 +190,8 @@ def job_facts(
             .order_by(pauses.c.paused_until.desc(), pauses.c.target_key)
         )
         found = [_pause(r) for r in conn.execute(query).mappings()]
-    owners = {o for o in (job.lease_owner, busy_row["lease_owner"] if busy_row else None) if o}
-    daemon_rows = (
-        conn.execute(select(renewald_daemons).where(renewald_daemons.c.owner_id.in_(owners)))
-        .mappings()
-        .all()
-        if owners
-        else []
-    )
+    # The registry is one row per running daemon: small enough to read whole.
+    daemon_rows = conn.execute(select(renewald_daemons)).mappings().all()
     return JobFacts(
         job=job,
         conversation=_conversation(conv_row) if conv_row else None,
@@ -219,10 +213,10 @@ def _owner_state(facts: JobFacts, owner: str | None, *, stale_before: int) -> tu
         return False, "no owner"
     daemon = facts.daemons.get(owner)
     if daemon is None:
-        return False, "owner not registered (stopped or never started)"
+        return False, "owner not registered: stopped or never started"
     if daemon.heartbeat_at < stale_before:
-        return False, f"owner not heartbeating (last heartbeat {_at(daemon.heartbeat_at)})"
-    return True, f"owner alive (heartbeat {_at(daemon.heartbeat_at)})"
+        return False, f"owner not heartbeating since {_at(daemon.heartbeat_at)}"
+    return True, f"owner alive, last heartbeat {_at(daemon.heartbeat_at)}"
 
 
 def explain(
@@ -258,8 +252,14 @@ def explain(
     holds = _pending_holds(facts, now=now, dispatch_statuses=dispatch_statuses)
     holds += _busy_and_paused(facts, now=now, stale_before=stale_before)
     if not holds:
+        since = _at(job.next_attempt_at or now)
+        if any(d.heartbeat_at >= stale_before for d in facts.daemons.values()):
+            return Explanation("due", "due", f"due since {since}: the next poll claims it")
         return Explanation(
-            "due", "due", f"due since {_at(job.next_attempt_at or now)}: the next poll claims it"
+            "due",
+            "due",
+            f"due since {since}, but no live daemon is registered: "
+            "it goes out when `renewald run` (or the next `run --once`) polls",
         )
     first, *rest = holds
     return Explanation("waiting", first.rule, first.detail, first.until, tuple(rest))
@@ -307,11 +307,12 @@ def _busy_and_paused(facts: JobFacts, *, now: int, stale_before: int) -> list[Ho
     busy = facts.busy
     if busy is not None:
         _, owner_state = _owner_state(facts, busy.lease_owner, stale_before=stale_before)
+        until = f" until {_at(busy.lease_expires_at)}" if busy.lease_expires_at else ""
         holds.append(
             Hold(
                 "conversation_busy",
                 f"job {busy.job_id} of the same conversation is running, leased by "
-                f"{busy.lease_owner or '-'} ({owner_state})",
+                f"{busy.lease_owner or '-'}{until} ({owner_state})",
                 busy.lease_expires_at,
             )
         )

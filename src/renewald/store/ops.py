@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from renewald.clock import iso_utc
+from renewald.store.attempts import CANCEL_REASON, CANCELLED
 from renewald.store.claim import load_targets
 from renewald.store.daemons import DaemonRow
 from renewald.store.jobs import dispatch_allowed, due_condition
@@ -36,9 +37,7 @@ attempts = renewal_job_attempts
 pauses = renewal_target_pauses
 
 FINISHED = ("done", "failed")
-CANCELLED = "cancelled"
 RETRY_REASON = "retried by operator"
-CANCEL_REASON = "cancelled by operator"
 
 
 # -- rows ----------------------------------------------------------------------------

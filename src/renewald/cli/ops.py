@@ -58,7 +58,8 @@ def _set_status(ctx: Context, conversation_id: str, status: str, as_json: bool) 
     if changed is None:
         raise UsageError(f"no conversation {conversation_id}")
     before, after = changed
-    [summary] = store.list_conversations(conversation=conversation_id) or [None]
+    found = store.list_conversations(conversation=conversation_id)
+    summary = found[0] if found else None
     if as_json:
         data = summary.as_dict() if summary else {}
         data["previous_status"] = before.automation_status
@@ -253,7 +254,7 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
     else:
         lines += ["", "no daemons registered"]
     if stats.paused_targets:
-        rows = [
+        paused = [
             (
                 p.target_key,
                 p.adapter,
@@ -265,7 +266,7 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
         ]
         lines += [
             "",
-            render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), rows),
+            render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), paused),
         ]
     else:
         lines += ["no paused targets"]

@@ -179,6 +179,20 @@ class Service:
     def rescue_tick(self) -> None:
         self.rescuer.run_once(self.clock.now_ms())
 
+    def retention_tick(self) -> None:
+        """Prune finished jobs past `[retention] older_than` (off unless configured)."""
+        older_than = self.config.retention.older_than
+        if older_than is None:
+            return
+        now = self.clock.now_ms()
+        jobs, attempts = self.store.prune_finished(
+            before=now - round(older_than * 1000), batch=self.config.retention.batch
+        )
+        if jobs or attempts:
+            _log.info(
+                "retention.pruned", jobs=jobs, attempts=attempts, older_than=f"{older_than:g}s"
+            )
+
     def watchdog_tick(self) -> None:
         d = self.config.daemon
         self.notifier.watchdog_if(
@@ -261,6 +275,13 @@ class Service:
                 id="rescue",
                 next_run_time=now,
             )
+            if self.config.retention.older_than is not None:
+                scheduler.add_job(
+                    guarded(self.retention_tick),
+                    "interval",
+                    seconds=self.config.retention.interval,
+                    id="retention",
+                )
         scheduler.add_job(
             guarded(self.heartbeat_tick), "interval", seconds=d.heartbeat_interval, id="heartbeat"
         )
@@ -302,6 +323,11 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped (or, with `once`, until nothing due is left); returns the exit code."""
+        metrics = None
+        if self.config.http.listen and not self.options.once:
+            from renewald.daemon.metrics import start_metrics
+
+            metrics = start_metrics(self)
         now = self.clock.now_ms()
         self._register(now)
         self.dispatcher.start()
@@ -334,6 +360,8 @@ class Service:
                         break
         finally:
             self._shutdown(scheduler)
+            if metrics is not None:
+                metrics.close()
         if self.dispatcher.fatal is not None:
             return EXIT_DUTY_DIED
         if self.exit_code:

@@ -36,6 +36,7 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.rescuer import Rescuer
+from renewald.daemon.schedules import fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog
@@ -177,6 +178,18 @@ class Service:
     def rescue_tick(self) -> None:
         self.rescuer.run_once(self.clock.now_ms())
 
+    def schedule_tick(self) -> None:
+        """Turn due schedule fires into jobs (daemon/schedules.py); wake the poller for them."""
+        fired = fire_due_schedules(
+            store=self.store,
+            job_log=self.job_log,
+            now=self.clock.now_ms(),
+            owner=self.owner,
+            dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
+        )
+        if fired.earliest_job_at is not None:
+            self.wake_at(fired.earliest_job_at)
+
     def watchdog_tick(self) -> None:
         d = self.config.daemon
         self.notifier.watchdog_if(
@@ -245,6 +258,13 @@ class Service:
                 id="rescue",
                 next_run_time=now,
             )
+            scheduler.add_job(
+                guarded(self.schedule_tick),
+                "interval",
+                seconds=min(d.poll_interval, 1.0),
+                id="schedules",
+                next_run_time=now,
+            )
         scheduler.add_job(
             guarded(self.heartbeat_tick), "interval", seconds=d.heartbeat_interval, id="heartbeat"
         )
@@ -307,6 +327,7 @@ class Service:
         self.notifier.ready(status="ready")
         try:
             if once:
+                self._guarded(self.schedule_tick)()
                 self._drain()
             else:
                 while not self._stop.wait(1.0):

@@ -323,6 +323,7 @@ def test_tick_logs_skipped_fires_and_parks_unreadable_rows(store: Store, tmp_pat
     assert skipped["job_id"] == f"schedule:p:{T0}" and skipped["next_fire_at"] == T0 + HOUR
     [invalid] = [x for x in lines if x["event"] == "schedule.invalid"]
     assert invalid["schedule"] == "bad" and "has 3 fields" in invalid["error"]
+    assert invalid["job_id"] == f"schedule:bad:{T0}"
     parked = store.get_schedule("bad")
     assert parked is not None and parked.next_fire_at is None
     assert [x.schedule_id for x in store.due_schedules(now=T0 + 10 * HOUR)] == ["p"]

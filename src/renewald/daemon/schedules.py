@@ -486,7 +486,14 @@ def _fire_one(
             last_fire_at=schedule.last_fire_at,
             now=now,
         ):
-            job_log.log("schedule.invalid", now_ms=now, schedule=sid, error=str(exc), owner=owner)
+            job_log.log(
+                "schedule.invalid",
+                now_ms=now,
+                job_id=fire_job_id(sid, schedule.next_fire_at),
+                schedule=sid,
+                error=str(exc),
+                owner=owner,
+            )
             _log.error("schedule.invalid", schedule=sid, error=str(exc))
         return
     decision = plan.decision

@@ -248,8 +248,7 @@ def show_cmd(ctx: Context, schedule_id: str, as_json: bool) -> None:
     heading = "next fires" if schedule.enabled else "next fires, if resumed now"
     click.echo(f"\n{heading}")
     for f in nexts:
-        local = _local(f, schedule)
-        click.echo(f"  {local:%Y-%m-%d %H:%M:%S %Z}  ({render.relative(f, now)})")
+        click.echo(f"  {_when(f, schedule, now)}")
 
 
 @schedules_group.command("pause")
@@ -280,7 +279,8 @@ def resume_cmd(ctx: Context, schedule_id: str) -> None:
     if not changed:
         click.echo(f"already enabled {schedule_id}")
         return
-    click.echo(f"resumed {schedule_id}; next fire {render.when(next_fire, now)}")
+    when = _when(next_fire, schedule, now) if next_fire is not None else "never"
+    click.echo(f"resumed {schedule_id}; next fire {when}")
 
 
 @schedules_group.command("remove")
@@ -325,6 +325,10 @@ def _local(ms: int, schedule: Schedule) -> datetime:
         except (KeyError, ValueError):
             pass
     return datetime.fromtimestamp(ms / 1000).astimezone()
+
+
+def _when(ms: int, schedule: Schedule, now: int) -> str:
+    return f"{_local(ms, schedule):%Y-%m-%d %H:%M:%S %Z}  ({render.relative(ms, now)})"
 
 
 def schedule_json(schedule: Schedule) -> dict[str, Any]:

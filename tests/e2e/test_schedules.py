@@ -96,6 +96,7 @@ def test_add_list_show_pause_resume_remove(renewald: Renewald, e2e_store: Store)
         (["--cron", "0 9 * * *", "--tz", "Mars/Olympus"], "--tz: unknown time zone"),
         (["--every", "0s"], "--every: must be longer than zero"),
         (["--every", "-5m"], "--every: '-5m' is not a duration"),
+        (["--every", "99999999999d"], "--every: an interval of"),
         (["--every", "1h", "--cron", "0 9 * * *"], "either --every or --cron, not both"),
         ([], "give --every DURATION"),
         (["--every", "1h", "--misfire", "later"], "'later' is not one of"),

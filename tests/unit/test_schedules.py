@@ -183,6 +183,8 @@ def test_bad_zone_and_interval() -> None:
         cron_trigger("0 9 * * *", "Mars/Olympus")
     with pytest.raises(InvalidSchedule, match="too short"):
         first_fire(trigger_kind="every", every_ms=500, now=0)
+    with pytest.raises(InvalidSchedule, match="too long"):
+        first_fire(trigger_kind="every", every_ms=400 * 24 * HOUR, now=0)
 
 
 # -- a downtime gap, for each misfire policy --------------------------------------------

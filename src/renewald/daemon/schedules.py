@@ -46,6 +46,7 @@ MISFIRE_POLICIES = ("coalesce", "skip", "all")
 MAX_CATCH_UP = 100
 DEFAULT_MISFIRE_GRACE_MS = 60_000
 MIN_EVERY_MS = 1_000
+MAX_EVERY_MS = 366 * 86_400_000  # longer is a typo more often than a plan; cron has @yearly
 # Walking more missed fires than this one by one is replaced by a look back from `now`.
 SCAN_LIMIT = 10_000
 # Cron fires at most once a minute: the look-back windows start at this many ms per fire.
@@ -158,6 +159,11 @@ def interval_trigger(every_ms: int, *, anchor_ms: int) -> IntervalTrigger:
         raise InvalidSchedule(
             f"an interval of {format_duration(every_ms / 1000)} is too short "
             f"(at least {format_duration(MIN_EVERY_MS / 1000)})"
+        )
+    if every_ms > MAX_EVERY_MS:
+        raise InvalidSchedule(
+            f"an interval of {format_duration(every_ms / 1000)} is too long "
+            f"(at most {format_duration(MAX_EVERY_MS / 1000)}; use --cron @yearly)"
         )
     return IntervalTrigger(seconds=every_ms / 1000, start_date=_dt(anchor_ms), timezone=UTC)
 
@@ -476,7 +482,7 @@ def _fire_one(
     assert schedule.next_fire_at is not None
     try:
         plan = plan_fires(schedule, now=now)
-    except InvalidSchedule as exc:
+    except (ValueError, OverflowError) as exc:  # InvalidSchedule, or dates past year 9999
         # A row this renewald cannot read (written by hand, or by a newer version): park
         # it (no next fire time) rather than fail on it at every tick.
         if store.advance_schedule(

@@ -36,6 +36,7 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.rescuer import Rescuer
+from renewald.daemon.schedules import fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog
@@ -193,6 +194,18 @@ class Service:
                 "retention.pruned", jobs=jobs, attempts=attempts, older_than=f"{older_than:g}s"
             )
 
+    def schedule_tick(self) -> None:
+        """Turn due schedule fires into jobs (daemon/schedules.py); wake the poller for them."""
+        fired = fire_due_schedules(
+            store=self.store,
+            job_log=self.job_log,
+            now=self.clock.now_ms(),
+            owner=self.owner,
+            dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
+        )
+        if fired.earliest_job_at is not None:
+            self.wake_at(fired.earliest_job_at)
+
     def watchdog_tick(self) -> None:
         d = self.config.daemon
         self.notifier.watchdog_if(
@@ -282,6 +295,14 @@ class Service:
                     seconds=self.config.retention.interval,
                     id="retention",
                 )
+
+            scheduler.add_job(
+                guarded(self.schedule_tick),
+                "interval",
+                seconds=min(d.poll_interval, 1.0),
+                id="schedules",
+                next_run_time=now,
+            )
         scheduler.add_job(
             guarded(self.heartbeat_tick), "interval", seconds=d.heartbeat_interval, id="heartbeat"
         )
@@ -352,6 +373,7 @@ class Service:
         self.notifier.ready(status="ready")
         try:
             if once:
+                self._guarded(self.schedule_tick)()
                 self._drain()
             else:
                 while not self._stop.wait(1.0):
@@ -391,7 +413,7 @@ class Service:
         if self._changes is not None:
             self._changes.stop()
         self.notifier.stopping(status="stopping")
-        for job_id in ("poll", "rescue"):
+        for job_id in ("poll", "rescue", "schedules", "retention"):
             if scheduler.get_job(job_id):
                 scheduler.remove_job(job_id)
         now = self.clock.now_ms()

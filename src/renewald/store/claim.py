@@ -97,6 +97,9 @@ def _claim_statement(dispatch_statuses: tuple[str, ...], *, skip_locked: bool): 
         .where(jobs.c.job_id.in_(_candidates(dispatch_statuses, skip_locked=skip_locked)))
         .values(
             status="running",
+            # A pending job carries no end: a stale mark (a cancel the tracker re-armed
+            # with its upsert, which leaves this column alone) must not end the new attempt.
+            terminal_reason=None,
             lease_owner=bindparam("owner", type_=Text),
             lease_expires_at=bindparam("lease_until", type_=BigInteger),
             lease_token=jobs.c.lease_token + 1,

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,14 +35,14 @@ _REDACTED_FIELDS = ("error", "reason", "summary", "target", "url", "last_error")
 _ORDER = ("ts", "event", "job_id", "attempt_id", "attempt", "conversation", "adapter")
 
 
-def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in _REDACTED_FIELDS:
         if event.get(key) is not None:
             event[key] = redact_value(event[key])
     return event
 
 
-def _ordered(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _ordered(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     head = {k: event.pop(k) for k in _ORDER if k in event}
     head.update(event)
     return head
@@ -204,7 +204,7 @@ class JobLog:
         data.update((k, v) for k, v in fields.items() if v is not None)
         data = _ordered(None, "", _redact(None, "", data))
         path = self.path_for(now_ms)
-        self._file.write(self._render(None, "", data), path)
+        self._file.write(str(self._render(None, "", data)), path)
         return path
 
     def flush(self) -> None:

@@ -62,3 +62,27 @@ def truncate(text: str | None, width: int) -> str | None:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False, default=str)
+
+
+def age(since_ms: int | None, now: int) -> str:
+    """How long ago `since_ms` was, coarse and without "ago": "4m", "1d2h"; "-" for None."""
+    if since_ms is None:
+        return "-"
+    delta = max(0, now - since_ms) / 1000
+    return "0s" if delta < 1 else _coarse(format_duration(delta))
+
+
+def took(ms: int | None) -> str:
+    """An attempt's duration: "0ms", "250ms", "1.2s", "2m3s"; "-" for None."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    return _coarse(format_duration(ms / 1000))
+
+
+def counts(values: dict[str, int]) -> str:
+    """ "done 3, failed 1" in the order given; "none" when empty."""
+    return ", ".join(f"{k} {v}" for k, v in values.items()) or "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import time
@@ -17,7 +18,7 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from tests.e2e.conftest import Renewald, wait_for
+from tests.e2e.conftest import RENEWALD, Renewald, wait_for
 
 
 def now_ms() -> int:
@@ -229,3 +230,51 @@ def test_sqlite_under_tracker_contention(renewald: Renewald, e2e_store: Store) -
     assert "Traceback" not in out.stderr
     assert len(attempts(e2e_store)) == 300
     assert all(j["status"] == "done" for j in jobs_by_id(e2e_store).values())
+
+
+def test_job_written_by_another_process_wakes_the_daemon(
+    renewald: Renewald, e2e_store: Store
+) -> None:
+    """With an hour between regular polls, only the change watcher can pick this job up."""
+    renewald.write_config(poll_interval="1h")
+    proc = renewald.start()
+    wait_for(lambda: e2e_store.list_daemons(), what="daemon registered")
+    add_conversations(e2e_store, {"woken": "auto"})
+    add_jobs(e2e_store, [("woken-1", "woken")])
+    wait_for(lambda: e2e_store.get_job("woken-1").status == "done", what="job delivered")
+    code, err = renewald.stop(proc)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_once_on_a_tty_shows_progress(renewald: Renewald, e2e_store: Store) -> None:
+    """A person running `run --once` in a terminal sees a progress bar, then the summary."""
+    import pty
+
+    add_conversations(e2e_store, {f"t{i}": "auto" for i in range(30)})
+    add_jobs(e2e_store, [(f"tty-{i}", f"t{i}") for i in range(30)])
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [RENEWALD, "run", "--once"],
+        env=renewald.env,
+        cwd=renewald.dir,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    proc.wait(timeout=60)
+    os.close(primary)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "delivering" in text and "100%" in text
+    assert "delivered 30" in text

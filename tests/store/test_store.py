@@ -343,3 +343,20 @@ def test_upgrade_from_the_first_revision(db_url: str) -> None:
         check_schema(store.engine)
     finally:
         store.close()
+
+
+def test_claim_clears_a_stale_end_mark(store: Store) -> None:
+    """The tracker's upsert re-arms a cancelled job without touching terminal_reason."""
+    make_job(store, job_id="j")
+    store.write(
+        lambda c: c.execute(
+            renewal_jobs.update()
+            .where(renewal_jobs.c.job_id == "j")
+            .values(terminal_reason="cancelled")
+        )
+    )
+    [c] = claim(store)
+    assert c.job.terminal_reason is None
+    assert store.record_results([result_for(c)], now=T0) == [True]
+    job = store.get_job("j")
+    assert job is not None and (job.status, job.terminal_reason) == ("done", "delivered")

@@ -1,7 +1,9 @@
 """The `log` adapter: writes the payload to the log and reports it delivered.
 
 It is the dry-run adapter: point a conversation link's `target_kind` at `log` (or enqueue
-with `--target-kind log`) to see what renewald would send without sending anything.
+with `--target-kind log`) to see what renewald would send without sending anything. The
+payload (up to `max_chars`) becomes the attempt's response summary, so it lands in the
+JSONL job log line and in `renewald show`; the console gets it at debug level.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class LogAdapter:
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self._include_payload = bool((settings or {}).get("include_payload", True))
+        self._max_chars = 1000
 
     def target_key(self, delivery: Delivery) -> str:
         return f"log:{delivery.conversation.local_id}"
@@ -35,8 +38,12 @@ class LogAdapter:
         }
         if self._include_payload:
             fields["payload"] = delivery.payload
-        _log.info("delivery_logged", **fields)
-        return Outcome.delivered(summary=f"logged {len(delivery.payload)} chars")
+        _log.debug("delivery_logged", **fields)
+        if not self._include_payload:
+            return Outcome.delivered(summary=f"logged {len(delivery.payload)} chars")
+        text = delivery.payload[: self._max_chars]
+        more = len(delivery.payload) - len(text)
+        return Outcome.delivered(summary=f"logged: {text}" + (f" (+{more} chars)" if more else ""))
 
     def close(self) -> None:
         pass

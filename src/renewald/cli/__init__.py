@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import click
 
-from renewald.cli import jobs, ops, run  # noqa: F401  (registers the commands)
+from renewald.cli import jobs, ops, run, schedules  # noqa: F401  (registers the commands)
 from renewald.cli.app import EXIT_USAGE, cli
 from renewald.errors import RenewaldError
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -115,3 +117,28 @@ def _json_or_text(value: str | None) -> Any:
         return redact_value(json.loads(value))
     except json.JSONDecodeError:
         return redact_value(value)
+
+
+def parse_age(value: str, *, option: str) -> int:
+    """A positive duration ("2h", "30d") as milliseconds, or one clear usage error."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{option}: must be longer than zero, got {value!r}")
+    return round(seconds * 1000)
+
+
+def operator_id() -> str:
+    """Who an operator's attempt rows and log lines name: `operator:<user>@<host>`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = "unknown"
+    return f"operator:{user}@{socket.gethostname()}"
+
+
+def stale_after_ms(config: Config) -> int:
+    """A daemon whose heartbeat is older than this is dead: the rescuer's own threshold."""
+    return round(3 * config.daemon.heartbeat_interval * 1000)

@@ -446,6 +446,7 @@ class Dispatcher:
             decision=r.decision,
             reason=r.decision_reason,
             error=r.error_message,
+            summary=r.response_summary,
             owner=r.lease_owner,
         )
         reason = r.terminal_reason or r.decision_reason or ""

@@ -38,9 +38,11 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.rescuer import Rescuer
+from renewald.daemon.schedules import fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog
+from renewald.store.changes import ChangeWatcher
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -147,6 +149,7 @@ class Service:
         self._backlog = False
         self._wake_at: int | None = None
         self._wake_lock = threading.Lock()
+        self._changes: ChangeWatcher | None = None
 
     # -- signals ---------------------------------------------------------------------
 
@@ -209,6 +212,32 @@ class Service:
     def rescue_tick(self) -> None:
         self.rescuer.run_once(self.clock.now_ms())
 
+    def retention_tick(self) -> None:
+        """Prune finished jobs past `[retention] older_than` (off unless configured)."""
+        older_than = self.config.retention.older_than
+        if older_than is None:
+            return
+        now = self.clock.now_ms()
+        jobs, attempts = self.store.prune_finished(
+            before=now - round(older_than * 1000), batch=self.config.retention.batch
+        )
+        if jobs or attempts:
+            _log.info(
+                "retention.pruned", jobs=jobs, attempts=attempts, older_than=f"{older_than:g}s"
+            )
+
+    def schedule_tick(self) -> None:
+        """Turn due schedule fires into jobs (daemon/schedules.py); wake the poller for them."""
+        fired = fire_due_schedules(
+            store=self.store,
+            job_log=self.job_log,
+            now=self.clock.now_ms(),
+            owner=self.owner,
+            dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
+        )
+        if fired.earliest_job_at is not None:
+            self.wake_at(fired.earliest_job_at)
+
     def watchdog_tick(self) -> None:
         d = self.config.daemon
         self.notifier.watchdog_if(
@@ -220,11 +249,16 @@ class Service:
     # -- waking the poller -----------------------------------------------------------
 
     def wake_at(self, at_ms: int, *, polled_at: int | None = None) -> None:
-        """Make the next poll happen at `at_ms` (or at once), unless one is due sooner."""
+        """Make the next poll happen at `at_ms` (or at once), unless one is due sooner.
+
+        Never later than one `poll_interval` from now: the interval stays the upper bound
+        between polls, whatever the earliest `next_attempt_at` is.
+        """
         scheduler = self._scheduler
         if scheduler is None:
             return
         now = self.clock.now_ms()
+        at_ms = min(at_ms, now + round(self.config.daemon.poll_interval * 1000))
         with self._wake_lock:
             if polled_at is None and self._wake_at is not None and now < self._wake_at <= at_ms:
                 return
@@ -238,6 +272,15 @@ class Service:
                 self._poll_again.set()
             else:
                 self.wake_at(self.clock.now_ms())
+
+    def _on_external_change(self) -> None:
+        """Another process wrote jobs: poll now rather than at the next interval."""
+        if self.dispatcher.stopping:
+            return
+        if self._poll_lock.locked():
+            self._poll_again.set()
+        else:
+            self.wake_at(self.clock.now_ms())
 
     def _on_retry_scheduled(self, at_ms: int) -> None:
         self.wake_at(at_ms)
@@ -275,6 +318,21 @@ class Service:
                 "interval",
                 seconds=d.rescue_interval,
                 id="rescue",
+                next_run_time=now,
+            )
+            if self.config.retention.older_than is not None:
+                scheduler.add_job(
+                    guarded(self.retention_tick),
+                    "interval",
+                    seconds=self.config.retention.interval,
+                    id="retention",
+                )
+
+            scheduler.add_job(
+                guarded(self.schedule_tick),
+                "interval",
+                seconds=min(d.poll_interval, 1.0),
+                id="schedules",
                 next_run_time=now,
             )
         scheduler.add_job(
@@ -318,6 +376,11 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped (or, with `once`, until nothing due is left); returns the exit code."""
+        metrics = None
+        if self.config.http.listen and not self.options.once:
+            from renewald.daemon.metrics import start_metrics
+
+            metrics = start_metrics(self)
         now = self.clock.now_ms()
         self._register(now)
         self.dispatcher.start()
@@ -325,6 +388,9 @@ class Service:
         scheduler = self._scheduler_for(once=once)
         self._scheduler = scheduler
         scheduler.start()
+        if not once:
+            self._changes = ChangeWatcher(self.config.database.url, self._on_external_change)
+            self._changes.start()
         d = self.config.daemon
         _log.info(
             "daemon.started",
@@ -339,6 +405,7 @@ class Service:
         self.notifier.ready(status="ready")
         try:
             if once:
+                self._guarded(self.schedule_tick)()
                 self._drain()
             else:
                 while not self._stop.wait(1.0):
@@ -347,6 +414,8 @@ class Service:
                         break
         finally:
             self._shutdown(scheduler)
+            if metrics is not None:
+                metrics.close()
         if self.dispatcher.fatal is not None:
             return EXIT_DUTY_DIED
         if self.exit_code:
@@ -377,8 +446,10 @@ class Service:
         d = self.config.daemon
         deadline = time.monotonic() + d.shutdown_grace
         self.dispatcher.stop_claiming()
+        if self._changes is not None:
+            self._changes.stop()
         self.notifier.stopping(status="stopping")
-        for job_id in ("poll", "rescue"):
+        for job_id in ("poll", "rescue", "schedules", "retention"):
             if scheduler.get_job(job_id):
                 scheduler.remove_job(job_id)
         # A poll already inside its claim would hand us jobs after the release below;

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Text,
+    Update,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    update,
+)
 
 from renewald.store.models import AttemptResult
 from renewald.store.schema import local_conversations, renewal_job_attempts, renewal_jobs
 
 jobs = renewal_jobs
+
+# `renewald cancel` marks a running job with this terminal_reason while it stays running.
+CANCELLED = "cancelled"
+CANCEL_REASON = "cancelled by operator"
 
 
 def _fenced(job_id: str, lease_token: int):  # type: ignore[no-untyped-def]
@@ -21,35 +38,83 @@ def _fenced(job_id: str, lease_token: int):  # type: ignore[no-untyped-def]
     )
 
 
+@lru_cache(maxsize=1)
+def _finish_statement() -> Update:
+    """The fenced write of one result, built once: per result only the parameters change,
+    so the recorder neither rebuilds nor recompiles it (it runs once per attempt)."""
+    status = bindparam("p_status", type_=Text)
+    ends = bindparam("p_ends", type_=Integer) == 1
+    return (
+        update(jobs)
+        .where(
+            jobs.c.job_id == bindparam("p_job_id", type_=Text),
+            jobs.c.status == "running",
+            jobs.c.lease_token == bindparam("p_lease_token", type_=Integer),
+            or_(jobs.c.terminal_reason.is_(None), jobs.c.terminal_reason != CANCELLED),
+        )
+        .values(
+            status=status,
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=bindparam("p_last_error", type_=Text),
+            updated_at=bindparam("p_now", type_=BigInteger),
+            next_attempt_at=case(
+                (status == "pending", bindparam("p_next_attempt_at", type_=BigInteger)),
+                else_=jobs.c.next_attempt_at,
+            ),
+            log_path=func.coalesce(bindparam("p_log_path", type_=Text), jobs.c.log_path),
+            finished_at=case(
+                (ends, bindparam("p_finished_at", type_=BigInteger)), else_=jobs.c.finished_at
+            ),
+            terminal_reason=case(
+                (ends, bindparam("p_terminal_reason", type_=Text)), else_=jobs.c.terminal_reason
+            ),
+            attempt_count=jobs.c.attempt_count - bindparam("p_refund", type_=Integer),
+        )
+    )
+
+
 def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: int) -> list[bool]:
     """Apply each result if its lease still holds; returns, per result, whether it did.
 
     A result whose fence matches nothing writes nothing at all, not even its attempt row:
-    the job was taken away (rescued, cancelled, reset by the tracker) and its new holder's
-    record is the one that counts.
+    the job was taken away (rescued, reset by the tracker) and its new holder's record is
+    the one that counts.
+
+    A job an operator cancelled while it ran (`terminal_reason = 'cancelled'`, still
+    running) ends failed/cancelled whatever the attempt's outcome, never rescheduled: the
+    attempt row keeps what the target said, its decision says the job was cancelled.
     """
     applied: list[bool] = []
     attempt_rows = []
     for r in results:
-        values: dict[str, object] = {
-            "status": r.status,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": r.error_message,
-            "updated_at": now,
-        }
-        if r.status == "pending":
-            values["next_attempt_at"] = r.next_attempt_at
-        if r.log_path is not None:
-            values["log_path"] = r.log_path
-        if r.status in ("done", "failed"):
-            values["finished_at"] = r.finished_at
-            values["terminal_reason"] = r.terminal_reason
-        if r.refund_attempt:
-            values["attempt_count"] = jobs.c.attempt_count - 1
         matched = conn.execute(
-            update(jobs).where(*_fenced(r.job_id, r.lease_token)).values(**values)
+            _finish_statement(),
+            {
+                "p_job_id": r.job_id,
+                "p_lease_token": r.lease_token,
+                "p_status": r.status,
+                "p_last_error": r.error_message,
+                "p_now": now,
+                "p_next_attempt_at": r.next_attempt_at,
+                "p_log_path": r.log_path,
+                "p_ends": 1 if r.status in ("done", "failed") else 0,
+                "p_finished_at": r.finished_at,
+                "p_terminal_reason": r.terminal_reason,
+                "p_refund": 1 if r.refund_attempt else 0,
+            },
         ).rowcount
+        cancelled = False
+        if matched != 1:
+            cancelled = (
+                conn.execute(
+                    update(jobs)
+                    .where(*_fenced(r.job_id, r.lease_token), jobs.c.terminal_reason == CANCELLED)
+                    .values(**_cancelled_values(r, now))
+                ).rowcount
+                == 1
+            )
+            matched = 1 if cancelled else 0
         applied.append(matched == 1)
         if matched != 1:
             continue
@@ -75,11 +140,37 @@ def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: i
                 "error_class": r.error_class,
                 "error_message": r.error_message,
                 "response_summary": r.response_summary,
-                "next_attempt_at": r.next_attempt_at,
-                "decision": r.decision,
-                "decision_reason": r.decision_reason,
+                "next_attempt_at": None if cancelled else r.next_attempt_at,
+                "decision": "failed" if cancelled else r.decision,
+                "decision_reason": _cancel_reason(r) if cancelled else r.decision_reason,
             }
         )
     if attempt_rows:
         conn.execute(insert(renewal_job_attempts), attempt_rows)
     return applied
+
+
+def _cancelled_values(r: AttemptResult, now: int) -> dict[str, object]:
+    values: dict[str, object] = {
+        "status": "failed",
+        "terminal_reason": CANCELLED,
+        "finished_at": r.finished_at,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": r.error_message or CANCEL_REASON,
+        "updated_at": now,
+    }
+    if r.log_path is not None:
+        values["log_path"] = r.log_path
+    if r.refund_attempt:
+        values["attempt_count"] = jobs.c.attempt_count - 1
+    return values
+
+
+def _cancel_reason(r: AttemptResult) -> str:
+    """The decision reason of a cancelled job's last attempt: what it was, and what the
+    attempt alone would have decided."""
+    instead = r.decision or r.status
+    if r.decision_reason and r.decision_reason != instead:
+        instead += f": {r.decision_reason}"
+    return f"{CANCEL_REASON} (instead of {instead})"

@@ -18,8 +18,20 @@ claim from waiting on rows that a finishing or rescuing transaction holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
-from sqlalchemy import Connection, exists, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Text,
+    bindparam,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
@@ -32,7 +44,8 @@ _PG_CLAIM_LOCK = 0x636C616D  # "clam"
 SCAN_FACTOR = 4
 
 
-def _candidates(now: int, limit: int, dispatch_statuses: Sequence[str], *, skip_locked: bool):
+def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type: ignore[no-untyped-def]
+    now = bindparam("now", type_=BigInteger)
     running = jobs.alias("running")
     busy = exists().where(
         running.c.local_conversation_id == jobs.c.local_conversation_id,
@@ -47,19 +60,19 @@ def _candidates(now: int, limit: int, dispatch_statuses: Sequence[str], *, skip_
         )
         .where(due_condition(now, dispatch_statuses), ~busy)
         .order_by(jobs.c.next_attempt_at, jobs.c.created_at)
-        .limit(limit * SCAN_FACTOR)
+        .limit(bindparam("scan_limit", type_=Integer))
     )
     if skip_locked:
         scan = scan.with_for_update(skip_locked=True)
-    scan = scan.subquery("scan")
+    scanned = scan.subquery("scan")
     ranked = select(
-        scan.c.job_id,
-        scan.c.next_attempt_at,
-        scan.c.created_at,
+        scanned.c.job_id,
+        scanned.c.next_attempt_at,
+        scanned.c.created_at,
         func.row_number()
         .over(
-            partition_by=scan.c.local_conversation_id,
-            order_by=(scan.c.next_attempt_at, scan.c.created_at),
+            partition_by=scanned.c.local_conversation_id,
+            order_by=(scanned.c.next_attempt_at, scanned.c.created_at),
         )
         .label("rn"),
     ).subquery("ranked")
@@ -67,18 +80,28 @@ def _candidates(now: int, limit: int, dispatch_statuses: Sequence[str], *, skip_
         select(ranked.c.job_id)
         .where(ranked.c.rn == 1)
         .order_by(ranked.c.next_attempt_at, ranked.c.created_at)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
 
 
-def _claim_update(candidates, *, owner: str, now: int, lease_ms: int):  # type: ignore[no-untyped-def]
+@lru_cache(maxsize=16)
+def _claim_statement(dispatch_statuses: tuple[str, ...], *, skip_locked: bool):  # type: ignore[no-untyped-def]
+    """The claim, built once per gate and reused: only its parameters change per poll, so
+    SQLAlchemy neither rebuilds nor recompiles it."""
+    now = bindparam("now", type_=BigInteger)
     return (
         update(jobs)
-        .where(jobs.c.job_id.in_(candidates), jobs.c.status == "pending")
+        # No second `status = 'pending'` here: the candidates are already locked (row locks on
+        # PostgreSQL, the write lock on SQLite), and the extra term would let SQLite walk the
+        # status index over every pending job instead of looking up the chosen ids.
+        .where(jobs.c.job_id.in_(_candidates(dispatch_statuses, skip_locked=skip_locked)))
         .values(
             status="running",
-            lease_owner=owner,
-            lease_expires_at=now + lease_ms,
+            # A pending job carries no end: a stale mark (a cancel the tracker re-armed
+            # with its upsert, which leaves this column alone) must not end the new attempt.
+            terminal_reason=None,
+            lease_owner=bindparam("owner", type_=Text),
+            lease_expires_at=bindparam("lease_until", type_=BigInteger),
             lease_token=jobs.c.lease_token + 1,
             attempt_count=jobs.c.attempt_count + 1,
             started_at=now,
@@ -87,6 +110,27 @@ def _claim_update(candidates, *, owner: str, now: int, lease_ms: int):  # type: 
         )
         .returning(*jobs.c)
     )
+
+
+def _claim(
+    conn: Connection,
+    *,
+    owner: str,
+    now: int,
+    lease_ms: int,
+    limit: int,
+    dispatch_statuses: Sequence[str],
+    skip_locked: bool,
+) -> list[Job]:
+    statement = _claim_statement(tuple(dispatch_statuses), skip_locked=skip_locked)
+    params = {
+        "now": now,
+        "owner": owner,
+        "lease_until": now + lease_ms,
+        "limit": limit,
+        "scan_limit": limit * SCAN_FACTOR,
+    }
+    return [Job.from_row(r) for r in conn.execute(statement, params).mappings()]
 
 
 def claim_due_jobs_sqlite(
@@ -98,9 +142,15 @@ def claim_due_jobs_sqlite(
     limit: int,
     dispatch_statuses: Sequence[str],
 ) -> list[Job]:
-    candidates = _candidates(now, limit, dispatch_statuses, skip_locked=False)
-    rows = conn.execute(_claim_update(candidates, owner=owner, now=now, lease_ms=lease_ms))
-    return [Job.from_row(r) for r in rows.mappings()]
+    return _claim(
+        conn,
+        owner=owner,
+        now=now,
+        lease_ms=lease_ms,
+        limit=limit,
+        dispatch_statuses=dispatch_statuses,
+        skip_locked=False,
+    )
 
 
 def claim_due_jobs_postgresql(
@@ -113,9 +163,15 @@ def claim_due_jobs_postgresql(
     dispatch_statuses: Sequence[str],
 ) -> list[Job]:
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIM_LOCK})
-    candidates = _candidates(now, limit, dispatch_statuses, skip_locked=True)
-    rows = conn.execute(_claim_update(candidates, owner=owner, now=now, lease_ms=lease_ms))
-    return [Job.from_row(r) for r in rows.mappings()]
+    return _claim(
+        conn,
+        owner=owner,
+        now=now,
+        lease_ms=lease_ms,
+        limit=limit,
+        dispatch_statuses=dispatch_statuses,
+        skip_locked=True,
+    )
 
 
 def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
@@ -123,13 +179,12 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
     if not claimed:
         return []
     ids = sorted({j.local_conversation_id for j in claimed})
-    platforms = dict(
-        conn.execute(
-            select(
-                local_conversations.c.local_conversation_id, local_conversations.c.platform
-            ).where(local_conversations.c.local_conversation_id.in_(ids))
-        ).all()
+    platform_rows = conn.execute(
+        select(local_conversations.c.local_conversation_id, local_conversations.c.platform).where(
+            local_conversations.c.local_conversation_id.in_(ids)
+        )
     )
+    platforms: dict[str, str] = {row[0]: row[1] for row in platform_rows}
     links: dict[str, Link] = {}
     link_rows = conn.execute(
         select(conversation_links)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from renewald.errors import DuplicateJob
@@ -104,7 +104,7 @@ def list_attempts(conn: Connection, job_id: str) -> list[Attempt]:
     return [Attempt.from_row(r) for r in conn.execute(query).mappings()]
 
 
-def dispatch_allowed(now: int, dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
+def dispatch_allowed(now: int | ColumnElement[int], dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
     """The conversation gate of the due rule: no conversation row, or one that allows dispatch
     and is not cooling down (DESIGN §2)."""
     gate = convs.alias("gate")
@@ -118,7 +118,7 @@ def dispatch_allowed(now: int, dispatch_statuses: Sequence[str]):  # type: ignor
     return ~blocked
 
 
-def due_condition(now: int, dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
+def due_condition(now: int | ColumnElement[int], dispatch_statuses: Sequence[str]):  # type: ignore[no-untyped-def]
     return and_(
         jobs.c.status == "pending",
         jobs.c.next_attempt_at <= now,

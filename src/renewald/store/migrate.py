@@ -8,21 +8,25 @@ check at start-up is one SELECT, not an import of every migration script.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, inspect, text
 
 from renewald.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 VERSION_TABLE = "renewald_schema_version"
-REVISIONS: tuple[str, ...] = ("0001", "0002")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 HEAD = REVISIONS[-1]
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 _PG_MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs
 
 
 def alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # only `migrate` pays for Alembic
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", SCRIPT_LOCATION)
     return cfg
@@ -46,6 +50,8 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
                 f"knows (up to {HEAD}): upgrade renewald"
             )
         if before != HEAD:
+            from alembic import command
+
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

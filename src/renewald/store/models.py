@@ -141,3 +141,55 @@ class NewJob:
     max_attempts: int = 3
     next_attempt_at: int | None = None
     deadline_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring renewal (`renewal_schedules`): each fire time becomes one job."""
+
+    schedule_id: str
+    local_conversation_id: str
+    trigger_kind: str  # 'every' | 'cron'
+    every_ms: int | None
+    cron: str | None
+    timezone: str
+    payload: str
+    payload_kind: str
+    target_kind: str | None
+    target_snapshot: str | None
+    max_attempts: int
+    jitter_ms: int
+    misfire: str  # 'coalesce' | 'skip' | 'all'
+    misfire_grace_ms: int | None
+    allow_overlap: bool
+    enabled: bool
+    next_fire_at: int | None
+    last_fire_at: int | None
+    last_job_id: str | None
+    created_at: int
+    updated_at: int
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Schedule:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["allow_overlap"] = bool(values["allow_overlap"])
+        values["enabled"] = bool(values["enabled"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class FireOutcome:
+    """What firing one schedule did.
+
+    `status` is 'fired' (jobs were created, or already existed for those fire times),
+    'skipped' (a gate held: the fires were recorded as passed, no job was made), or
+    'raced' (another daemon advanced the schedule first: nothing was written).
+    """
+
+    status: str
+    created: tuple[str, ...] = ()
+    existing: tuple[str, ...] = ()
+    reason: str | None = None

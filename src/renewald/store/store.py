@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -18,8 +19,9 @@ import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+import renewald.store.schedules as schedule_sql
 from renewald.errors import DatabaseError
-from renewald.store import attempts, claim, daemons, jobs, leases
+from renewald.store import attempts, claim, daemons, jobs, leases, ops
 from renewald.store.engine import READ_ONLY, make_engine, sqlite_path
 from renewald.store.migrate import check_schema
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
@@ -265,6 +267,267 @@ class Store:
 
     def list_daemons(self) -> list[daemons.DaemonRow]:
         return self.read(daemons.list_daemons)
+
+    # -- operating (renewald show/retry/cancel/conversations/stats/prune) --------------
+
+    def explain_job(
+        self,
+        job_id: str,
+        *,
+        now: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+        stale_after_ms: int,
+        target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+    ) -> tuple[ops.JobFacts, ops.Explanation] | None:
+        """The job, the rows that decide whether it is due, and the rule that applies."""
+        facts = self.read(lambda conn: ops.job_facts(conn, job_id, now=now, target_of=target_of))
+        if facts is None:
+            return None
+        why = ops.explain(
+            facts,
+            now=now,
+            dispatch_statuses=dispatch_statuses,
+            stale_before=now - stale_after_ms,
+        )
+        return facts, why
+
+    def retry_job(
+        self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
+    ) -> ops.Retried | None:
+        """A failed job back to pending, due now, with a fresh budget; None if not failed."""
+        aid = attempt_id or uuid.uuid4().hex
+        return self.write(
+            lambda conn: ops.retry_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
+        )
+
+    def failed_job_ids(
+        self,
+        *,
+        since: int | None = None,
+        conversation: str | None = None,
+        reasons: Sequence[str] = (),
+        exclude_reasons: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[str]:
+        return self.read(
+            lambda conn: ops.failed_job_ids(
+                conn,
+                since=since,
+                conversation=conversation,
+                reasons=reasons,
+                exclude_reasons=exclude_reasons,
+                limit=limit,
+            )
+        )
+
+    def retry_failed(
+        self,
+        *,
+        now: int,
+        action: ops.OperatorAction,
+        since: int | None = None,
+        conversation: str | None = None,
+        reasons: Sequence[str] = (),
+        exclude_reasons: Sequence[str] = (),
+        batch: int = 200,
+    ) -> list[ops.Retried]:
+        """Retry every failed job the filters select, `batch` jobs per short transaction."""
+        done: list[ops.Retried] = []
+        after: str | None = None
+        while True:
+
+            def tx(conn: Connection, after: str | None = after) -> tuple[list[ops.Retried], str]:
+                ids = ops.failed_job_ids(
+                    conn,
+                    since=since,
+                    conversation=conversation,
+                    reasons=reasons,
+                    exclude_reasons=exclude_reasons,
+                    limit=batch,
+                    after_id=after,
+                )
+                got = [
+                    ops.retry_job(
+                        conn, job_id=i, attempt_id=uuid.uuid4().hex, now=now, action=action
+                    )
+                    for i in ids
+                ]
+                return [r for r in got if r is not None], (ids[-1] if ids else "")
+
+            retried, last = self.write(tx)
+            done += retried
+            if not last:
+                return done
+            after = last
+
+    def cancel_job(
+        self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
+    ) -> ops.Cancelled | None:
+        aid = attempt_id or uuid.uuid4().hex
+        return self.write(
+            lambda conn: ops.cancel_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
+        )
+
+    def set_automation_status(
+        self, conversation_id: str, *, status: str, now: int
+    ) -> tuple[ops.Conversation, ops.Conversation] | None:
+        return self.write(
+            lambda conn: ops.set_automation_status(
+                conn, conversation_id=conversation_id, status=status, now=now
+            )
+        )
+
+    def list_conversations(
+        self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 100
+    ) -> list[ops.ConversationSummary]:
+        return self.read(
+            lambda conn: ops.list_conversations(
+                conn, statuses=statuses, conversation=conversation, limit=limit
+            )
+        )
+
+    def stats(
+        self,
+        *,
+        now: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+        overdue_before: int,
+        failures_since: int,
+    ) -> ops.Stats:
+        return self.read(
+            lambda conn: ops.stats(
+                conn,
+                now=now,
+                dispatch_statuses=dispatch_statuses,
+                overdue_before=overdue_before,
+                failures_since=failures_since,
+            )
+        )
+
+    def gauges(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> ops.Gauges:
+        return self.read(
+            lambda conn: ops.gauges(conn, now=now, dispatch_statuses=dispatch_statuses)
+        )
+
+    def paused_targets(self, *, now: int) -> list[ops.TargetPause]:
+        return self.read(lambda conn: ops.paused_targets(conn, now=now))
+
+    def count_prunable(self, *, before: int) -> tuple[int, int]:
+        return self.read(lambda conn: ops.count_prunable(conn, before=before))
+
+    def prune_finished(
+        self, *, before: int, batch: int = 500, max_batches: int | None = None
+    ) -> tuple[int, int]:
+        """Delete finished jobs (finished before `before`) and their attempts, `batch` jobs
+        per transaction, so the SQLite write lock is only ever held briefly and the tracker's
+        writes slip in between. Returns (jobs deleted, attempts deleted)."""
+        total_jobs = total_attempts = batches = 0
+        while max_batches is None or batches < max_batches:
+            n_jobs, n_attempts = self.write(
+                lambda conn: ops.prune_batch(conn, before=before, limit=batch)
+            )
+            batches += 1
+            total_jobs += n_jobs
+            total_attempts += n_attempts
+            if n_jobs < batch:
+                break
+        return total_jobs, total_attempts
+
+    # -- schedules (store/schedules.py) -----------------------------------------------
+
+    def add_schedule(
+        self,
+        *,
+        schedule: schedule_sql.Schedule,
+        platform: str = "renewald",
+        conversation_status: str = "auto",
+    ) -> schedule_sql.Schedule:
+        """Insert a schedule, creating its conversation row (`auto`) when missing."""
+
+        def tx(conn: Connection) -> schedule_sql.Schedule:
+            schedule_sql.insert_schedule(
+                conn,
+                schedule=schedule,
+                platform=platform,
+                conversation_status=conversation_status,
+            )
+            found = schedule_sql.get_schedule(conn, schedule.schedule_id)
+            assert found is not None
+            return found
+
+        return self.write(tx)
+
+    def get_schedule(self, schedule_id: str) -> schedule_sql.Schedule | None:
+        return self.read(lambda conn: schedule_sql.get_schedule(conn, schedule_id))
+
+    def list_schedules(
+        self, *, conversation: str | None = None, limit: int = 100
+    ) -> list[schedule_sql.Schedule]:
+        return self.read(
+            lambda conn: schedule_sql.list_schedules(conn, conversation=conversation, limit=limit)
+        )
+
+    def due_schedules(self, *, now: int, limit: int = 100) -> list[schedule_sql.Schedule]:
+        return self.read(lambda conn: schedule_sql.due_schedules(conn, now=now, limit=limit))
+
+    def fire_schedule(
+        self,
+        *,
+        schedule: schedule_sql.Schedule,
+        new_jobs: Sequence[NewJob],
+        next_fire_at: int | None,
+        last_fire_at: int,
+        now: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+    ) -> schedule_sql.FireOutcome:
+        return self.write(
+            lambda conn: schedule_sql.fire_schedule(
+                conn,
+                schedule=schedule,
+                new_jobs=new_jobs,
+                next_fire_at=next_fire_at,
+                last_fire_at=last_fire_at,
+                now=now,
+                dispatch_statuses=dispatch_statuses,
+            )
+        )
+
+    def advance_schedule(
+        self,
+        *,
+        schedule_id: str,
+        seen: int,
+        next_fire_at: int | None,
+        last_fire_at: int | None,
+        now: int,
+    ) -> bool:
+        return self.write(
+            lambda conn: schedule_sql.advance_schedule(
+                conn,
+                schedule_id=schedule_id,
+                seen=seen,
+                next_fire_at=next_fire_at,
+                last_fire_at=last_fire_at,
+                now=now,
+            )
+        )
+
+    def pause_schedule(self, schedule_id: str, *, now: int) -> bool:
+        return self.write(
+            lambda conn: schedule_sql.set_enabled(
+                conn, schedule_id=schedule_id, enabled=False, now=now
+            )
+        )
+
+    def resume_schedule(self, schedule_id: str, *, next_fire_at: int | None, now: int) -> bool:
+        return self.write(
+            lambda conn: schedule_sql.set_enabled(
+                conn, schedule_id=schedule_id, enabled=True, now=now, next_fire_at=next_fire_at
+            )
+        )
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        return self.write(lambda conn: schedule_sql.delete_schedule(conn, schedule_id=schedule_id))
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -1,0 +1,251 @@
+"""Prometheus `/metrics` and `/healthz` over HTTP (optional: `[http] listen`, off by default).
+
+Counters and the duration histogram are fed by the dispatcher's observer hook (every
+recorded attempt) and by the rescuer; gauges are read from the store at scrape time with a
+few cheap count queries, so they describe the whole database, not one daemon. Everything
+lives in a dedicated `CollectorRegistry`: nothing leaks into (or from) the global one.
+
+`/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
+(the watchdog's own limit), else 503: a daemon whose database went away turns unhealthy.
+
+The server is the standard library's `ThreadingHTTPServer` on a daemon thread, started
+by `Service.run()` and shut down when it returns.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from renewald.clock import Clock
+from renewald.errors import ConfigError
+from renewald.store import AttemptResult, Store
+
+if TYPE_CHECKING:
+    from renewald.daemon.service import Service
+
+_log = structlog.get_logger("renewald.metrics")
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The daemon's metrics: counters it updates, gauges it reads from the store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        dispatch_statuses: Sequence[str] = ("auto",),
+        last_poll: Callable[[], float | None] = lambda: None,
+        healthy_within: float = 8.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.dispatch_statuses = tuple(dispatch_statuses)
+        self._last_poll = last_poll
+        self.healthy_within = healthy_within
+        self.registry = CollectorRegistry()
+        self.attempts = Counter(
+            "renewald_attempts",
+            "Delivery attempts finished by this daemon, by adapter and outcome.",
+            ("adapter", "outcome"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "renewald_delivery_duration_seconds",
+            "How long delivery attempts took, by adapter.",
+            ("adapter",),
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.rescues = Counter(
+            "renewald_rescues",
+            "Abandoned running jobs this daemon took back (lease expired or owner dead).",
+            registry=self.registry,
+        )
+        self.lease_losses = Counter(
+            "renewald_lease_losses",
+            "Attempt results not recorded because the job was taken away first.",
+            registry=self.registry,
+        )
+        self.registry.register(_StoreGauges(self))
+
+    # -- feeding ---------------------------------------------------------------------
+
+    def observe(self, result: AttemptResult, applied: bool) -> None:
+        """The dispatcher's observer: one call per recorded (or fenced-off) attempt."""
+        adapter = result.adapter or "none"
+        self.attempts.labels(adapter, result.outcome).inc()
+        self.duration.labels(adapter).observe(max(0, result.finished_at - result.started_at) / 1000)
+        if not applied:
+            self.lease_losses.inc()
+
+    def rescued(self, count: int) -> None:
+        if count > 0:
+            self.rescues.inc(count)
+
+    # -- answering -------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, one line saying why) from the age of the last successful poll."""
+        last = self._last_poll()
+        if last is None:
+            return False, "no successful poll yet"
+        age = self.clock.monotonic() - last
+        if age > self.healthy_within:
+            return False, f"no successful poll for {age:.1f}s (limit {self.healthy_within:g}s)"
+        return True, f"last poll {age:.1f}s ago"
+
+
+class _StoreGauges(Collector):
+    """Gauges computed at scrape time from the store: due and running jobs, the oldest due
+    job's age, paused targets. A database that does not answer gives renewald_store_up 0."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # read the store at scrape time only, never at registration
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        now = m.clock.now_ms()
+        up = GaugeMetricFamily("renewald_store_up", "1 when the database answered this scrape.")
+        try:
+            g = m.store.gauges(now=now, dispatch_statuses=m.dispatch_statuses)
+        except Exception as exc:  # a scrape must answer even while the database is away
+            _log.warning("metrics.store_error", error=str(exc).strip().splitlines()[0])
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily("renewald_jobs_due", "Jobs due now (dispatchable).", value=g.due)
+        yield GaugeMetricFamily("renewald_jobs_running", "Jobs running now.", value=g.running)
+        oldest = 0.0 if g.oldest_due_at is None else max(0, now - g.oldest_due_at) / 1000
+        yield GaugeMetricFamily(
+            "renewald_oldest_due_age_seconds",
+            "How long the oldest due job has been due (0 when none is).",
+            value=oldest,
+        )
+        yield GaugeMetricFamily(
+            "renewald_targets_paused",
+            "Delivery targets the breaker has paused now.",
+            value=len(g.paused_targets),
+        )
+        remaining = GaugeMetricFamily(
+            "renewald_target_pause_remaining_seconds",
+            "Seconds until the breaker lets a paused target be tried again.",
+            labels=("target", "adapter"),
+        )
+        for p in g.paused_targets:
+            left = max(0, (p.paused_until or now) - now) / 1000
+            remaining.add_metric([p.target_key, p.adapter or ""], left)
+        yield remaining
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics  # set on the per-server subclass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok, why = self.metrics.health()
+            self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n")
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"):  # type: ignore[no-untyped-def]
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are frequent and unremarkable: no access log."""
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` on `listen` ("host:port"; port 0 picks a free one)."""
+
+    def __init__(self, metrics: Metrics, listen: str) -> None:
+        host, port = _split_listen(listen)
+        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        server_class = type(
+            "Server",
+            (ThreadingHTTPServer,),
+            {
+                "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+                "daemon_threads": True,
+            },
+        )
+        try:
+            self._server = server_class((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"[http] listen {listen!r}: cannot listen there ({exc.strerror or exc})"
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="renewald-http", daemon=True
+        )
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_metrics(service: Service) -> MetricsServer:
+    """Attach metrics to a service (observer, rescue counts) and start serving them."""
+    d = service.config.daemon
+    metrics = Metrics(
+        store=service.store,
+        clock=service.clock,
+        dispatch_statuses=d.dispatch_statuses,
+        last_poll=lambda: service.gate.last("poll"),
+        healthy_within=3 * d.poll_interval + 5,
+    )
+    server = MetricsServer(metrics, service.config.http.listen)  # bind first: fail early
+    service.dispatcher.add_observer(metrics.observe)
+    # The rescuer has no observer hook; count what each of its runs took back.
+    rescue = service.rescuer.run_once
+
+    def counted_rescue(now: int) -> int:
+        rescued = rescue(now)
+        metrics.rescued(rescued)
+        return rescued
+
+    service.rescuer.run_once = counted_rescue  # type: ignore[method-assign]
+    server.start()
+    _log.info("http.listening", address=server.address, paths="/metrics /healthz")
+    return server

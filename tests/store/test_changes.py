@@ -1,0 +1,47 @@
+"""The change watcher notices jobs other processes write, on both backends."""
+
+from __future__ import annotations
+
+import threading
+
+from renewald.store import Store
+from renewald.store.changes import ChangeWatcher
+from tests.store.factories import make_job
+
+
+def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str) -> None:
+    changed = threading.Event()
+    watcher = ChangeWatcher(db_url, changed.set, interval=0.01)
+    watcher.start()
+    try:
+        # Let the watcher settle (LISTEN issued / first data_version read), then write.
+        for _ in range(50):
+            if changed.wait(0.05):
+                changed.clear()
+            make_job(store)
+            if changed.wait(2):
+                break
+        assert changed.is_set(), "no change noticed after writing jobs"
+    finally:
+        watcher.stop()
+
+
+def test_notify_trigger_only_on_postgresql(store: Store) -> None:
+    from sqlalchemy import text
+
+    if store.dialect == "postgresql":
+        names = store.read(
+            lambda c: (
+                c.execute(
+                    text("SELECT tgname FROM pg_trigger WHERE tgname = 'renewald_notify_pending'")
+                )
+                .scalars()
+                .all()
+            )
+        )
+        assert names == ["renewald_notify_pending"]
+    else:
+        triggers = store.read(
+            lambda c: c.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'")).all()
+        )
+        assert triggers == []

@@ -190,7 +190,12 @@ class HookTarget:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers["Content-Length"])
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    self.close_connection = True
+                    return  # the sender died mid-request: nothing was delivered
+                body = json.loads(raw)
                 job_id, attempt = body["job_id"], int(self.headers["X-Renewald-Attempt"])
                 status = target.status(job_id, attempt)
                 with target._lock:

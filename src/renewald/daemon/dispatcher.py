@@ -6,11 +6,14 @@ job update and the attempt row in one fenced transaction — and appends their J
 right after the commit. A result whose fence matched nothing is logged `lease.lost` and
 changes nothing.
 
-Before a delivery, two guards stand between a claimed job and its target (the
-adapter's `target_key`): the per-target in-flight limit (`limits.py`: a job whose target
-is busy waits in that target's line, holding its lease but no worker thread), and the
+The poll thread plans each claimed job in claim order: its delivery, adapter and target
+(the adapter's `target_key`). Two guards stand between a job and its target: the
 circuit breaker (`breaker.py`: a paused target's jobs are deferred without spending
-attempts). An adapter that cannot be built (bad config) defers its jobs the same way.
+attempts, checked again right before the send) and the per-target in-flight limit
+(`limits.py`: a job whose target is busy waits in that target's line, holding its lease
+but no worker thread, until a finishing delivery hands it the slot). An adapter that
+cannot be built (bad config) defers its jobs like an open breaker. Only jobs that hold
+a slot reach the workers.
 
 The dispatcher never reads the clock on its own: every time comes from the injected
 clock, and every periodic duty takes `now`.
@@ -115,7 +118,7 @@ class Dispatcher:
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         self._held_lock = threading.Condition()
-        self._tasks: queue.Queue[ClaimedJob | _Planned | None] = queue.Queue()
+        self._tasks: queue.Queue[_Planned | None] = queue.Queue()
         self._limits: TargetLimits[_Planned] = TargetLimits()
         self.breakers = Breakers(
             store=store,
@@ -235,8 +238,8 @@ class Dispatcher:
         with self._held_lock:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
-        for c in claimed:
-            self._tasks.put(c)
+        for c in claimed:  # in claim order, so each target's line is in due order
+            self._dispatch(c)
         if len(claimed) == limit:
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)
@@ -291,33 +294,33 @@ class Dispatcher:
 
     # -- delivering ------------------------------------------------------------------
 
+    def _dispatch(self, claimed: ClaimedJob) -> None:
+        """Plan a freshly claimed job and send it on: to the recorder when it needs no
+        delivery (bad row, open breaker, misconfigured adapter), to a worker when its
+        target has a free slot, else into its target's line."""
+        step = self._plan(claimed)
+        if isinstance(step, AttemptResult):
+            self._results.put(step)
+            return
+        verdict = self.breakers.check(step.key, self.clock.now_ms())
+        if not verdict.deliver:  # no need to wait for a slot to learn that
+            self._results.put(self._deferred_by_breaker(step, verdict))
+            return
+        with self._held_lock:
+            # In line, a job holds its lease (the heartbeat extends it) but no thread.
+            free = self._limits.acquire(step.key, step.limit, step)
+        if free:
+            self._tasks.put(step)
+
     def _deliver_loop(self) -> None:
         while True:
-            item = self._tasks.get()
-            if item is None:
+            planned = self._tasks.get()
+            if planned is None:
                 return
-            if isinstance(item, _Planned):  # its target's slot was handed to it
-                if self._begin(item.claimed):
-                    self._run(item)
-                else:
-                    self._free_slot(item.key)
-                continue
-            if not self._begin(item):
-                continue  # released at shutdown
-            step = self._plan(item)
-            if isinstance(step, AttemptResult):
-                self._results.put(step)
-                continue
-            verdict = self.breakers.check(step.key, self.clock.now_ms())
-            if not verdict.deliver:  # no need to wait for a slot to learn that
-                self._results.put(self._deferred_by_breaker(step, verdict))
-                continue
-            with self._held_lock:
-                if not self._limits.acquire(step.key, step.limit, step):
-                    # In line for its target: holds its lease, not this thread.
-                    self._started.discard(item.job.job_id)
-                    continue
-            self._run(step)
+            if self._begin(planned.claimed):
+                self._run(planned)
+            else:  # released at shutdown
+                self._free_slot(planned.key)
 
     def _begin(self, claimed: ClaimedJob) -> bool:
         """Mark a held job as being worked on; False when it was released meanwhile."""
@@ -339,7 +342,8 @@ class Dispatcher:
         with self._held_lock:
             following = self._limits.release(key)
         if following is not None:
-            # Behind whatever is already queued: a busy target does not jump the line.
+            # Behind whatever is already queued: a busy target does not jump ahead of
+            # other targets' jobs.
             self._tasks.put(following)
 
     def waiting_for_target(self) -> int:

@@ -594,6 +594,61 @@ def test_bridge_runs_one_delivery_per_client_at_a_time(
     assert_log_matches(renewald, e2e_store)
 
 
+def test_jobs_in_line_keep_their_lease_past_its_length(
+    renewald: Renewald, e2e_store: Store, http_target: tuple[Target, str]
+) -> None:
+    """The last job waits longer than a whole lease: the heartbeat keeps it ours, so the
+    rescuer (every 500ms) never takes it."""
+    target, base = http_target
+    target.hold = 1.0
+    config(renewald, f'[adapters."{BRIDGE}"]\nurl = "{base}/deliver"\n', lease="2s")
+    for n in range(4):
+        add_conversation(e2e_store, f"c{n}", kind=BRIDGE, client_id="tab-slow")
+        add_job(e2e_store, f"j{n}", f"c{n}")
+
+    proc = renewald.start()
+    wait_for(
+        lambda: all(j["status"] == "done" for j in jobs(e2e_store).values()),
+        timeout=30,
+        what="four deliveries, one at a time",
+    )
+    code, err = renewald.stop(proc)
+    assert code == 0, err
+    rows = attempts(e2e_store)
+    assert [r["outcome"] for r in rows] == ["delivered"] * 4, "nothing rescued or repeated"
+    assert rows[-1]["started_at"] - rows[0]["started_at"] > 2000, "the last waited > a lease"
+    assert len(target.requests) == 4 and target.peak["tab-slow"] == 1
+    assert all(j["attempt_count"] == 1 for j in jobs(e2e_store).values())
+
+
+def test_sigterm_gives_back_jobs_waiting_in_line(
+    renewald: Renewald, e2e_store: Store, http_target: tuple[Target, str]
+) -> None:
+    target, base = http_target
+    target.hold = 2.0  # long enough for SIGTERM to land while it is in flight
+    config(renewald, f'[adapters."{BRIDGE}"]\nurl = "{base}/deliver"\n')
+    for n in range(3):
+        add_conversation(e2e_store, f"c{n}", kind=BRIDGE, client_id="tab-1")
+        add_job(e2e_store, f"j{n}", f"c{n}")
+
+    proc = renewald.start()
+    wait_for(lambda: target.requests, what="the first delivery under way")
+    code, err = renewald.stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+    state = jobs(e2e_store)
+    [first] = [seen.body["job_id"] for seen in target.requests]
+    assert state[first]["status"] == "done", "the delivery in flight was let finish"
+    waiting = [job_id for job_id in state if job_id != first]
+    for job_id in waiting:
+        job = state[job_id]
+        assert (job["status"], job["attempt_count"], job["lease_owner"]) == ("pending", 0, None)
+        assert attempts(e2e_store, job_id) == []
+    released = {line["job_id"] for line in renewald.log_lines() if line["event"] == "job.released"}
+    assert released == set(waiting)
+
+
 def test_webhook_limit_per_origin_is_configurable(
     renewald: Renewald, e2e_store: Store, http_target: tuple[Target, str]
 ) -> None:

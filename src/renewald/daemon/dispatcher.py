@@ -300,17 +300,23 @@ class Dispatcher:
         target has a free slot, else into its target's line."""
         step = self._plan(claimed)
         if isinstance(step, AttemptResult):
-            self._results.put(step)
+            self._finish_now(claimed, step)
             return
         verdict = self.breakers.check(step.key, self.clock.now_ms())
         if not verdict.deliver:  # no need to wait for a slot to learn that
-            self._results.put(self._deferred_by_breaker(step, verdict))
+            self._finish_now(claimed, self._deferred_by_breaker(step, verdict))
             return
         with self._held_lock:
             # In line, a job holds its lease (the heartbeat extends it) but no thread.
             free = self._limits.acquire(step.key, step.limit, step)
         if free:
             self._tasks.put(step)
+
+    def _finish_now(self, claimed: ClaimedJob, result: AttemptResult) -> None:
+        # Started like a delivery, so that a shutdown does not release the job under the
+        # recorder; when shutdown released it first, the result is dropped with it.
+        if self._begin(claimed):
+            self._results.put(result)
 
     def _deliver_loop(self) -> None:
         while True:

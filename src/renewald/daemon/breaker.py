@@ -404,6 +404,7 @@ class Breakers:
         level: str = "info",
         **fields: object,
     ) -> None:
+        present = {name: value for name, value in fields.items() if value is not None}
         self.job_log.log(
             event,
             now_ms=now,
@@ -411,9 +412,9 @@ class Breakers:
             attempt_id=attempt_id,
             adapter=adapter,
             target_key=key,
-            **fields,
+            **present,
         )
-        getattr(_log, level)(event, target_key=key, adapter=adapter, job_id=job_id, **fields)
+        getattr(_log, level)(event, target_key=key, adapter=adapter, job_id=job_id, **present)
 
     def _store_error(self, during: str, key: str, exc: SQLAlchemyError) -> None:
         _log.error(

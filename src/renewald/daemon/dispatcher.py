@@ -352,11 +352,6 @@ class Dispatcher:
             # other targets' jobs.
             self._tasks.put(following)
 
-    def waiting_for_target(self) -> int:
-        """Jobs held but waiting for a slot of their target."""
-        with self._held_lock:
-            return self._limits.waiting()
-
     def attempt(self, claimed: ClaimedJob) -> AttemptResult:
         """Run one attempt of a claimed job in the calling thread (no per-target limit)."""
         step = self._plan(claimed)

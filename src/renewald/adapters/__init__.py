@@ -7,6 +7,7 @@ Built-in kinds are listed in `BUILTIN`; third-party ones register a factory in t
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -19,6 +20,7 @@ from renewald.adapters.base import (
     Outcome,
     OutcomeKind,
 )
+from renewald.errors import ConfigError
 
 __all__ = [
     "BUILTIN",
@@ -53,29 +55,58 @@ class AdapterRegistry:
         for ep in entry_points(group="renewald.adapters"):
             self._factories.setdefault(ep.name, ep.value)
         self._adapters: dict[str, Adapter] = {}
+        self._failed: dict[str, ConfigError] = {}
+        self._lock = threading.Lock()
 
     def kinds(self) -> list[str]:
         return sorted(self._factories)
 
     def register(self, kind: str, factory: AdapterFactory) -> None:
-        self._factories[kind] = factory
+        with self._lock:
+            self._factories[kind] = factory
+            self._failed.pop(kind, None)
 
     def get(self, kind: str) -> Adapter | None:
-        """The adapter for `kind`, or None when no adapter serves it."""
+        """The adapter for `kind`, or None when no adapter serves it.
+
+        Safe to call from many worker threads: each adapter is built once. An adapter
+        that cannot be built (a bad setting, a secret variable that is not set, a plugin
+        that fails to load) raises `ConfigError`, and keeps raising the same error:
+        configuration and environment do not change while the process runs.
+        """
         adapter = self._adapters.get(kind)
         if adapter is not None:
             return adapter
-        ref = self._factories.get(kind)
-        if ref is None:
-            return None
-        factory = _load(ref) if isinstance(ref, str) else ref
-        section = dict(self._settings.get("http", {})) if kind != "log" else {}
-        section.update(self._settings.get(kind, {}))
-        adapter = factory(section)
-        self._adapters[kind] = adapter
-        return adapter
+        with self._lock:
+            adapter = self._adapters.get(kind)
+            if adapter is not None:
+                return adapter
+            failed = self._failed.get(kind)
+            if failed is not None:
+                raise failed
+            ref = self._factories.get(kind)
+            if ref is None:
+                return None
+            try:
+                factory = _load(ref) if isinstance(ref, str) else ref
+                section = dict(self._settings.get("http", {})) if kind != "log" else {}
+                section.update(self._settings.get(kind, {}))
+                adapter = factory(section)
+            except ConfigError as exc:
+                self._failed[kind] = exc
+                raise
+            except Exception as exc:  # a plugin's bug is a configuration problem here
+                error = ConfigError(
+                    f"adapter {kind!r} could not be built: {type(exc).__name__}: {exc}"
+                )
+                self._failed[kind] = error
+                raise error from exc
+            self._adapters[kind] = adapter
+            return adapter
 
     def close(self) -> None:
-        for adapter in self._adapters.values():
+        with self._lock:
+            adapters = list(self._adapters.values())
+            self._adapters.clear()
+        for adapter in adapters:
             adapter.close()
-        self._adapters.clear()

@@ -111,6 +111,9 @@ class Adapter(Protocol):
     """A delivery adapter. `deliver` must not raise for anything the target does."""
 
     kind: str
+    # The most deliveries the daemon runs at once for one `target_key` (a browser tab
+    # types one message at a time: the bridge allows 1).
+    max_in_flight_per_target: int
 
     def target_key(self, delivery: Delivery) -> str:
         """The unit of per-target limits and the breaker (e.g. a browser's clientId)."""

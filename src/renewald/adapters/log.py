@@ -20,6 +20,8 @@ _log = structlog.get_logger("renewald.adapters.log")
 
 class LogAdapter:
     kind = "log"
+    # One target per conversation, and a conversation runs one job at a time anyway.
+    max_in_flight_per_target = 1
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self._include_payload = bool((settings or {}).get("include_payload", True))

@@ -91,6 +91,19 @@ def parse_when(value: str, *, now: int, option: str) -> int:
         ) from None
 
 
+def check_payload(payload: str, payload_kind: str) -> None:
+    """The payload as `--payload` and `--payload-kind` give it: not empty, JSON when json."""
+    if not payload:
+        raise UsageError("--payload: must not be empty")
+    if payload_kind == "json":
+        try:
+            json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"--payload: --payload-kind json needs JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+
+
 def parse_target(value: str | None) -> str | None:
     if value is None:
         return None

@@ -14,6 +14,7 @@ from renewald.cli.app import (
     STATUSES,
     Context,
     _json_or_text,
+    check_payload,
     cli,
     job_json,
     operator_id,
@@ -62,15 +63,7 @@ def enqueue_cmd(
     now = ctx.clock.now_ms()
     if not conversation.strip():
         raise UsageError("--conversation: must not be empty")
-    if not payload:
-        raise UsageError("--payload: must not be empty")
-    if payload_kind == "json":
-        try:
-            json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"--payload: --payload-kind json needs JSON ({exc.msg} at column {exc.colno})"
-            ) from None
+    check_payload(payload, payload_kind)
     new = NewJob(
         job_id=job_id or str(uuid.uuid4()),
         local_conversation_id=conversation,

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from renewald import render
-from renewald.cli.app import Context, _json_or_text, cli, parse_target, pass_ctx
+from renewald.cli.app import Context, _json_or_text, check_payload, cli, parse_target, pass_ctx
 from renewald.clock import iso_utc
 from renewald.daemon.schedules import (
     DEFAULT_MISFIRE_GRACE_MS,
@@ -104,15 +104,7 @@ def add_cmd(
         raise UsageError('give --every DURATION (e.g. 6h) or --cron EXPR (e.g. "0 9 * * 1-5")')
     if every is not None and timezone is not None:
         raise UsageError("--tz: only applies to --cron (an interval is the same in every zone)")
-    if not payload:
-        raise UsageError("--payload: must not be empty")
-    if payload_kind == "json":
-        try:
-            json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"--payload: --payload-kind json needs JSON ({exc.msg} at column {exc.colno})"
-            ) from None
+    check_payload(payload, payload_kind)
     if schedule_id is not None and not schedule_id.strip():
         raise UsageError("--id: must not be empty")
     tz = timezone or "UTC"

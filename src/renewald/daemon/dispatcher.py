@@ -6,6 +6,15 @@ job update and the attempt row in one fenced transaction — and appends their J
 right after the commit. A result whose fence matched nothing is logged `lease.lost` and
 changes nothing.
 
+The poll thread plans each claimed job in claim order: its delivery, adapter and target
+(the adapter's `target_key`). Two guards stand between a job and its target: the
+circuit breaker (`breaker.py`: a paused target's jobs are deferred without spending
+attempts, checked again right before the send) and the per-target in-flight limit
+(`limits.py`: a job whose target is busy waits in that target's line, holding its lease
+but no worker thread, until a finishing delivery hands it the slot). An adapter that
+cannot be built (bad config) defers its jobs like an open breaker. Only jobs that hold
+a slot reach the workers.
+
 The dispatcher never reads the clock on its own: every time comes from the injected
 clock, and every periodic duty takes `now`.
 """
@@ -22,11 +31,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from renewald.adapters import AdapterRegistry, Outcome
+from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.clock import Clock
 from renewald.daemon.backoff import Decision, RetryPolicy, decide
+from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
+from renewald.daemon.limits import TargetLimits
 from renewald.daemon.summary import Summary
 from renewald.daemon.target import build_delivery, target_kind_of
+from renewald.errors import ConfigError
 from renewald.logging import JobLog
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob, Store
@@ -53,6 +65,25 @@ class PollResult:
     more_waiting: bool
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A claimed job ready to be delivered: its delivery, adapter and target."""
+
+    claimed: ClaimedJob
+    attempt_id: str
+    kind: str
+    delivery: Delivery
+    adapter: Adapter
+    target_text: str
+    key: str
+    limit: int
+
+
+_DEADLINE_PASSED = Outcome.permanent(
+    "the deadline passed before the attempt", error_class="DeadlinePassed"
+)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -69,6 +100,7 @@ class Dispatcher:
         on_capacity: Callable[[], None] | None = None,
         on_record: Callable[[int], None] | None = None,
         on_retry: Callable[[int], None] | None = None,
+        breaker: BreakerSettings | None = None,
     ) -> None:
         self.store = store
         self.adapters = adapters
@@ -86,7 +118,14 @@ class Dispatcher:
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         self._held_lock = threading.Condition()
-        self._tasks: queue.Queue[ClaimedJob | None] = queue.Queue()
+        self._tasks: queue.Queue[_Planned | None] = queue.Queue()
+        self._limits: TargetLimits[_Planned] = TargetLimits()
+        self.breakers = Breakers(
+            store=store,
+            settings=breaker or BreakerSettings(probe_ms=settings.lease_ms),
+            job_log=job_log,
+        )
+        self._config_errors: set[str] = set()
         self._results: queue.Queue[AttemptResult | None] = queue.Queue()
         self._stopping = threading.Event()
         self._claimed_total = 0
@@ -187,6 +226,7 @@ class Dispatcher:
             limit = min(limit, self.settings.max_jobs - self._claimed_total)
         if limit <= 0:
             return PollResult(0, None, room <= 0)
+        self.breakers.refresh(now)
         claimed = self.store.claim_due_jobs(
             owner=self.owner,
             now=now,
@@ -198,8 +238,8 @@ class Dispatcher:
         with self._held_lock:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
-        for c in claimed:
-            self._tasks.put(c)
+        for c in claimed:  # in claim order, so each target's line is in due order
+            self._dispatch(c)
         if len(claimed) == limit:
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)
@@ -254,45 +294,180 @@ class Dispatcher:
 
     # -- delivering ------------------------------------------------------------------
 
+    def _dispatch(self, claimed: ClaimedJob) -> None:
+        """Plan a freshly claimed job and send it on: to the recorder when it needs no
+        delivery (bad row, open breaker, misconfigured adapter), to a worker when its
+        target has a free slot, else into its target's line."""
+        step = self._plan(claimed)
+        if isinstance(step, AttemptResult):
+            self._finish_now(claimed, step)
+            return
+        verdict = self.breakers.check(step.key, self.clock.now_ms())
+        if not verdict.deliver:  # no need to wait for a slot to learn that
+            self._finish_now(claimed, self._deferred_by_breaker(step, verdict))
+            return
+        with self._held_lock:
+            # In line, a job holds its lease (the heartbeat extends it) but no thread.
+            free = self._limits.acquire(step.key, step.limit, step)
+        if free:
+            self._tasks.put(step)
+
+    def _finish_now(self, claimed: ClaimedJob, result: AttemptResult) -> None:
+        # Started like a delivery, so that a shutdown does not release the job under the
+        # recorder; when shutdown released it first, the result is dropped with it.
+        if self._begin(claimed):
+            self._results.put(result)
+
     def _deliver_loop(self) -> None:
         while True:
-            claimed = self._tasks.get()
-            if claimed is None:
+            planned = self._tasks.get()
+            if planned is None:
                 return
-            with self._held_lock:
-                if self._stopping.is_set() or claimed.job.job_id not in self._held:
-                    continue  # released at shutdown
-                self._started.add(claimed.job.job_id)
-            self._results.put(self.attempt(claimed))
+            if self._begin(planned.claimed):
+                self._run(planned)
+            else:  # released at shutdown
+                self._free_slot(planned.key)
+
+    def _begin(self, claimed: ClaimedJob) -> bool:
+        """Mark a held job as being worked on; False when it was released meanwhile."""
+        with self._held_lock:
+            if self._stopping.is_set() or self._held.get(claimed.job.job_id) != claimed.lease_token:
+                return False
+            self._started.add(claimed.job.job_id)
+            return True
+
+    def _run(self, planned: _Planned) -> None:
+        """Deliver a job that holds a slot of its target, then pass the slot on."""
+        try:
+            result = self._attempt_planned(planned)
+        finally:
+            self._free_slot(planned.key)
+        self._results.put(result)
+
+    def _free_slot(self, key: str) -> None:
+        with self._held_lock:
+            following = self._limits.release(key)
+        if following is not None:
+            # Behind whatever is already queued: a busy target does not jump ahead of
+            # other targets' jobs.
+            self._tasks.put(following)
 
     def attempt(self, claimed: ClaimedJob) -> AttemptResult:
-        """Run one attempt of a claimed job and decide what becomes of the job."""
+        """Run one attempt of a claimed job in the calling thread (no per-target limit)."""
+        step = self._plan(claimed)
+        if isinstance(step, AttemptResult):
+            return step
+        return self._attempt_planned(step)
+
+    def _plan(self, claimed: ClaimedJob) -> _Planned | AttemptResult:
+        """The job's delivery, adapter and target; or its result when it cannot have one."""
         job = claimed.job
         attempt_id = uuid.uuid4().hex
-        started = self.clock.now_ms()
+        now = self.clock.now_ms()
         kind = target_kind_of(claimed)
-        outcome: Outcome
-        target_text: str | None = None
-        if job.deadline_at is not None and started > job.deadline_at:
-            outcome = Outcome.permanent(
-                "the deadline passed before the attempt", error_class="DeadlinePassed"
+        if job.deadline_at is not None and now > job.deadline_at:
+            return self._result(claimed, attempt_id, kind, None, now, now, _DEADLINE_PASSED)
+        planned = build_delivery(claimed, attempt_id=attempt_id)
+        if isinstance(planned, Outcome):
+            return self._result(claimed, attempt_id, kind, None, now, now, planned)
+        kind = planned.target_kind
+        target_text = json.dumps(redact_value(dict(planned.target)), sort_keys=True)
+        try:
+            adapter = self.adapters.get(kind)
+        except ConfigError as exc:
+            self._say_config_error(kind, exc)
+            return self._deferred(
+                claimed,
+                attempt_id=attempt_id,
+                kind=kind,
+                target_text=target_text,
+                now=now,
+                until=now + self.breakers.settings.pause_ms,
+                reason=f"adapter {kind} is misconfigured, not tried",
+                error_class="AdapterConfigError",
+                error=f"adapter {kind} cannot be built: {exc}",
             )
-        else:
-            planned = build_delivery(claimed, attempt_id=attempt_id)
-            if isinstance(planned, Outcome):
-                outcome = planned
-            else:
-                target_text = json.dumps(redact_value(dict(planned.target)), sort_keys=True)
-                adapter = self.adapters.get(planned.target_kind)
-                if adapter is None:
-                    outcome = Outcome.permanent(
-                        f"no adapter for target kind {planned.target_kind!r} "
-                        f"(known: {', '.join(self.adapters.kinds())})",
-                        error_class="UnknownTargetKind",
-                    )
-                else:
-                    outcome = self._deliver(adapter, planned)
+        if adapter is None:
+            outcome = Outcome.permanent(
+                f"no adapter for target kind {kind!r} (known: {', '.join(self.adapters.kinds())})",
+                error_class="UnknownTargetKind",
+            )
+            return self._result(claimed, attempt_id, kind, target_text, now, now, outcome)
+        key, limit = self._target_of(adapter, planned)
+        return _Planned(claimed, attempt_id, kind, planned, adapter, target_text, key, limit)
+
+    @staticmethod
+    def _target_of(adapter: Adapter, delivery: Delivery) -> tuple[str, int]:
+        try:
+            key = str(adapter.target_key(delivery))
+        except Exception as exc:  # a third-party adapter's bug: limit it as one target
+            _log.error(
+                "adapter.target_key_failed",
+                adapter=delivery.target_kind,
+                job_id=delivery.job_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            key = f"{delivery.target_kind}:?"
+        limit = getattr(adapter, "max_in_flight_per_target", 1)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            limit = 1
+        return key, limit
+
+    def _say_config_error(self, kind: str, exc: ConfigError) -> None:
+        """Once per kind and process: every later job of the kind is deferred quietly."""
+        with self._held_lock:
+            if kind in self._config_errors:
+                return
+            self._config_errors.add(kind)
+        _log.error(
+            "adapter.config_error",
+            adapter=kind,
+            error=str(exc),
+            hint=f"jobs for {kind} are deferred without spending attempts; "
+            "fix the configuration and restart renewald",
+        )
+
+    def _attempt_planned(self, planned: _Planned) -> AttemptResult:
+        claimed, job = planned.claimed, planned.claimed.job
+        now = self.clock.now_ms()
+        args = (claimed, planned.attempt_id, planned.kind, planned.target_text)
+        if job.deadline_at is not None and now > job.deadline_at:  # waited past it
+            return self._result(*args, now, now, _DEADLINE_PASSED)
+        verdict = self.breakers.admit(
+            planned.key,
+            adapter=planned.kind,
+            now=now,
+            job_id=job.job_id,
+            attempt_id=planned.attempt_id,
+        )
+        if not verdict.deliver:
+            return self._deferred_by_breaker(planned, verdict)
+        started = self.clock.now_ms()
+        outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
+        self.breakers.record(
+            planned.key,
+            adapter=planned.kind,
+            outcome=outcome,
+            verdict=verdict,
+            now=finished,
+            job_id=job.job_id,
+            attempt_id=planned.attempt_id,
+        )
+        return self._result(*args, started, finished, outcome)
+
+    def _result(
+        self,
+        claimed: ClaimedJob,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        started: int,
+        finished: int,
+        outcome: Outcome,
+    ) -> AttemptResult:
+        """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
+        job = claimed.job
         expired = outcome.error_class == "DeadlinePassed"
         decision = (
             Decision("failed", None, "expired", "failed", outcome.reason or "deadline passed")
@@ -336,7 +511,65 @@ class Dispatcher:
             local_conversation_id=job.local_conversation_id,
         )
 
-    def _deliver(self, adapter, delivery) -> Outcome:  # type: ignore[no-untyped-def]
+    def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
+        now = self.clock.now_ms()
+        assert verdict.until is not None
+        return self._deferred(
+            planned.claimed,
+            attempt_id=planned.attempt_id,
+            kind=planned.kind,
+            target_text=planned.target_text,
+            now=now,
+            until=max(verdict.until, now),
+            reason=verdict.reason or "breaker open",
+            error_class="BreakerOpen",
+            error=verdict.detail or verdict.reason,
+        )
+
+    def _deferred(
+        self,
+        claimed: ClaimedJob,
+        *,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        until: int,
+        reason: str,
+        error_class: str,
+        error: str | None,
+    ) -> AttemptResult:
+        """Put a job back, untried, to `until`; the claim's attempt is handed back.
+
+        The attempt row says why (outcome `deferred`) and no connection was made. A
+        deferral past the job's deadline ends it `failed/expired`, as a retry would.
+        """
+        job = claimed.job
+        past_deadline = job.deadline_at is not None and until > job.deadline_at
+        return AttemptResult(
+            attempt_id=attempt_id,
+            job_id=job.job_id,
+            attempt_no=job.attempt_count,
+            lease_owner=self.owner,
+            lease_token=job.lease_token,
+            adapter=kind,
+            target=target_text,
+            started_at=now,
+            finished_at=now,
+            outcome="deferred",
+            status="failed" if past_deadline else "pending",
+            next_attempt_at=None if past_deadline else until,
+            terminal_reason="expired" if past_deadline else None,
+            error_class=error_class,
+            error_message=error,
+            decision="failed" if past_deadline else "deferred",
+            decision_reason=f"{reason}: past the deadline" if past_deadline else reason,
+            log_path=self.job_log.path_for(now),
+            refund_attempt=True,
+            local_conversation_id=job.local_conversation_id,
+        )
+
+    def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
         try:
             return adapter.deliver(delivery)
         except Exception as exc:  # an adapter bug must not take the daemon down
@@ -450,6 +683,8 @@ class Dispatcher:
             owner=r.lease_owner,
         )
         reason = r.terminal_reason or r.decision_reason or ""
+        if r.outcome == "deferred" and r.status == "pending":
+            reason = "deferred"
         self.summary.count(r.status, reason)
         log = _log.debug if r.status == "done" else _log.info
         log(

@@ -35,6 +35,7 @@ from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock, SystemClock, ms_to_datetime
 from renewald.config import Config
 from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.rescuer import Rescuer
@@ -131,6 +132,11 @@ class Service:
             on_capacity=self._on_capacity,
             on_record=on_record,
             on_retry=self._on_retry_scheduled,
+            breaker=BreakerSettings(
+                failures=config.breaker.failures,
+                pause_ms=round(config.breaker.pause * 1000),
+                probe_ms=round(d.lease * 1000),
+            ),
         )
         self.rescuer = Rescuer(
             store=store,

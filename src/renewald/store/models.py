@@ -193,3 +193,28 @@ class FireOutcome:
     created: tuple[str, ...] = ()
     existing: tuple[str, ...] = ()
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetPause:
+    """A delivery target's breaker row (`renewal_target_pauses`), shared by every daemon.
+
+    `failures` counts consecutive transient failures; `paused_until` is set while the
+    breaker is open (or a probe holds the target), `opened_at` when it last opened.
+    A target with no row is healthy.
+    """
+
+    target_key: str
+    adapter: str | None
+    failures: int
+    paused_until: int | None
+    opened_at: int | None
+    last_error: str | None
+    updated_at: int
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> TargetPause:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

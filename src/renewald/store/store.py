@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import renewald.store.schedules as schedule_sql
 from renewald.errors import DatabaseError
-from renewald.store import attempts, claim, daemons, jobs, leases, ops
+from renewald.store import attempts, claim, daemons, jobs, leases, ops, targets
 from renewald.store.engine import READ_ONLY, make_engine, sqlite_path
 from renewald.store.migrate import check_schema
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
@@ -528,6 +528,43 @@ class Store:
 
     def remove_schedule(self, schedule_id: str) -> bool:
         return self.write(lambda conn: schedule_sql.delete_schedule(conn, schedule_id=schedule_id))
+
+    # -- delivery targets (the breaker's shared state) -------------------------------
+
+    def list_target_pauses(self) -> list[targets.TargetPause]:
+        """Every target whose breaker counts failures or is open."""
+        return self.read(targets.list_target_pauses)
+
+    def get_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
+        return self.read(lambda conn: targets.get_target_pause(conn, target_key))
+
+    def change_target_pause(
+        self, *, target_key: str, adapter: str | None, now: int, change: targets.Change
+    ) -> tuple[targets.TargetPause | None, targets.TargetPause | None]:
+        """Apply a pure `change` to the target's row, locked; returns (before, after)."""
+        return self.write(
+            lambda conn: targets.change_target_pause(
+                conn, target_key=target_key, adapter=adapter, now=now, change=change
+            )
+        )
+
+    def claim_target_probe(
+        self, *, target_key: str, paused_until: int, now: int, probe_until: int
+    ) -> bool:
+        """Take the single probe of a half-open target; False when another daemon took it."""
+        return self.write(
+            lambda conn: targets.claim_target_probe(
+                conn,
+                target_key=target_key,
+                paused_until=paused_until,
+                now=now,
+                probe_until=probe_until,
+            )
+        )
+
+    def clear_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
+        """Delete the target's row (it accepted a delivery); returns what it was."""
+        return self.write(lambda conn: targets.clear_target_pause(conn, target_key=target_key))
 
 
 def _first_line(exc: BaseException | None) -> str:

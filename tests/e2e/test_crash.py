@@ -40,6 +40,8 @@ CRASH_ENV = {
     "RENEWALD_RETRY_BASE": "100ms",
     "RENEWALD_RETRY_CAP": "500ms",
     "RENEWALD_RETRY_JITTER": "0.0",
+    # Every job shares one target: a few 503s in a row must not pause it for minutes.
+    "RENEWALD_BREAKER_FAILURES": "1000",
 }
 
 

@@ -360,3 +360,10 @@ def test_claim_clears_a_stale_end_mark(store: Store) -> None:
     assert store.record_results([result_for(c)], now=T0) == [True]
     job = store.get_job("j")
     assert job is not None and (job.status, job.terminal_reason) == ("done", "delivered")
+
+
+def test_prune_daemons_forgets_only_stale_rows(store: Store) -> None:
+    store.register_daemon(owner="dead", host="h", pid=1, version="t", now=T0)
+    store.register_daemon(owner="alive", host="h", pid=2, version="t", now=T0 + 10)
+    assert store.prune_daemons(stale_before=T0 + 10) == 1
+    assert [d.owner_id for d in store.list_daemons()] == ["alive"]

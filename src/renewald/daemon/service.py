@@ -48,6 +48,7 @@ from renewald.store.changes import ChangeWatcher
 _log = structlog.get_logger("renewald.daemon")
 
 EXIT_DUTY_DIED = 1
+DEAD_DAEMON_ROW_KEPT_MS = 24 * 3600 * 1000
 # After `shutdown_grace`, how long the last bookkeeping (give back unstarted jobs, stop the
 # recorder, leave the registry) may take against a database that does not answer.
 SHUTDOWN_TAIL = 0.75
@@ -216,7 +217,10 @@ class Service:
         )
 
     def rescue_tick(self) -> None:
-        self.rescuer.run_once(self.clock.now_ms())
+        now = self.clock.now_ms()
+        self.rescuer.run_once(now)
+        # A killed daemon's registry row stays for a day (health and stats show it), then goes.
+        self.store.prune_daemons(stale_before=now - DEAD_DAEMON_ROW_KEPT_MS)
 
     def retention_tick(self) -> None:
         """Prune finished jobs past `[retention] older_than` (off unless configured)."""

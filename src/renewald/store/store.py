@@ -265,6 +265,10 @@ class Store:
     def unregister_daemon(self, *, owner: str) -> None:
         self.write(lambda conn: daemons.unregister_daemon(conn, owner=owner))
 
+    def prune_daemons(self, *, stale_before: int) -> int:
+        """Forget registry rows whose heartbeat is older than `stale_before`."""
+        return self.write(lambda conn: daemons.prune_daemons(conn, stale_before=stale_before))
+
     def list_daemons(self) -> list[daemons.DaemonRow]:
         return self.read(daemons.list_daemons)
 

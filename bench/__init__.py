@@ -1,0 +1,1 @@
+"""Benchmarks for renewald: `python -m bench` (see README.md)."""

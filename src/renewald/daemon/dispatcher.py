@@ -117,6 +117,12 @@ class Dispatcher:
         self.capacity = settings.workers + settings.batch
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
+        # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
+        # their lease is racing the recorder's own write, not losing the job.
+        self._finishing: set[str] = set()
+        # Attempts whose lines the recorder flushed; their unlogged marks go with the
+        # next batch's transaction.
+        self._logged: list[str] = []
         self._held_lock = threading.Condition()
         self._tasks: queue.Queue[_Planned | None] = queue.Queue()
         self._limits: TargetLimits[_Planned] = TargetLimits()
@@ -212,6 +218,8 @@ class Dispatcher:
             if thread.name == "renewald-recorder":
                 thread.join(timeout=10)
         self.job_log.flush()
+        logged, self._logged = self._logged, []
+        self.store.mark_logged(logged)
         return released
 
     # -- polling ---------------------------------------------------------------------
@@ -229,7 +237,7 @@ class Dispatcher:
         self.breakers.refresh(now)
         claimed = self.store.claim_due_jobs(
             owner=self.owner,
-            now=now,
+            now=self.clock.now_ms,
             lease_ms=self.settings.lease_ms,
             limit=limit,
             dispatch_statuses=self.settings.dispatch_statuses,
@@ -260,6 +268,10 @@ class Dispatcher:
         lost = self.store.extend_leases(
             owner=self.owner, held=held, now=now, lease_ms=self.settings.lease_ms
         )
+        with self._held_lock:
+            tokens = dict(held)
+            # Finished by our own recorder meanwhile (or about to be): not lost.
+            lost = [j for j in lost if self._held.get(j) == tokens[j] and j not in self._finishing]
         for job_id in lost:
             self.job_log.log(
                 "lease.lost",
@@ -279,7 +291,7 @@ class Dispatcher:
             self._held_lock.notify_all()
         if not unstarted:
             return []
-        flags = self.store.release_jobs(held=unstarted, now=now)
+        flags = self.store.release_jobs(owner=self.owner, held=unstarted, now=now)
         released = [j for (j, _), ok in zip(unstarted, flags, strict=True) if ok]
         for job_id in released:
             self.job_log.log(
@@ -316,7 +328,7 @@ class Dispatcher:
         # Started like a delivery, so that a shutdown does not release the job under the
         # recorder; when shutdown released it first, the result is dropped with it.
         if self._begin(claimed):
-            self._results.put(result)
+            self._queue_result(result)
 
     def _deliver_loop(self) -> None:
         while True:
@@ -342,6 +354,12 @@ class Dispatcher:
             result = self._attempt_planned(planned)
         finally:
             self._free_slot(planned.key)
+        if result is not None:
+            self._queue_result(result)
+
+    def _queue_result(self, result: AttemptResult) -> None:
+        with self._held_lock:
+            self._finishing.add(result.job_id)
         self._results.put(result)
 
     def _free_slot(self, key: str) -> None:
@@ -351,13 +369,6 @@ class Dispatcher:
             # Behind whatever is already queued: a busy target does not jump ahead of
             # other targets' jobs.
             self._tasks.put(following)
-
-    def attempt(self, claimed: ClaimedJob) -> AttemptResult:
-        """Run one attempt of a claimed job in the calling thread (no per-target limit)."""
-        step = self._plan(claimed)
-        if isinstance(step, AttemptResult):
-            return step
-        return self._attempt_planned(step)
 
     def _plan(self, claimed: ClaimedJob) -> _Planned | AttemptResult:
         """The job's delivery, adapter and target; or its result when it cannot have one."""
@@ -427,7 +438,60 @@ class Dispatcher:
             "fix the configuration and restart renewald",
         )
 
-    def _attempt_planned(self, planned: _Planned) -> AttemptResult:
+    def _begin_send(self, claimed: ClaimedJob) -> bool:
+        """Spend the attempt in the database right before the send (fenced, lease renewed).
+
+        A database outage is waited out here, without sending: once it is back, the job is
+        sent if it is still ours. False (no send, no result) when it was taken away or the
+        daemon stops meanwhile; a stopping daemon's release gives it back.
+        """
+        job = claimed.job
+        delay = 0.2
+        while True:
+            try:
+                ok = self.store.begin_send(
+                    owner=self.owner,
+                    job_id=job.job_id,
+                    lease_token=job.lease_token,
+                    now=self.clock.now_ms(),
+                    lease_ms=self.settings.lease_ms,
+                )
+                break
+            except Exception as exc:
+                _log.error(
+                    "send.begin_failed",
+                    job_id=job.job_id,
+                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    retry_in=f"{delay:.1f}s",
+                )
+                if self._stopping.wait(delay):
+                    # Not sent: its lease runs out and rescue gives it back unspent.
+                    self._forget(job.job_id, job.lease_token)
+                    return False
+                delay = min(delay * 2, 5.0)
+        if not ok:
+            self.job_log.log(
+                "lease.lost",
+                now_ms=self.clock.now_ms(),
+                job_id=job.job_id,
+                owner=self.owner,
+                reason="the job was taken away before its send began; not sent",
+            )
+            _log.warning("lease.lost", job_id=job.job_id, owner=self.owner, during="send")
+            self._forget(job.job_id, job.lease_token)
+        return ok
+
+    def _forget(self, job_id: str, lease_token: int) -> None:
+        """Let go of a held job that will have no result: it was never sent."""
+        with self._held_lock:
+            self._started.discard(job_id)
+            if self._held.get(job_id) == lease_token:
+                del self._held[job_id]
+            self._held_lock.notify_all()
+        if self._on_capacity:
+            self._on_capacity()
+
+    def _attempt_planned(self, planned: _Planned) -> AttemptResult | None:
         claimed, job = planned.claimed, planned.claimed.job
         now = self.clock.now_ms()
         args = (claimed, planned.attempt_id, planned.kind, planned.target_text)
@@ -442,6 +506,8 @@ class Dispatcher:
         )
         if not verdict.deliver:
             return self._deferred_by_breaker(planned, verdict)
+        if not self._begin_send(planned.claimed):
+            return None
         started = self.clock.now_ms()
         outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
@@ -613,7 +679,9 @@ class Dispatcher:
         while True:
             try:
                 now = self.clock.now_ms()
-                applied = self.store.record_results(batch, now=now)
+                applied = self.store.record_results(
+                    batch, now=now, writer=self.owner, logged=self._logged
+                )
                 break
             except Exception as exc:
                 _log.error(
@@ -629,11 +697,13 @@ class Dispatcher:
             for observer in self._observers:
                 observer(result, ok)
         self.job_log.flush()
+        self._logged = [r.attempt_id for r, ok in zip(batch, applied, strict=True) if ok]
         with self._held_lock:
             for result in batch:
                 if self._held.get(result.job_id) == result.lease_token:
                     del self._held[result.job_id]
                 self._started.discard(result.job_id)
+                self._finishing.discard(result.job_id)
             self._held_lock.notify_all()
         if self._on_record:
             self._on_record(len(batch))

@@ -1,9 +1,17 @@
-"""Rescue: running jobs whose lease expired or whose owner stopped heartbeating.
+"""Rescue: take back what a gone owner held, and put rewound jobs back to done.
 
-Each gets an `abandoned` attempt row and goes back to pending with backoff, or to
-`failed/abandoned` when its attempts are used up. The write is fenced by the lease token
-the rescuer saw: if the owner finishes the job at the same moment, exactly one of the two
-writes matches and the other changes nothing.
+Three kinds of rows come back (DESIGN §2):
+- a held job whose lease expired and whose send had begun (`send_token` is the claim's
+  token): an `abandoned` attempt row, then pending with backoff, or `failed/abandoned`
+  when its attempts are used up;
+- a held job whose lease expired before its send began, or a `running` row that carries
+  no lease at all: pending again, due as it was, no attempt spent (`job.released`);
+- a job the attempt ledger says was delivered but whose row a later write rewound to
+  pending or running: done again (`job.reconciled`).
+
+Every write is fenced by the lease the rescuer saw: if the owner finishes the job at the
+same moment, exactly one of the two writes matches. A rescuer never looks at its own
+process's rows: those are alive, whatever their lease says after an outage.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from renewald.clock import iso_utc
 from renewald.daemon.backoff import RetryPolicy, decide
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, Job, Store
+from renewald.store.attempts import CANCELLED
 
 _log = structlog.get_logger("renewald.rescue")
 
@@ -29,7 +38,6 @@ class Rescuer:
         job_log: JobLog,
         policy: RetryPolicy,
         owner: str,
-        stale_after_ms: int,
         rand: random.Random | None = None,
         limit: int = 100,
     ) -> None:
@@ -37,17 +45,121 @@ class Rescuer:
         self.job_log = job_log
         self.policy = policy
         self.owner = owner
-        self.stale_after_ms = stale_after_ms
         self._rand = rand or random.Random()
         self.limit = limit
+
+    def run_once(self, now: int) -> int:
+        """Take back what is abandoned now; returns how many jobs changed hands."""
+        found = self.store.find_abandoned(now=now, exclude_owner=self.owner, limit=self.limit)
+        rewound = self.store.find_rewound(limit=self.limit)
+        if not found and not rewound:
+            return 0
+        candidates = {j.job_id: j for j in [*found, *rewound]}
+        delivered = self.store.delivered_attempts(sorted(candidates))
+        spent: list[Job] = []
+        unsent: list[Job] = []
+        for job in candidates.values():
+            if job.job_id in delivered:
+                continue
+            sent = job.lease_owner is not None and job.send_token == job.lease_token
+            (spent if sent or job.terminal_reason == CANCELLED else unsent).append(job)
+        changed = self._reconcile(
+            [(j, delivered[j.job_id]) for j in candidates.values() if j.job_id in delivered], now
+        )
+        changed += self._abandon(spent, now)
+        changed += self._put_back(unsent, now)
+        self.job_log.flush()
+        return changed
+
+    def _reconcile(self, found: list, now: int) -> int:  # type: ignore[type-arg]
+        applied = self.store.reconcile_delivered(found, now=now)
+        for job, d in found:
+            if not applied.get(job.job_id):
+                continue
+            self.job_log.log(
+                "job.reconciled",
+                now_ms=now,
+                job_id=job.job_id,
+                attempt_id=d.attempt_id,
+                conversation=job.local_conversation_id,
+                status="done",
+                reason=f"the ledger records a delivered attempt; the row said {job.status}",
+                owner=self.owner,
+                previous_owner=job.lease_owner,
+            )
+            _log.warning(
+                "job.reconciled", job_id=job.job_id, was=job.status, attempt_id=d.attempt_id
+            )
+        return sum(1 for ok in applied.values() if ok)
+
+    def _put_back(self, found: list[Job], now: int) -> int:
+        applied = self.store.put_back_unsent(found, now=now)
+        for job in found:
+            if not applied.get(job.job_id):
+                continue
+            why = (
+                f"owner {job.lease_owner} stopped before the send began; no attempt spent"
+                if job.lease_owner
+                else f"the row said {job.status} but no daemon held it"
+            )
+            self.job_log.log(
+                "job.released",
+                now_ms=now,
+                job_id=job.job_id,
+                conversation=job.local_conversation_id,
+                status="pending",
+                next_attempt_at=job.next_attempt_at,
+                reason=why,
+                owner=self.owner,
+                previous_owner=job.lease_owner,
+            )
+            _log.info("job.released", job_id=job.job_id, previous_owner=job.lease_owner)
+        return sum(1 for ok in applied.values() if ok)
+
+    def _abandon(self, found: list[Job], now: int) -> int:
+        if not found:
+            return 0
+        results = self.results_for(found, now=now)
+        applied = self.store.record_results(results, now=now, writer=self.owner)
+        logged = []
+        for result, ok in zip(results, applied, strict=True):
+            if not ok:
+                continue  # its owner finished it first: the fence let exactly one write in
+            logged.append(result.attempt_id)
+            self.job_log.log(
+                "job.rescued",
+                now_ms=now,
+                job_id=result.job_id,
+                attempt_id=result.attempt_id,
+                attempt=result.attempt_no,
+                conversation=result.local_conversation_id,
+                outcome="abandoned",
+                status=result.status,
+                next_attempt_at=result.next_attempt_at,
+                reason=result.decision_reason,
+                error=result.error_message,
+                owner=self.owner,
+                previous_owner=result.lease_owner,
+            )
+            _log.warning(
+                "job.rescued",
+                job_id=result.job_id,
+                previous_owner=result.lease_owner,
+                status=result.status,
+                reason=result.error_message,
+            )
+        self.job_log.flush()
+        self.store.mark_logged(logged)
+        return len(logged)
 
     def results_for(self, found: list[Job], *, now: int) -> list[AttemptResult]:
         results = []
         for job in found:
+            sent = job.send_token == job.lease_token
             if job.lease_expires_at is not None and job.lease_expires_at <= now:
                 why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
             else:
-                why = f"owner {job.lease_owner} stopped heartbeating"
+                why = f"the row held by {job.lease_owner} carries no lease expiry"
             decision = decide(
                 self.policy,
                 outcome="abandoned",
@@ -77,60 +189,8 @@ class Rescuer:
                     decision=decision.decision,
                     decision_reason=decision.reason,
                     log_path=self.job_log.path_for(now),
+                    refund_attempt=not sent,
                     local_conversation_id=job.local_conversation_id,
                 )
             )
         return results
-
-    def _ours_and_leased(self, job: Job, now: int) -> bool:
-        """A job of this very process whose lease still holds is alive, however stale our
-        own registry row looks (a database outage stops heartbeats, not deliveries): taking
-        it back would deliver it twice. Its lease, once expired, decides as for anyone."""
-        return (
-            job.lease_owner == self.owner
-            and job.lease_expires_at is not None
-            and job.lease_expires_at > now
-        )
-
-    def run_once(self, now: int) -> int:
-        """Rescue what is abandoned now; returns how many jobs were taken back."""
-        found = [
-            job
-            for job in self.store.find_abandoned(
-                now=now, stale_before=now - self.stale_after_ms, limit=self.limit
-            )
-            if not self._ours_and_leased(job, now)
-        ]
-        if not found:
-            return 0
-        results = self.results_for(found, now=now)
-        applied = self.store.record_results(results, now=now)
-        rescued = 0
-        for result, ok in zip(results, applied, strict=True):
-            if not ok:
-                continue  # its owner finished it first: the fence let exactly one write in
-            rescued += 1
-            self.job_log.log(
-                "job.rescued",
-                now_ms=now,
-                job_id=result.job_id,
-                attempt_id=result.attempt_id,
-                attempt=result.attempt_no,
-                conversation=result.local_conversation_id,
-                outcome="abandoned",
-                status=result.status,
-                next_attempt_at=result.next_attempt_at,
-                reason=result.error_message,
-                decision=result.decision_reason,
-                owner=self.owner,
-                previous_owner=result.lease_owner,
-            )
-            _log.warning(
-                "job.rescued",
-                job_id=result.job_id,
-                previous_owner=result.lease_owner,
-                status=result.status,
-                reason=result.error_message,
-            )
-        self.job_log.flush()
-        return rescued

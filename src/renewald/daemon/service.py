@@ -38,6 +38,7 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.owner import make_owner_id
+from renewald.daemon.recovery import recover_lost_lines
 from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.schedules import fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
@@ -144,8 +145,9 @@ class Service:
             job_log=self.job_log,
             policy=policy,
             owner=self.owner,
-            stale_after_ms=round(3 * d.heartbeat_interval * 1000),
         )
+        # A registry row whose heartbeat is older than this belongs to a dead daemon.
+        self.stale_after_ms = round(3 * d.heartbeat_interval * 1000)
         self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
         self._stop = threading.Event()
         self._signals = 0
@@ -219,8 +221,18 @@ class Service:
     def rescue_tick(self) -> None:
         now = self.clock.now_ms()
         self.rescuer.run_once(now)
+        self.recover_lines(now)
         # A killed daemon's registry row stays for a day (health and stats show it), then goes.
         self.store.prune_daemons(stale_before=now - DEAD_DAEMON_ROW_KEPT_MS)
+
+    def recover_lines(self, now: int) -> int:
+        """Write the job-log lines that dead daemons on this host committed but lost."""
+        return recover_lost_lines(
+            store=self.store,
+            job_log=self.job_log,
+            owner=self.owner,
+            stale_before=now - self.stale_after_ms,
+        )
 
     def retention_tick(self) -> None:
         """Prune finished jobs past `[retention] older_than` (off unless configured)."""
@@ -415,6 +427,8 @@ class Service:
         self.notifier.ready(status="ready")
         try:
             if once:
+                # As the daemon's rescue tick would: a killed one-shot's jobs come back.
+                self._guarded(self.rescue_tick)()
                 self._guarded(self.schedule_tick)()
                 self._drain()
             else:

@@ -13,29 +13,34 @@ from sqlalchemy import (
     Update,
     bindparam,
     case,
+    delete,
     func,
     insert,
     or_,
     update,
 )
 
+from renewald.store.leases import held_by
 from renewald.store.models import AttemptResult
-from renewald.store.schema import local_conversations, renewal_job_attempts, renewal_jobs
+from renewald.store.schema import (
+    local_conversations,
+    renewal_job_attempts,
+    renewal_jobs,
+    renewald_unlogged_attempts,
+)
 
 jobs = renewal_jobs
+unlogged = renewald_unlogged_attempts
 
 # `renewald cancel` marks a running job with this terminal_reason while it stays running.
 CANCELLED = "cancelled"
 CANCEL_REASON = "cancelled by operator"
 
 
-def _fenced(job_id: str, lease_token: int):  # type: ignore[no-untyped-def]
-    """Every write that ends, retries, extends or rescues a job matches the lease it holds."""
-    return (
-        jobs.c.job_id == job_id,
-        jobs.c.status == "running",
-        jobs.c.lease_token == lease_token,
-    )
+def _fenced(job_id: str, owner: str, lease_token: int):  # type: ignore[no-untyped-def]
+    """Every write that ends, retries, extends or rescues a job matches the lease it holds
+    (not `status`, which the tracker's upsert may have rewritten under a live lease)."""
+    return (jobs.c.job_id == job_id, *held_by(owner, lease_token))
 
 
 @lru_cache(maxsize=1)
@@ -48,8 +53,8 @@ def _finish_statement() -> Update:
         update(jobs)
         .where(
             jobs.c.job_id == bindparam("p_job_id", type_=Text),
-            jobs.c.status == "running",
             jobs.c.lease_token == bindparam("p_lease_token", type_=Integer),
+            jobs.c.lease_owner == bindparam("p_owner", type_=Text),
             or_(jobs.c.terminal_reason.is_(None), jobs.c.terminal_reason != CANCELLED),
         )
         .values(
@@ -74,8 +79,19 @@ def _finish_statement() -> Update:
     )
 
 
-def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: int) -> list[bool]:
+def record_results(
+    conn: Connection,
+    results: Sequence[AttemptResult],
+    *,
+    now: int,
+    writer: str | None = None,
+    logged: Sequence[str] = (),
+) -> list[bool]:
     """Apply each result if its lease still holds; returns, per result, whether it did.
+
+    Each attempt row written is also marked unlogged for `writer` until its JSONL line is
+    flushed: `logged` names the attempts whose lines the writer has flushed since, and
+    their marks go in this same transaction (no write of its own).
 
     A result whose fence matches nothing writes nothing at all, not even its attempt row:
     the job was taken away (rescued, reset by the tracker) and its new holder's record is
@@ -85,14 +101,18 @@ def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: i
     running) ends failed/cancelled whatever the attempt's outcome, never rescheduled: the
     attempt row keeps what the target said, its decision says the job was cancelled.
     """
-    applied: list[bool] = []
+    if logged:
+        conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(logged))))
+    applied: dict[int, bool] = {}
     attempt_rows = []
-    for r in results:
+    # In job_id order: one lock order for every duty that writes several rows.
+    for i, r in sorted(enumerate(results), key=lambda p: p[1].job_id):
         matched = conn.execute(
             _finish_statement(),
             {
                 "p_job_id": r.job_id,
                 "p_lease_token": r.lease_token,
+                "p_owner": r.lease_owner,
                 "p_status": r.status,
                 "p_last_error": r.error_message,
                 "p_now": now,
@@ -109,13 +129,16 @@ def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: i
             cancelled = (
                 conn.execute(
                     update(jobs)
-                    .where(*_fenced(r.job_id, r.lease_token), jobs.c.terminal_reason == CANCELLED)
+                    .where(
+                        *_fenced(r.job_id, r.lease_owner, r.lease_token),
+                        jobs.c.terminal_reason == CANCELLED,
+                    )
                     .values(**_cancelled_values(r, now))
                 ).rowcount
                 == 1
             )
             matched = 1 if cancelled else 0
-        applied.append(matched == 1)
+        applied[i] = matched == 1
         if matched != 1:
             continue
         if r.cooldown_until is not None and r.local_conversation_id is not None:
@@ -147,7 +170,19 @@ def record_results(conn: Connection, results: Sequence[AttemptResult], *, now: i
         )
     if attempt_rows:
         conn.execute(insert(renewal_job_attempts), attempt_rows)
-    return applied
+        conn.execute(
+            insert(unlogged),
+            [{"attempt_id": a["attempt_id"], "owner": writer or a["lease_owner"] or "",
+              "created_at": now}
+             for a in attempt_rows],
+        )  # fmt: skip
+    return [applied[i] for i in range(len(results))]
+
+
+def mark_logged(conn: Connection, attempt_ids: Sequence[str]) -> None:
+    """The JSONL lines of these attempts are flushed: forget their marks."""
+    if attempt_ids:
+        conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(attempt_ids))))
 
 
 def _cancelled_values(r: AttemptResult, now: int) -> dict[str, object]:

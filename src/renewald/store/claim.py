@@ -17,7 +17,7 @@ claim from waiting on rows that a finishing or rescuing transaction holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from sqlalchemy import (
@@ -35,7 +35,12 @@ from sqlalchemy import (
 
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
-from renewald.store.schema import conversation_links, local_conversations, renewal_jobs
+from renewald.store.schema import (
+    conversation_links,
+    local_conversations,
+    renewal_job_attempts,
+    renewal_jobs,
+)
 
 jobs = renewal_jobs
 _PG_CLAIM_LOCK = 0x636C616D  # "clam"
@@ -51,6 +56,16 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
         running.c.local_conversation_id == jobs.c.local_conversation_id,
         running.c.status == "running",
     )
+    # A row renewald holds is in flight whatever status the tracker last wrote over it.
+    held = jobs.alias("held")
+    leased = exists().where(
+        held.c.local_conversation_id == jobs.c.local_conversation_id,
+        held.c.lease_owner.is_not(None),
+    )
+    delivered = exists().where(
+        renewal_job_attempts.c.job_id == jobs.c.job_id,
+        renewal_job_attempts.c.outcome == "delivered",
+    )
     scan = (
         select(
             jobs.c.job_id,
@@ -58,7 +73,17 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
             jobs.c.next_attempt_at,
             jobs.c.created_at,
         )
-        .where(due_condition(now, dispatch_statuses), ~busy)
+        .where(
+            due_condition(now, dispatch_statuses),
+            # The lease is the only key: a stale upsert may write 'pending' over a row
+            # that a live owner still holds.
+            jobs.c.lease_owner.is_(None),
+            ~busy,
+            ~leased,
+            # The ledger decides: a delivered job is never sent again, whatever a later
+            # write put into the tracker's columns (the rescue tick puts it back to done).
+            ~delivered,
+        )
         .order_by(jobs.c.next_attempt_at, jobs.c.created_at)
         .limit(bindparam("scan_limit", type_=Integer))
     )
@@ -116,13 +141,16 @@ def _claim(
     conn: Connection,
     *,
     owner: str,
-    now: int,
+    clock: Callable[[], int],
     lease_ms: int,
     limit: int,
     dispatch_statuses: Sequence[str],
     skip_locked: bool,
 ) -> list[Job]:
     statement = _claim_statement(tuple(dispatch_statuses), skip_locked=skip_locked)
+    # Read once the write lock is held, so a claim that waited (a busy SQLite file, the
+    # claim lock, a retried transaction) still hands out a full lease.
+    now = clock()
     params = {
         "now": now,
         "owner": owner,
@@ -137,7 +165,7 @@ def claim_due_jobs_sqlite(
     conn: Connection,
     *,
     owner: str,
-    now: int,
+    clock: Callable[[], int],
     lease_ms: int,
     limit: int,
     dispatch_statuses: Sequence[str],
@@ -145,7 +173,7 @@ def claim_due_jobs_sqlite(
     return _claim(
         conn,
         owner=owner,
-        now=now,
+        clock=clock,
         lease_ms=lease_ms,
         limit=limit,
         dispatch_statuses=dispatch_statuses,
@@ -157,7 +185,7 @@ def claim_due_jobs_postgresql(
     conn: Connection,
     *,
     owner: str,
-    now: int,
+    clock: Callable[[], int],
     lease_ms: int,
     limit: int,
     dispatch_statuses: Sequence[str],
@@ -166,7 +194,7 @@ def claim_due_jobs_postgresql(
     return _claim(
         conn,
         owner=owner,
-        now=now,
+        clock=clock,
         lease_ms=lease_ms,
         limit=limit,
         dispatch_statuses=dispatch_statuses,

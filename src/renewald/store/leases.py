@@ -1,15 +1,76 @@
-"""Leases: extend them while delivering, give back what never started, find the abandoned."""
+"""Leases: begin a send, extend, give back what never started, find what to take back.
+
+Every write here is fenced on the lease itself — `lease_owner` and `lease_token`, the two
+columns only renewald writes — and not on `status`: the tracker's upsert rewrites
+`status` with whatever it last saw, so a status is a hint and the lease is the key.
+Rows are always written in `job_id` order, so two duties (the heartbeat, the recorder, a
+rescuer) locking several rows on PostgreSQL take their locks in one order and cannot
+deadlock each other.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from renewald.store.models import Job
-from renewald.store.schema import renewal_jobs, renewald_daemons
+from renewald.store.schema import renewal_job_attempts, renewal_jobs
 
 jobs = renewal_jobs
+attempts = renewal_job_attempts
+
+
+def held_by(owner: str | None, lease_token: int):  # type: ignore[no-untyped-def]
+    """The fence: the row still carries the lease it was decided on."""
+    return (jobs.c.lease_token == lease_token, jobs.c.lease_owner.is_not_distinct_from(owner))
+
+
+@lru_cache(maxsize=1)
+def _begin_statement() -> Update:
+    return (
+        update(jobs)
+        .where(
+            jobs.c.job_id == bindparam("p_job_id", type_=Text),
+            jobs.c.lease_token == bindparam("p_token", type_=Integer),
+            jobs.c.lease_owner == bindparam("p_owner", type_=Text),
+        )
+        .values(
+            send_token=jobs.c.lease_token,
+            lease_expires_at=bindparam("p_until", type_=BigInteger),
+        )
+    )
+
+
+def begin_send(conn: Connection, *, owner: str, job_id: str, lease_token: int, now: int,
+               lease_ms: int) -> bool:  # fmt: skip
+    """Mark the held job's attempt as spent, right before its send, and renew the lease.
+
+    False when the job is no longer held (rescued, released): the send must not happen.
+    """
+    params = {
+        "p_job_id": job_id,
+        "p_token": lease_token,
+        "p_owner": owner,
+        "p_until": now + lease_ms,
+    }
+    return conn.execute(_begin_statement(), params).rowcount == 1
 
 
 def extend_leases(
@@ -22,15 +83,10 @@ def extend_leases(
 ) -> list[str]:
     """Push out the lease of each (job_id, lease_token) still held; returns the lost job ids."""
     lost = []
-    for job_id, token in held:
+    for job_id, token in sorted(held):
         matched = conn.execute(
             update(jobs)
-            .where(
-                jobs.c.job_id == job_id,
-                jobs.c.status == "running",
-                jobs.c.lease_token == token,
-                jobs.c.lease_owner == owner,
-            )
+            .where(jobs.c.job_id == job_id, *held_by(owner, token))
             .values(lease_expires_at=now + lease_ms)
         ).rowcount
         if matched != 1:
@@ -38,44 +94,141 @@ def extend_leases(
     return lost
 
 
-def release_jobs(conn: Connection, *, held: Sequence[tuple[str, int]], now: int) -> list[bool]:
-    """Give back claimed jobs whose delivery never started (shutdown): pending again, due
-    as they were, and the claim's attempt handed back to the budget."""
-    released = []
-    for job_id, token in held:
-        matched = conn.execute(
-            update(jobs)
-            .where(jobs.c.job_id == job_id, jobs.c.status == "running", jobs.c.lease_token == token)
-            .values(
-                status="pending",
-                lease_owner=None,
-                lease_expires_at=None,
-                attempt_count=jobs.c.attempt_count - 1,
-                updated_at=now,
-            )
-        ).rowcount
-        released.append(matched == 1)
-    return released
+def release_jobs(
+    conn: Connection, *, owner: str, held: Sequence[tuple[str, int]], now: int
+) -> list[bool]:
+    """Give back claimed jobs whose send never began: pending again, due as they were, and
+    the claim's attempt handed back to the budget. Returns, per job in `held`'s order,
+    whether it was still held."""
+    released = {}
+    for job_id, token in sorted(held):
+        released[job_id] = (
+            conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.job_id == job_id,
+                    *held_by(owner, token),
+                    or_(jobs.c.send_token.is_(None), jobs.c.send_token != token),
+                )
+                .values(
+                    status="pending",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempt_count=jobs.c.attempt_count - 1,
+                    updated_at=now,
+                )
+            ).rowcount
+            == 1
+        )
+    return [released[job_id] for job_id, _ in held]
 
 
-def find_abandoned(conn: Connection, *, now: int, stale_before: int, limit: int = 100) -> list[Job]:
-    """Running jobs whose lease expired, or whose owner's heartbeat is older than
-    `stale_before` (or who has no registry row at all while its lease runs)."""
-    live = select(renewald_daemons.c.owner_id).where(
-        renewald_daemons.c.heartbeat_at >= stale_before
+def find_abandoned(
+    conn: Connection, *, now: int, exclude_owner: str | None = None, limit: int = 100
+) -> list[Job]:
+    """Rows to take back: a lease that expired (whatever status the row now says), or a
+    `running` row that carries no lease at all. A live lease is never taken, so a stopped
+    or partitioned owner keeps its jobs until their leases run out."""
+    expired = and_(
+        jobs.c.lease_owner.is_not(None),
+        or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at <= now),
+    )
+    unleased = and_(
+        jobs.c.status == "running",
+        or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at.is_(None)),
+    )
+    query = select(jobs).where(or_(expired, unleased))
+    if exclude_owner is not None:
+        query = query.where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_owner != exclude_owner))
+    query = query.order_by(jobs.c.lease_expires_at, jobs.c.job_id).limit(limit)
+    return [Job.from_row(r) for r in conn.execute(query).mappings()]
+
+
+@dataclass(frozen=True)
+class DeliveredAt:
+    job_id: str
+    attempt_id: str
+    finished_at: int
+
+
+def delivered_attempts(conn: Connection, job_ids: Sequence[str]) -> dict[str, DeliveredAt]:
+    """The delivered attempt of each job that has one (the ledger's word)."""
+    if not job_ids:
+        return {}
+    rows = conn.execute(
+        select(attempts.c.job_id, attempts.c.attempt_id, attempts.c.finished_at)
+        .where(attempts.c.job_id.in_(list(job_ids)), attempts.c.outcome == "delivered")
+        .order_by(attempts.c.finished_at)
+    )
+    found: dict[str, DeliveredAt] = {}
+    for job_id, attempt_id, finished_at in rows:
+        found.setdefault(job_id, DeliveredAt(job_id, attempt_id, finished_at))
+    return found
+
+
+def find_rewound(conn: Connection, *, limit: int = 100) -> list[Job]:
+    """Jobs the ledger says were delivered but whose row says they may be sent again
+    (a stale upsert rewound status to pending or running), and no live lease holds."""
+    delivered = exists().where(
+        attempts.c.job_id == jobs.c.job_id, attempts.c.outcome == "delivered"
     )
     query = (
         select(jobs)
-        .where(
-            jobs.c.status == "running",
-            or_(
-                jobs.c.lease_expires_at <= now,
-                jobs.c.lease_expires_at.is_(None),
-                jobs.c.lease_owner.is_(None),
-                jobs.c.lease_owner.not_in(live),
-            ),
-        )
-        .order_by(jobs.c.lease_expires_at)
+        .where(jobs.c.status.in_(("pending", "running")), jobs.c.lease_owner.is_(None), delivered)
+        .order_by(jobs.c.job_id)
         .limit(limit)
     )
     return [Job.from_row(r) for r in conn.execute(query).mappings()]
+
+
+def reconcile_delivered(conn: Connection, *, job: Job, delivered: DeliveredAt, now: int) -> bool:
+    """Put a rewound job back to done/delivered, fenced on the row as it was read."""
+    return (
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.job_id == job.job_id,
+                jobs.c.status == job.status,
+                *held_by(job.lease_owner, job.lease_token),
+            )
+            .values(
+                status="done",
+                terminal_reason="delivered",
+                finished_at=func.coalesce(jobs.c.finished_at, delivered.finished_at),
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=None,
+                updated_at=now,
+            )
+        ).rowcount
+        == 1
+    )
+
+
+def put_back_unsent(conn: Connection, *, job: Job, now: int) -> bool:
+    """A held job whose send never began (its owner died first), or a `running` row with
+    no lease: pending again, due as it was. A claim's attempt is handed back; a row no
+    claim produced spent none."""
+    claimed = job.lease_owner is not None
+    values: dict[str, object] = {
+        "status": "pending",
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if claimed and job.status == "running":
+        values["attempt_count"] = case(
+            (jobs.c.attempt_count > 0, jobs.c.attempt_count - 1), else_=0
+        )
+    return (
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.job_id == job.job_id,
+                *held_by(job.lease_owner, job.lease_token),
+                or_(jobs.c.send_token.is_(None), jobs.c.send_token != job.lease_token),
+            )
+            .values(**values)
+        ).rowcount
+        == 1
+    )

@@ -33,6 +33,7 @@ class Job:
     terminal_reason: str | None = None
     deadline_at: int | None = None
     target_kind: str | None = None
+    send_token: int | None = None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Job:

@@ -107,6 +107,15 @@ renewal_jobs = Table(
     Column("terminal_reason", Text),
     Column("deadline_at", Millis),
     Column("target_kind", Text),
+    # The lease_token of the claim whose send began (migration 0004).
+    Column("send_token", Integer),
+    Index(
+        "idx_renewal_jobs_held",
+        "local_conversation_id",
+        "lease_expires_at",
+        sqlite_where=text("lease_owner IS NOT NULL"),
+        postgresql_where=text("lease_owner IS NOT NULL"),
+    ),
 )
 
 renewal_job_attempts = Table(
@@ -130,6 +139,16 @@ renewal_job_attempts = Table(
     Column("decision", Text),
     Column("decision_reason", Text),
     Index("idx_renewal_job_attempts_job", "job_id", "attempt_no"),
+)
+
+# Attempt rows whose JSONL line may not be flushed yet: a crash leaves them for the next
+# start to write (migration 0004).
+renewald_unlogged_attempts = Table(
+    "renewald_unlogged_attempts",
+    metadata,
+    Column("attempt_id", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("created_at", Millis, nullable=False),
 )
 
 renewald_daemons = Table(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import renewald.store.schedules as schedule_sql
 from renewald.errors import DatabaseError
-from renewald.store import attempts, claim, daemons, jobs, leases, ops, targets
+from renewald.store import attempts, claim, daemons, jobs, leases, ops, targets, unlogged
 from renewald.store.engine import READ_ONLY, make_engine, sqlite_path
 from renewald.store.migrate import check_schema
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
@@ -202,16 +202,21 @@ class Store:
         self,
         *,
         owner: str,
-        now: int,
+        now: int | Callable[[], int],
         lease_ms: int,
         limit: int,
         dispatch_statuses: Sequence[str] = ("auto",),
     ) -> list[ClaimedJob]:
+        """Claim up to `limit` due jobs. Given a clock (`now` as a callable), it is read once
+        the claim holds its lock, so the lease runs from the moment the claim commits,
+        however long it waited for the lock or a retry."""
+        clock: Callable[[], int] = now if callable(now) else (lambda: now)
+
         def tx(conn: Connection) -> list[ClaimedJob]:
             claimed = self._claim(
                 conn,
                 owner=owner,
-                now=now,
+                clock=clock,
                 lease_ms=lease_ms,
                 limit=limit,
                 dispatch_statuses=dispatch_statuses,
@@ -220,10 +225,64 @@ class Store:
 
         return self.write(tx)
 
-    def record_results(self, results: Sequence[AttemptResult], *, now: int) -> list[bool]:
-        if not results:
+    def begin_send(
+        self, *, owner: str, job_id: str, lease_token: int, now: int, lease_ms: int
+    ) -> bool:
+        """Spend the held job's attempt right before its send; False: not ours, no send."""
+        return self.write(
+            lambda conn: leases.begin_send(
+                conn,
+                owner=owner,
+                job_id=job_id,
+                lease_token=lease_token,
+                now=now,
+                lease_ms=lease_ms,
+            )
+        )
+
+    def record_results(
+        self,
+        results: Sequence[AttemptResult],
+        *,
+        now: int,
+        writer: str | None = None,
+        logged: Sequence[str] = (),
+    ) -> list[bool]:
+        """Write each result whose lease still holds (with its unlogged mark for `writer`,
+        by default the attempt's own owner) and forget the marks of `logged` attempts, in
+        one transaction."""
+        if not results and not logged:
             return []
-        return self.write(lambda conn: attempts.record_results(conn, results, now=now))
+        return self.write(
+            lambda conn: attempts.record_results(
+                conn, results, now=now, writer=writer, logged=logged
+            )
+        )
+
+    def mark_logged(self, attempt_ids: Sequence[str]) -> None:
+        if attempt_ids:
+            self.write(lambda conn: attempts.mark_logged(conn, attempt_ids))
+
+    def find_unlogged(
+        self,
+        *,
+        stale_before: int,
+        exclude_writer: str | None = None,
+        limit: int = 1000,
+    ) -> list[unlogged.Unlogged]:
+        return self.read(
+            lambda conn: unlogged.find_unlogged(
+                conn, stale_before=stale_before, exclude_writer=exclude_writer, limit=limit
+            )
+        )
+
+    def forget_orphaned_marks(self) -> int:
+        def tx(conn: Connection) -> int:
+            ids = unlogged.orphaned_marks(conn)
+            attempts.mark_logged(conn, ids)
+            return len(ids)
+
+        return self.write(tx)
 
     def extend_leases(
         self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
@@ -236,16 +295,48 @@ class Store:
             )
         )
 
-    def release_jobs(self, *, held: Sequence[tuple[str, int]], now: int) -> list[bool]:
+    def release_jobs(self, *, owner: str, held: Sequence[tuple[str, int]], now: int) -> list[bool]:
         if not held:
             return []
-        return self.write(lambda conn: leases.release_jobs(conn, held=held, now=now))
+        return self.write(lambda conn: leases.release_jobs(conn, owner=owner, held=held, now=now))
 
-    def find_abandoned(self, *, now: int, stale_before: int, limit: int = 100) -> list[Job]:
+    def find_abandoned(
+        self, *, now: int, exclude_owner: str | None = None, limit: int = 100
+    ) -> list[Job]:
         return self.read(
             lambda conn: leases.find_abandoned(
-                conn, now=now, stale_before=stale_before, limit=limit
+                conn, now=now, exclude_owner=exclude_owner, limit=limit
             )
+        )
+
+    def find_rewound(self, *, limit: int = 100) -> list[Job]:
+        return self.read(lambda conn: leases.find_rewound(conn, limit=limit))
+
+    def delivered_attempts(self, job_ids: Sequence[str]) -> dict[str, leases.DeliveredAt]:
+        return self.read(lambda conn: leases.delivered_attempts(conn, job_ids))
+
+    def reconcile_delivered(
+        self, found: Sequence[tuple[Job, leases.DeliveredAt]], *, now: int
+    ) -> dict[str, bool]:
+        """Put each rewound job back to done (fenced on the row as read)."""
+        if not found:
+            return {}
+        return self.write(
+            lambda conn: {
+                job.job_id: leases.reconcile_delivered(conn, job=job, delivered=d, now=now)
+                for job, d in sorted(found, key=lambda p: p[0].job_id)
+            }
+        )
+
+    def put_back_unsent(self, found: Sequence[Job], *, now: int) -> dict[str, bool]:
+        """Pending again, without spending an attempt: held jobs whose send never began."""
+        if not found:
+            return {}
+        return self.write(
+            lambda conn: {
+                job.job_id: leases.put_back_unsent(conn, job=job, now=now)
+                for job in sorted(found, key=lambda j: j.job_id)
+            }
         )
 
     # -- the daemon registry ---------------------------------------------------------

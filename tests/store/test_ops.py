@@ -337,7 +337,6 @@ def test_rescued_cancelled_job_ends_cancelled(store: Store, tmp_path: Path) -> N
         job_log=job_log,
         policy=RetryPolicy(),
         owner="rescuer",
-        stale_after_ms=STALE,
         rand=random.Random(1),
     )
     try:

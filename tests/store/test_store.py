@@ -237,11 +237,11 @@ def test_extend_and_lose_leases(store: Store) -> None:
 def test_release_puts_job_back_unspent(store: Store) -> None:
     make_job(store, job_id="j")
     [c] = claim(store)
-    assert store.release_jobs(held=[("j", c.job.lease_token)], now=T0) == [True]
+    assert store.release_jobs(owner=OWNER, held=[("j", c.job.lease_token)], now=T0) == [True]
     job = store.get_job("j")
     assert job is not None
     assert (job.status, job.attempt_count, job.lease_owner) == ("pending", 0, None)
-    assert store.release_jobs(held=[("j", c.job.lease_token)], now=T0) == [False]
+    assert store.release_jobs(owner=OWNER, held=[("j", c.job.lease_token)], now=T0) == [False]
 
 
 def test_find_abandoned_lease_boundary(store: Store) -> None:
@@ -249,18 +249,27 @@ def test_find_abandoned_lease_boundary(store: Store) -> None:
     make_job(store, job_id="j")
     claim(store)
     expiry = T0 + LEASE
-    assert store.find_abandoned(now=expiry - 1, stale_before=T0) == []
-    assert [j.job_id for j in store.find_abandoned(now=expiry, stale_before=T0)] == ["j"]
+    assert store.find_abandoned(now=expiry - 1) == []
+    assert [j.job_id for j in store.find_abandoned(now=expiry)] == ["j"]
+    assert store.find_abandoned(now=expiry, exclude_owner=OWNER) == []
 
 
-def test_find_abandoned_dead_owner(store: Store) -> None:
-    store.register_daemon(owner=OWNER, host="h", pid=1, version="t", now=T0)
+def test_find_abandoned_ignores_owner_liveness(store: Store) -> None:
+    """A dead or unregistered owner's live lease still holds: only expiry frees a job."""
     make_job(store, job_id="j")
     claim(store)
-    assert store.find_abandoned(now=T0 + 1, stale_before=T0) == []
-    assert [j.job_id for j in store.find_abandoned(now=T0 + 1, stale_before=T0 + 1)] == ["j"]
     store.unregister_daemon(owner=OWNER)
-    assert [j.job_id for j in store.find_abandoned(now=T0 + 1, stale_before=T0)] == ["j"]
+    assert store.find_abandoned(now=T0 + 1) == []
+
+
+def test_release_after_send_began_is_refused(store: Store) -> None:
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    assert store.begin_send(owner=OWNER, job_id="j", lease_token=c.lease_token, now=T0,
+                            lease_ms=LEASE)  # fmt: skip
+    assert store.release_jobs(owner=OWNER, held=[("j", c.lease_token)], now=T0) == [False]
+    assert not store.begin_send(owner="other", job_id="j", lease_token=c.lease_token, now=T0,
+                                lease_ms=LEASE)  # fmt: skip
 
 
 def test_daemon_registry(store: Store) -> None:

@@ -1,0 +1,181 @@
+"""The lease is the only key and the ledger decides, against the tracker's own writes.
+
+The tracker upserts all 17 of its columns (`INSERT … ON CONFLICT(job_id) DO UPDATE`)
+with whatever it last saw, so `status` can be rewound under renewald at any moment. It
+never writes the lease columns, so those (and the attempt ledger) decide.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.rescuer import Rescuer
+from renewald.logging import JobLog, read_lines
+from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store.schema import TRACKER_JOB_COLUMNS
+from tests.store.factories import T0, make_job
+
+OWNER = "host-a:1:boot"
+OTHER = "host-b:2:boot"
+LEASE = 10_000
+
+UPSERT = text(
+    f"INSERT INTO renewal_jobs ({', '.join(TRACKER_JOB_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in TRACKER_JOB_COLUMNS)}) "
+    "ON CONFLICT(job_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TRACKER_JOB_COLUMNS if c != "job_id")
+)
+
+
+@pytest.fixture
+def job_log(tmp_path: Path) -> Iterator[JobLog]:
+    log = JobLog(tmp_path / "logs")
+    yield log
+    log.close()
+
+
+def tracker_upsert(store: Store, job_id: str, **changes: object) -> None:
+    """The tracker writing back the row as it last saw it, with `changes` applied."""
+    job = store.get_job(job_id)
+    assert job is not None
+    row = {c: getattr(job, c) for c in TRACKER_JOB_COLUMNS} | changes
+    store.write(lambda conn: conn.execute(UPSERT, row))
+
+
+def claim(store: Store, *, now: int = T0, owner: str = OWNER) -> list[ClaimedJob]:
+    return store.claim_due_jobs(owner=owner, now=now, lease_ms=LEASE, limit=10)
+
+
+def send(store: Store, c: ClaimedJob, *, now: int = T0, owner: str = OWNER) -> bool:
+    return store.begin_send(
+        owner=owner, job_id=c.job.job_id, lease_token=c.lease_token, now=now, lease_ms=LEASE
+    )
+
+
+def delivered(c: ClaimedJob, *, now: int, owner: str = OWNER) -> AttemptResult:
+    job = c.job
+    return AttemptResult(
+        attempt_id=f"{job.job_id}-{c.lease_token}",
+        job_id=job.job_id,
+        attempt_no=job.attempt_count,
+        lease_owner=owner,
+        lease_token=c.lease_token,
+        adapter="log",
+        target=None,
+        started_at=now,
+        finished_at=now,
+        outcome="delivered",
+        status="done",
+        terminal_reason="delivered",
+        decision="done",
+        decision_reason="delivered",
+    )
+
+
+def rescuer(store: Store, job_log: JobLog) -> Rescuer:
+    return Rescuer(
+        store=store, job_log=job_log, policy=RetryPolicy(), owner=OTHER, rand=random.Random(1)
+    )
+
+
+def test_pending_written_over_a_held_job_is_not_claimable(store: Store) -> None:
+    make_job(store, job_id="j", conversation="c")
+    make_job(store, job_id="k", conversation="c", next_attempt_at=T0 + 1)
+    [c] = claim(store)
+    tracker_upsert(store, "j", status="pending", attempt_count=0)
+    assert claim(store, now=T0 + 2, owner=OTHER) == [], "held: neither it nor its conversation"
+    assert send(store, c)
+    assert store.record_results([delivered(c, now=T0 + 3)], now=T0 + 3) == [True]
+    job = store.get_job("j")
+    assert job is not None and (job.status, job.lease_owner) == ("done", None)
+    [k] = claim(store, now=T0 + 4, owner=OTHER)
+    assert k.job.job_id == "k"
+
+
+def test_rewound_delivered_job_is_reconciled_not_resent(store: Store, job_log: JobLog) -> None:
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    assert send(store, c)
+    assert store.record_results([delivered(c, now=T0 + 1)], now=T0 + 1) == [True]
+    for stale in ("pending", "running"):
+        tracker_upsert(store, "j", status=stale, finished_at=None, attempt_count=0)
+        assert claim(store, now=T0 + 2, owner=OTHER) == []
+        assert rescuer(store, job_log).run_once(T0 + 3) == 1
+        job = store.get_job("j")
+        assert job is not None
+        assert (job.status, job.terminal_reason, job.finished_at) == ("done", "delivered", T0 + 1)
+        assert [a.outcome for a in store.list_attempts("j")] == ["delivered"]
+    lines = [x for x in read_lines(job_log.path_for(T0 + 3)) if x["event"] == "job.reconciled"]
+    assert [x["job_id"] for x in lines] == ["j", "j"]
+
+
+def test_a_fresh_claim_is_not_taken_for_a_rewound_one(store: Store, job_log: JobLog) -> None:
+    """A held job rewound to 'running' by the tracker is still held: rescue waits."""
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    assert send(store, c)
+    tracker_upsert(store, "j", status="running")
+    assert rescuer(store, job_log).run_once(T0 + LEASE - 1) == 0
+    assert store.record_results([delivered(c, now=T0 + 5)], now=T0 + 5) == [True]
+
+
+def test_claim_reads_now_after_its_lock(store: Store) -> None:
+    """A claim delayed behind a lock or retries takes its lease from when it wrote."""
+    make_job(store, job_id="j")
+    reads: list[int] = []
+
+    def late_now() -> int:
+        reads.append(T0 + 5_000)
+        return reads[-1]
+
+    [c] = store.claim_due_jobs(owner=OWNER, now=late_now, lease_ms=LEASE, limit=1)
+    job = store.get_job("j")
+    assert reads and job is not None and job.lease_expires_at == T0 + 5_000 + LEASE
+    assert c.job.job_id == "j"
+
+
+def test_unlogged_marks_follow_the_recorder(store: Store) -> None:
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    assert send(store, c)
+    result = delivered(c, now=T0 + 1)
+    store.register_daemon(owner=OWNER, host="host-a", pid=1, version="t", now=T0)
+    assert store.record_results([result], now=T0 + 1, writer=OWNER) == [True]
+    assert store.find_unlogged(stale_before=T0) == [], "its writer is alive"
+    [u] = store.find_unlogged(stale_before=T0 + 1)
+    assert (u.attempt.attempt_id, u.writer, u.attempt.outcome) == (result.attempt_id, OWNER,
+                                                                    "delivered")  # fmt: skip
+    store.mark_logged([result.attempt_id])
+    assert store.find_unlogged(stale_before=T0 + 1) == []
+
+
+def test_unlogged_mark_is_dropped_with_the_next_write(store: Store) -> None:
+    make_job(store, job_id="j")
+    make_job(store, job_id="k")
+    first, second = claim(store)
+    for c in (first, second):
+        assert send(store, c)
+    a = delivered(first, now=T0 + 1)
+    store.record_results([a], now=T0 + 1, writer=OWNER)
+    store.record_results([delivered(second, now=T0 + 2)], now=T0 + 2, writer=OWNER,
+                         logged=[a.attempt_id])  # fmt: skip
+    assert [u.attempt.job_id for u in store.find_unlogged(stale_before=T0 + 3)] == [
+        second.job.job_id
+    ]
+
+
+def test_heartbeat_fence_ignores_status(store: Store) -> None:
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    tracker_upsert(store, "j", status="pending")
+    held = [("j", c.lease_token)]
+    assert store.extend_leases(owner=OWNER, held=held, now=T0 + 1, lease_ms=LEASE) == []
+    assert store.release_jobs(owner=OWNER, held=held, now=T0 + 2) == [True]
+    job = store.get_job("j")
+    assert job is not None and (job.status, job.lease_owner) == ("pending", None)

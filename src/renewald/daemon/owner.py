@@ -13,3 +13,28 @@ def make_owner_id() -> str:
 
 def host_of(owner_id: str) -> str:
     return owner_id.rsplit(":", 2)[0]
+
+
+def pid_of(owner_id: str) -> int | None:
+    try:
+        return int(owner_id.rsplit(":", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def looks_gone(owner_id: str, *, heartbeat_at: int | None, stale_before: int) -> bool:
+    """Whether an owner has stopped: no registry row, a stale heartbeat, or (on this
+    host) no process with its pid. A hint for waiting, never a reason to take a live
+    lease: a partitioned daemon looks gone too."""
+    if heartbeat_at is None or heartbeat_at < stale_before:
+        return True
+    pid = pid_of(owner_id)
+    if host_of(owner_id) != socket.gethostname() or pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

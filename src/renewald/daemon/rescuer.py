@@ -47,9 +47,11 @@ class Rescuer:
         self.owner = owner
         self._rand = rand or random.Random()
         self.limit = limit
+        self.retries_at: list[int] = []  # when the last pass's rescued jobs fall due again
 
     def run_once(self, now: int) -> int:
         """Take back what is abandoned now; returns how many jobs changed hands."""
+        self.retries_at = []
         found = self.store.find_abandoned(now=now, exclude_owner=self.owner, limit=self.limit)
         rewound = self.store.find_rewound(limit=self.limit)
         if not found and not rewound:
@@ -97,6 +99,8 @@ class Rescuer:
         for job in found:
             if not applied.get(job.job_id):
                 continue
+            if job.next_attempt_at is not None:
+                self.retries_at.append(job.next_attempt_at)
             why = (
                 f"owner {job.lease_owner} stopped before the send began; no attempt spent"
                 if job.lease_owner
@@ -126,6 +130,8 @@ class Rescuer:
             if not ok:
                 continue  # its owner finished it first: the fence let exactly one write in
             logged.append(result.attempt_id)
+            if result.next_attempt_at is not None:
+                self.retries_at.append(result.next_attempt_at)
             self.job_log.log(
                 "job.rescued",
                 now_ms=now,

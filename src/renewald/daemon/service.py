@@ -32,12 +32,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from renewald import __version__
 from renewald.adapters import AdapterRegistry
-from renewald.clock import Clock, SystemClock, ms_to_datetime
+from renewald.clock import Clock, SystemClock, iso_utc, ms_to_datetime
 from renewald.config import Config
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
-from renewald.daemon.owner import make_owner_id
+from renewald.daemon.owner import looks_gone, make_owner_id
 from renewald.daemon.recovery import recover_lost_lines
 from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.schedules import fire_due_schedules
@@ -431,6 +431,9 @@ class Service:
                 self._guarded(self.rescue_tick)()
                 self._guarded(self.schedule_tick)()
                 self._drain()
+                deadline = self.clock.now_ms() + 2 * self.dispatcher.settings.lease_ms
+                while self._await_departed(deadline):
+                    self._drain()
             else:
                 while not self._stop.wait(1.0):
                     if self.dispatcher.fatal is not None:
@@ -462,6 +465,29 @@ class Service:
             if dispatcher.exhausted():
                 dispatcher.wait_idle(None)
                 break
+
+    def _await_departed(self, deadline: int) -> bool:
+        """`run --once`: jobs that a gone owner (a killed run, a daemon stopped past its
+        grace) still holds come back when their leases expire. Wait for the first of those
+        before `deadline`, rescue, wait for what the rescue made due again; True: drain."""
+        now = self.clock.now_ms()
+        stale_before = now - self.stale_after_ms
+        expiries = [
+            now if h.first_expiry is None else h.first_expiry
+            for h in self.store.held_leases(exclude_owner=self.owner)
+            if looks_gone(h.owner, heartbeat_at=h.heartbeat_at, stale_before=stale_before)
+        ]
+        soon = [at for at in expiries if at <= deadline]
+        if not soon or self._stop.is_set():
+            return False
+        _log.info("once.awaiting_leases", owners=len(expiries), until=iso_utc(min(soon)))
+        if self._stop.wait(max(0, min(soon) - now) / 1000):
+            return False
+        self._guarded(self.rescue_tick)()
+        due = [at for at in self.rescuer.retries_at if at <= deadline]
+        if due:
+            self._stop.wait(max(0, max(due) - self.clock.now_ms()) / 1000)
+        return not self._stop.is_set()
 
     def _shutdown(self, scheduler: BackgroundScheduler) -> None:
         """Stop claiming, give back what never started, let in-flight deliveries finish

@@ -74,7 +74,8 @@ def _finish_statement() -> Update:
             terminal_reason=case(
                 (ends, bindparam("p_terminal_reason", type_=Text)), else_=jobs.c.terminal_reason
             ),
-            attempt_count=jobs.c.attempt_count - bindparam("p_refund", type_=Integer),
+            # The claim's number, not the row's: a tracker upsert may have rewritten it.
+            attempt_count=bindparam("p_attempt_count", type_=Integer),
         )
     )
 
@@ -121,7 +122,7 @@ def record_results(
                 "p_ends": 1 if r.status in ("done", "failed") else 0,
                 "p_finished_at": r.finished_at,
                 "p_terminal_reason": r.terminal_reason,
-                "p_refund": 1 if r.refund_attempt else 0,
+                "p_attempt_count": r.attempt_no - (1 if r.refund_attempt else 0),
             },
         ).rowcount
         cancelled = False
@@ -197,8 +198,7 @@ def _cancelled_values(r: AttemptResult, now: int) -> dict[str, object]:
     }
     if r.log_path is not None:
         values["log_path"] = r.log_path
-    if r.refund_attempt:
-        values["attempt_count"] = jobs.c.attempt_count - 1
+    values["attempt_count"] = r.attempt_no - (1 if r.refund_attempt else 0)
     return values
 
 

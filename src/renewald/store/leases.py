@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 
 from renewald.store.models import Job
-from renewald.store.schema import renewal_job_attempts, renewal_jobs
+from renewald.store.schema import renewal_job_attempts, renewal_jobs, renewald_daemons
 
 jobs = renewal_jobs
 attempts = renewal_job_attempts
@@ -194,6 +194,9 @@ def reconcile_delivered(conn: Connection, *, job: Job, delivered: DeliveredAt, n
             .values(
                 status="done",
                 terminal_reason="delivered",
+                attempt_count=select(func.max(attempts.c.attempt_no))
+                .where(attempts.c.job_id == job.job_id)
+                .scalar_subquery(),
                 finished_at=func.coalesce(jobs.c.finished_at, delivered.finished_at),
                 lease_owner=None,
                 lease_expires_at=None,
@@ -232,3 +235,34 @@ def put_back_unsent(conn: Connection, *, job: Job, now: int) -> bool:
         ).rowcount
         == 1
     )
+
+
+@dataclass(frozen=True)
+class HeldLeases:
+    """The leases one other owner holds: how many, the first to expire, and its registry
+    heartbeat (None: no registry row)."""
+
+    owner: str
+    jobs: int
+    first_expiry: int | None
+    heartbeat_at: int | None
+
+
+def held_leases(conn: Connection, *, exclude_owner: str | None = None) -> list[HeldLeases]:
+    query = (
+        select(
+            jobs.c.lease_owner,
+            func.count(),
+            func.min(jobs.c.lease_expires_at),
+            func.max(renewald_daemons.c.heartbeat_at),
+        )
+        .select_from(
+            jobs.outerjoin(renewald_daemons, renewald_daemons.c.owner_id == jobs.c.lease_owner)
+        )
+        .where(jobs.c.lease_owner.is_not(None))
+        .group_by(jobs.c.lease_owner)
+        .order_by(jobs.c.lease_owner)
+    )
+    if exclude_owner is not None:
+        query = query.where(jobs.c.lease_owner != exclude_owner)
+    return [HeldLeases(o, int(n), first, beat) for o, n, first, beat in conn.execute(query)]

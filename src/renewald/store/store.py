@@ -339,6 +339,9 @@ class Store:
             }
         )
 
+    def held_leases(self, *, exclude_owner: str | None = None) -> list[leases.HeldLeases]:
+        return self.read(lambda conn: leases.held_leases(conn, exclude_owner=exclude_owner))
+
     # -- the daemon registry ---------------------------------------------------------
 
     def register_daemon(self, *, owner: str, host: str, pid: int, version: str, now: int) -> None:

@@ -298,3 +298,30 @@ def test_one_pass_rescues_many_and_leaves_the_live(store: Store, job_log: JobLog
     assert rescuer.run_once(T0 + LEASE) == 0
     live = store.get_job("live")
     assert live is not None and live.status == "running"
+
+
+def test_leases_that_expired_during_an_outage_get_time_to_renew(
+    store: Store, job_log: JobLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every owner lost its heartbeat in an outage: the rescuer that saw it end waits
+    `settle_ms` before it takes leases that expired during it (not those expired before)."""
+    claim_one(store, job_id="early", now=T0 - LEASE)
+    claim_one(store, job_id="j")
+    rescuer = Rescuer(
+        store=store, job_log=job_log, policy=POLICY, owner=RESCUER, settle_ms=5_000,
+        rand=random.Random(1),
+    )  # fmt: skip
+
+    def unreachable(**_: object) -> None:
+        raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(store, "find_abandoned", unreachable)
+    with pytest.raises(ConnectionError):
+        rescuer.run_once(T0 + 1_000)
+    monkeypatch.undo()
+    back = T0 + LEASE + 30_000
+    assert rescuer.run_once(back) == 1, "expired before the outage began: taken"
+    assert rescuer.run_once(back + 4_999) == 0
+    job = store.get_job("j")
+    assert job is not None and job.status == "running"
+    assert rescuer.run_once(back + 5_000) == 1

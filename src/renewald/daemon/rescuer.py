@@ -40,6 +40,7 @@ class Rescuer:
         owner: str,
         rand: random.Random | None = None,
         limit: int = 100,
+        settle_ms: int = 0,
     ) -> None:
         self.store = store
         self.job_log = job_log
@@ -48,11 +49,43 @@ class Rescuer:
         self._rand = rand or random.Random()
         self.limit = limit
         self.retries_at: list[int] = []  # when the last pass's rescued jobs fall due again
+        self.settle_ms = settle_ms
+        self._unreachable_since: int | None = None
+        self._blind: tuple[int, int] | None = None  # (outage began, rescue saw it end)
 
     def run_once(self, now: int) -> int:
-        """Take back what is abandoned now; returns how many jobs changed hands."""
+        """Take back what is abandoned now; returns how many jobs changed hands.
+
+        A lease that expired while this rescuer could not reach the database either is no
+        sign that its owner died: every owner lost its heartbeat too. For `settle_ms` after
+        such an outage, only leases that had expired before it began are taken, so owners
+        renew theirs (and record the results they held) first.
+        """
+        if self._unreachable_since is not None:
+            self._blind = (self._unreachable_since, now)
+        try:
+            changed = self._pass(now, expired_by=self._cutoff(now))
+        except Exception:
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+            raise
+        self._unreachable_since = None
+        return changed
+
+    def _cutoff(self, now: int) -> int:
+        if self._blind is None:
+            return now
+        began, ended = self._blind
+        if now >= ended + self.settle_ms:
+            self._blind = None
+            return now
+        return min(now, began)
+
+    def _pass(self, now: int, *, expired_by: int) -> int:
         self.retries_at = []
-        found = self.store.find_abandoned(now=now, exclude_owner=self.owner, limit=self.limit)
+        found = self.store.find_abandoned(
+            now=expired_by, exclude_owner=self.owner, limit=self.limit
+        )
         rewound = self.store.find_rewound(limit=self.limit)
         if not found and not rewound:
             return 0

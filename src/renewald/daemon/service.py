@@ -140,14 +140,15 @@ class Service:
                 probe_ms=round(d.lease * 1000),
             ),
         )
+        # A registry row whose heartbeat is older than this belongs to a dead daemon.
+        self.stale_after_ms = round(3 * d.heartbeat_interval * 1000)
         self.rescuer = Rescuer(
             store=store,
             job_log=self.job_log,
             policy=policy,
             owner=self.owner,
+            settle_ms=self.stale_after_ms,
         )
-        # A registry row whose heartbeat is older than this belongs to a dead daemon.
-        self.stale_after_ms = round(3 * d.heartbeat_interval * 1000)
         self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
         self._stop = threading.Event()
         self._signals = 0

@@ -15,7 +15,9 @@ from renewald.store import migrate
 @pass_ctx
 def migrate_cmd(ctx: Context) -> None:
     """Create or upgrade the schema (idempotent)."""
-    store = ctx.store(create=True, check=False)
+    config = ctx.config
+    configure_console(level=config.logging.level, console=config.logging.console)
+    store = ctx.store_when_available(what="migrate", create=True, check=False)
     before, after = migrate(store.engine)
     if before == after:
         click.echo(f"schema is current (revision {after})")
@@ -36,7 +38,7 @@ def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None)
 
     config = ctx.config
     configure_console(level=config.logging.level, console=config.logging.console)
-    store = ctx.store(pool_size=(workers or config.daemon.workers) + 4)
+    store = ctx.store_when_available(what="run", pool_size=(workers or config.daemon.workers) + 4)
     options = RunOptions(once=once, workers=workers, max_jobs=max_jobs)
     progress = None
     if once and sys.stderr.isatty():

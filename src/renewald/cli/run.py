@@ -34,7 +34,7 @@ def migrate_cmd(ctx: Context) -> None:
 @pass_ctx
 def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None) -> None:
     """Run the daemon (or, with --once, drain what is due and exit)."""
-    from renewald.daemon.service import RunOptions, Service
+    from renewald.daemon.service import DUTY_BUDGET, RunOptions, Service
 
     config = ctx.config
     configure_console(level=config.logging.level, console=config.logging.console)
@@ -50,7 +50,10 @@ def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None)
         if total:
             progress = click.progressbar(length=total, label="delivering", file=sys.stderr)
     service = Service(
-        config, store, options=options, on_record=progress.update if progress else None
+        config,
+        store.with_budget(DUTY_BUDGET),
+        options=options,
+        on_record=progress.update if progress else None,
     )
     service.install_signal_handlers()
     code = service.run()

@@ -205,6 +205,9 @@ class DatabaseConfig:
     )
     sqlite_synchronous: str = field(default="NORMAL", metadata=_rule(_choice("NORMAL", "FULL")))
     busy_timeout: float = field(default=5.0, metadata=_DURATION)
+    # How long `migrate` and `run` wait for an unreachable database before exit 69; fits
+    # in the unit's TimeoutStartSec (120s), which they extend while waiting anyway.
+    startup_wait: float = field(default=90.0, metadata=_DURATION_OR_ZERO)
 
 
 @dataclass(frozen=True)

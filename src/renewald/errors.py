@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+EX_USAGE = 2
+EX_UNAVAILABLE = 69  # sysexits.h: a service the command needs is not available
+
 
 class RenewaldError(Exception):
     """renewald failed."""
+
+    exit_code: int = EX_USAGE
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail
@@ -24,6 +29,12 @@ class ConfigError(RenewaldError):
 
 class DatabaseError(RenewaldError):
     """The database cannot be used."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database is unreachable or locked: wait for it, or check that it is up."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 class SchemaMissing(DatabaseError):

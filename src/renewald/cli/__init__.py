@@ -1,7 +1,9 @@
 """The `renewald` command line (DESIGN §7).
 
 Every user error ends in one line on stderr and exit 2: click's usage errors, config
-errors, database errors, a missing job. Nothing is written unless the whole input is valid.
+errors, a database URL that cannot work, a missing job. A database that is down or
+locked is not a user error: one line and exit 69 (EX_UNAVAILABLE). Nothing is written
+unless the whole input is valid.
 Commands live in one module per family and register themselves on the `cli` group.
 """
 
@@ -14,7 +16,8 @@ import click
 
 from renewald.cli import jobs, ops, run, schedules  # noqa: F401  (registers the commands)
 from renewald.cli.app import EXIT_USAGE, cli
-from renewald.errors import RenewaldError
+from renewald.errors import EX_UNAVAILABLE, RenewaldError
+from renewald.store.engine import describe, is_unavailable
 
 __all__ = ["cli", "main"]
 
@@ -39,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except RenewaldError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
     except _db_errors() as exc:
-        _fail(f"database error: {_one_line(exc)}")
+        if is_unavailable(exc):
+            _fail(f"database unavailable: {describe(exc)}", EX_UNAVAILABLE)
+        _fail(f"database error: {describe(exc)}")
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
@@ -51,12 +56,6 @@ def _db_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     return (SQLAlchemyError,)
-
-
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

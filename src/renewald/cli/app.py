@@ -10,18 +10,25 @@ from datetime import datetime
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from renewald import __version__
+from renewald.cli.startup import wait_for_database
 from renewald.clock import SystemClock, datetime_to_ms
 from renewald.config import Config, load_config
+from renewald.daemon.sdnotify import Notifier
 from renewald.durations import parse_duration
-from renewald.errors import UsageError
+from renewald.errors import EX_USAGE, DatabaseUnavailable, UsageError
 from renewald.redact import redact_value
 from renewald.store import Store
+from renewald.store.engine import describe, is_unavailable
 from renewald.store.models import Job
 
 STATUSES = ("pending", "running", "done", "failed")
-EXIT_USAGE = 2
+EXIT_USAGE = EX_USAGE
+# An operator's command gives up on a database that does not answer within this long
+# (per call), with one line and exit 69, rather than hang in the retry loop.
+CLI_BUDGET = 3.0
 
 
 @dataclass
@@ -38,19 +45,60 @@ class Context:
             self._config = load_config(self.config_path, db_url=self.db_url)
         return self._config
 
-    def store(self, *, create: bool = False, check: bool = True, pool_size: int = 5) -> Store:
+    def store(
+        self,
+        *,
+        create: bool = False,
+        check: bool = True,
+        pool_size: int = 5,
+        budget: float = CLI_BUDGET,
+        busy_timeout: float | None = None,
+    ) -> Store:
+        """The store, opened once. Each database call retries an unreachable or locked
+        database for `budget` seconds, then raises `DatabaseUnavailable` (exit 69); so
+        does opening it. SQLite's busy_timeout is capped at `budget` unless given."""
         if self._store is None:
             db = self.config.database
-            self._store = Store.open(
+            store = Store.open(
                 db.url,
-                busy_timeout=db.busy_timeout,
+                busy_timeout=min(db.busy_timeout, budget) if busy_timeout is None else busy_timeout,
                 synchronous=db.sqlite_synchronous,
                 create=create,
                 pool_size=pool_size,
+                retry_for=budget,
             )
-            if check:
-                self._store.check_schema()
+            try:
+                if check:
+                    store.check_schema()
+            except DBAPIError as exc:
+                store.close()
+                if is_unavailable(exc):
+                    raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from None
+                raise
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
         return self._store
+
+    def store_when_available(
+        self, *, what: str, create: bool = False, check: bool = True, pool_size: int = 5
+    ) -> Store:
+        """`store()`, waiting up to `[database] startup_wait` for a database that is down
+        (cli/startup.py): for `migrate` and `run`, which systemd starts."""
+        db = self.config.database
+        return wait_for_database(
+            lambda budget: self.store(
+                create=create,
+                check=check,
+                pool_size=pool_size,
+                budget=budget,
+                busy_timeout=db.busy_timeout,
+            ),
+            wait=db.startup_wait,
+            notifier=Notifier.from_env(),
+            what=what,
+        )
 
     def close(self) -> None:
         if self._store is not None:

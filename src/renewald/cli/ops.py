@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NoReturn
 
 import click
@@ -17,7 +15,6 @@ from renewald.cli.app import STATUSES, Context, cli, parse_age, pass_ctx, stale_
 from renewald.durations import format_duration
 from renewald.errors import DatabaseError, UsageError
 from renewald.render import relative
-from renewald.store import Store
 from renewald.store.ops import Stats
 
 # A probe answers within its own timeout (Docker's HEALTHCHECK gives 10s): a database
@@ -32,16 +29,6 @@ def _unhealthy(why: str) -> NoReturn:
     sys.exit(EXIT_UNHEALTHY)
 
 
-@contextmanager
-def _probe_retries() -> Iterator[None]:
-    saved = Store.retry_for
-    Store.retry_for = HEALTH_RETRY_FOR
-    try:
-        yield
-    finally:
-        Store.retry_for = saved
-
-
 @cli.command("health")
 @click.option("--daemon", "need_daemon", is_flag=True, help="also require a live daemon here")
 @pass_ctx
@@ -50,9 +37,8 @@ def health_cmd(ctx: Context, need_daemon: bool) -> None:
     otherwise exit 1. Either way, one line."""
     config = ctx.config  # a bad config stays a usage error (exit 2)
     try:
-        with _probe_retries():
-            store = ctx.store()
-            daemons = store.list_daemons() if need_daemon else []
+        store = ctx.store(budget=HEALTH_RETRY_FOR)
+        daemons = store.list_daemons() if need_daemon else []
     except DatabaseError as exc:
         _unhealthy(str(exc))
     except SQLAlchemyError as exc:

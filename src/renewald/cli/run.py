@@ -15,7 +15,9 @@ from renewald.store import migrate
 @pass_ctx
 def migrate_cmd(ctx: Context) -> None:
     """Create or upgrade the schema (idempotent)."""
-    store = ctx.store(create=True, check=False)
+    config = ctx.config
+    configure_console(level=config.logging.level, console=config.logging.console)
+    store = ctx.store_when_available(what="migrate", create=True, check=False)
     before, after = migrate(store.engine)
     if before == after:
         click.echo(f"schema is current (revision {after})")
@@ -32,11 +34,11 @@ def migrate_cmd(ctx: Context) -> None:
 @pass_ctx
 def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None) -> None:
     """Run the daemon (or, with --once, drain what is due and exit)."""
-    from renewald.daemon.service import RunOptions, Service
+    from renewald.daemon.service import DUTY_BUDGET, RunOptions, Service
 
     config = ctx.config
     configure_console(level=config.logging.level, console=config.logging.console)
-    store = ctx.store(pool_size=(workers or config.daemon.workers) + 4)
+    store = ctx.store_when_available(what="run", pool_size=(workers or config.daemon.workers) + 4)
     options = RunOptions(once=once, workers=workers, max_jobs=max_jobs)
     progress = None
     if once and sys.stderr.isatty():
@@ -48,7 +50,10 @@ def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None)
         if total:
             progress = click.progressbar(length=total, label="delivering", file=sys.stderr)
     service = Service(
-        config, store, options=options, on_record=progress.update if progress else None
+        config,
+        store.with_budget(DUTY_BUDGET),
+        options=options,
+        on_record=progress.update if progress else None,
     )
     service.install_signal_handlers()
     code = service.run()

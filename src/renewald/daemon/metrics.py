@@ -1,12 +1,15 @@
 """Prometheus `/metrics` and `/healthz` over HTTP (optional: `[http] listen`, off by default).
 
 Counters and the duration histogram are fed by the dispatcher's observer hook (every
-recorded attempt) and by the rescuer; gauges are read from the store at scrape time with a
-few cheap count queries, so they describe the whole database, not one daemon. Everything
-lives in a dedicated `CollectorRegistry`: nothing leaks into (or from) the global one.
+recorded attempt) and by the rescuer; gauges come from a few cheap count queries that
+describe the whole database, not one daemon, read by a `GaugeReader` (daemon/gauges.py)
+on a thread of its own: a scrape never waits on the database for more than a second, and
+answers `renewald_store_up 0` with the last values while the database is away.
+Everything lives in a dedicated `CollectorRegistry`: nothing leaks into (or from) the
+global one.
 
 `/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
-(the watchdog's own limit), else 503: a daemon whose database went away turns unhealthy.
+(the watchdog's own limit) and the store answers, else 503.
 
 The server is the standard library's `ThreadingHTTPServer` on a daemon thread, started
 by `Service.run()` and shut down when it returns.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -27,6 +31,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from renewald.clock import Clock
+from renewald.daemon.gauges import READ_BUDGET, GaugeReader
 from renewald.errors import ConfigError
 from renewald.store import AttemptResult, Store
 
@@ -49,12 +54,19 @@ class Metrics:
         dispatch_statuses: Sequence[str] = ("auto",),
         last_poll: Callable[[], float | None] = lambda: None,
         healthy_within: float = 8.0,
+        refresh_every: float = 5.0,
     ) -> None:
-        self.store = store
+        self.store = store.with_budget(READ_BUDGET)
         self.clock = clock
         self.dispatch_statuses = tuple(dispatch_statuses)
         self._last_poll = last_poll
         self.healthy_within = healthy_within
+        self.reader = GaugeReader(
+            lambda: self.store.gauges(
+                now=self.clock.now_ms(), dispatch_statuses=self.dispatch_statuses
+            ),
+            interval=refresh_every,
+        )
         self.registry = CollectorRegistry()
         self.attempts = Counter(
             "renewald_attempts",
@@ -101,19 +113,24 @@ class Metrics:
         return generate_latest(self.registry)
 
     def health(self) -> tuple[bool, str]:
-        """(healthy, one line saying why) from the age of the last successful poll."""
+        """(healthy, one line saying why) from the age of the last successful poll and
+        whether the store answers now."""
         last = self._last_poll()
         if last is None:
             return False, "no successful poll yet"
         age = self.clock.monotonic() - last
         if age > self.healthy_within:
             return False, f"no successful poll for {age:.1f}s (limit {self.healthy_within:g}s)"
+        reading = self.reader.current()
+        if not reading.up:
+            return False, f"database unavailable: {reading.error}"
         return True, f"last poll {age:.1f}s ago"
 
 
 class _StoreGauges(Collector):
-    """Gauges computed at scrape time from the store: due and running jobs, the oldest due
-    job's age, paused targets. A database that does not answer gives renewald_store_up 0."""
+    """Gauges from the `GaugeReader`'s last successful read: due and running jobs, the
+    oldest due job's age, paused targets; `renewald_store_up` says whether the database
+    answered the read this scrape asked for (or has been answering, when it is slow)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -123,17 +140,22 @@ class _StoreGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        now = m.clock.now_ms()
-        up = GaugeMetricFamily("renewald_store_up", "1 when the database answered this scrape.")
-        try:
-            g = m.store.gauges(now=now, dispatch_statuses=m.dispatch_statuses)
-        except Exception as exc:  # a scrape must answer even while the database is away
-            _log.warning("metrics.store_error", error=str(exc).strip().splitlines()[0])
-            up.add_metric([], 0)
-            yield up
+        reading = m.reader.current()
+        yield GaugeMetricFamily(
+            "renewald_store_up",
+            "1 when the database answered the latest gauge read in time.",
+            value=1 if reading.up else 0,
+        )
+        g = reading.gauges
+        if g is None or reading.read_at is None:
             return
-        up.add_metric([], 1)
-        yield up
+        now = m.clock.now_ms()
+        yield GaugeMetricFamily(
+            "renewald_gauges_age_seconds",
+            "How old the database-derived gauges below are (they keep their last values "
+            "while the database is away).",
+            value=max(0.0, time.monotonic() - reading.read_at),
+        )
         yield GaugeMetricFamily("renewald_jobs_due", "Jobs due now (dispatchable).", value=g.due)
         yield GaugeMetricFamily("renewald_jobs_running", "Jobs running now.", value=g.running)
         oldest = 0.0 if g.oldest_due_at is None else max(0, now - g.oldest_due_at) / 1000
@@ -192,6 +214,7 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, listen: str) -> None:
         host, port = _split_listen(listen)
+        self.metrics = metrics
         handler = type("Handler", (_Handler,), {"metrics": metrics})
         server_class = type(
             "Server",
@@ -220,6 +243,7 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
+        self.metrics.reader.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -232,7 +256,7 @@ def start_metrics(service: Service) -> MetricsServer:
         store=service.store,
         clock=service.clock,
         dispatch_statuses=d.dispatch_statuses,
-        last_poll=lambda: service.gate.last("poll"),
+        last_poll=lambda: service.polled_ok_at,
         healthy_within=3 * d.poll_interval + 5,
     )
     server = MetricsServer(metrics, service.config.http.listen)  # bind first: fail early
@@ -246,6 +270,7 @@ def start_metrics(service: Service) -> MetricsServer:
         return rescued
 
     service.rescuer.run_once = counted_rescue  # type: ignore[method-assign]
+    metrics.reader.start()
     server.start()
     _log.info("http.listening", address=server.address, paths="/metrics /healthz")
     return server

@@ -43,12 +43,18 @@ from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.schedules import fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
+from renewald.errors import DatabaseError
 from renewald.logging import JobLog
 from renewald.store.changes import ChangeWatcher
+from renewald.store.engine import describe
 
 _log = structlog.get_logger("renewald.daemon")
 
 EXIT_DUTY_DIED = 1
+# How long one database call of a duty retries an unreachable or locked database before
+# the tick gives up; the duty runs again at its next interval, so an outage of any length
+# is waited out a few seconds at a time, and the ticks keep ending (the watchdog's proof).
+DUTY_BUDGET = 3.0
 DEAD_DAEMON_ROW_KEPT_MS = 24 * 3600 * 1000
 # After `shutdown_grace`, how long the last bookkeeping (give back unstarted jobs, stop the
 # recorder, leave the registry) may take against a database that does not answer.
@@ -160,6 +166,9 @@ class Service:
         self._wake_at: int | None = None
         self._wake_lock = threading.Lock()
         self._changes: ChangeWatcher | None = None
+        # When a poll last succeeded (monotonic): /healthz. The watchdog gate is marked
+        # also when a tick ends in a database error (see `_guarded`).
+        self.polled_ok_at: float | None = None
 
     # -- signals ---------------------------------------------------------------------
 
@@ -192,7 +201,7 @@ class Service:
                 self._poll_again.clear()
                 now = self.clock.now_ms()
                 result = self.dispatcher.poll_once(now)
-                self.gate.mark("poll", self.clock.monotonic())
+                self._polled()
                 self._backlog = result.more_waiting
                 if result.more_waiting and self.dispatcher.holding() < self.dispatcher.capacity:
                     continue
@@ -205,6 +214,11 @@ class Service:
             self._poll_lock.release()
         if self.dispatcher.exhausted() and not self.options.once:
             self._stop.set()
+
+    def _polled(self) -> None:
+        at = self.clock.monotonic()
+        self.polled_ok_at = at
+        self.gate.mark("poll", at)
 
     def heartbeat_tick(self) -> None:
         now = self.clock.now_ms()
@@ -266,7 +280,12 @@ class Service:
         self.notifier.watchdog_if(
             self.gate,
             self.clock.monotonic(),
-            {"poll": 3 * d.poll_interval + 5, "heartbeat": 3 * d.heartbeat_interval},
+            {
+                # A tick in an outage ends only after its retry budget is spent: that
+                # is still a loop that is alive.
+                "poll": 3 * d.poll_interval + 5 + DUTY_BUDGET,
+                "heartbeat": 3 * d.heartbeat_interval + DUTY_BUDGET,
+            },
         )
 
     # -- waking the poller -----------------------------------------------------------
@@ -372,18 +391,19 @@ class Service:
         return scheduler
 
     def _guarded(self, tick: Callable[[], None]) -> Callable[[], None]:
-        """A database that is briefly gone is a warning and a missed tick, not a crash:
-        the next tick tries again, and the watchdog notices if it never recovers."""
+        """A database that is gone is a warning and a missed tick, not a crash: the next
+        tick tries again, for as long as the outage lasts. A tick that ended, even in a
+        database error, still marks the watchdog gate: the watchdog says the daemon's own
+        loop is alive, not that the database is. Only a tick that hangs starves it."""
+        name = tick.__name__.removesuffix("_tick")
 
         def run() -> None:
             try:
                 tick()
-            except SQLAlchemyError as exc:
-                _log.warning(
-                    "tick.database_error",
-                    tick=tick.__name__,
-                    error=str(exc).strip().splitlines()[0],
-                )
+            except (SQLAlchemyError, DatabaseError) as exc:
+                _log.warning("tick.database_error", tick=tick.__name__, error=describe(exc))
+                if name in self.gate.required:
+                    self.gate.mark(name, self.clock.monotonic())
 
         run.__name__ = tick.__name__
         return run
@@ -456,7 +476,7 @@ class Service:
         while not self._stop.is_set() and dispatcher.fatal is None:
             held_before = dispatcher.holding()
             result = dispatcher.poll_once(self.clock.now_ms())
-            self.gate.mark("poll", self.clock.monotonic())
+            self._polled()
             if result.claimed == 0 and held_before == 0:
                 break  # nothing due is left that our own running jobs could be holding back
             if result.more_waiting or result.claimed == 0:

@@ -6,19 +6,54 @@ driver's implicit transactions replaced by explicit ones (SQLAlchemy's documente
 recipe): writes open with `BEGIN IMMEDIATE` so the write lock is taken up front and a
 busy database shows up at BEGIN, never halfway through a transaction; read-only
 connections open with a deferred `BEGIN` so they never block the tracker's writers.
+
+Which errors mean "the database is not there right now" is decided here too
+(`is_unavailable`, `is_transient`): the store retries them, the command line turns them
+into exit 69 instead of exit 2, and nowhere else guesses from error text.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from renewald.errors import DatabaseError
 
 READ_ONLY = "renewald_read_only"
+
+# SQLSTATEs of a server that is going away, starting up, full or unreachable.
+_UNAVAILABLE_STATES = frozenset(
+    {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}
+)
+# A transaction that lost a race: running it again is safe and usually succeeds.
+_RACE_STATES = frozenset({"40001", "40P01"})
+# Connection failures carry no SQLSTATE (psycopg, sqlite3): their text is all there is.
+_UNAVAILABLE_TEXT = (
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    "connection refused",
+    "could not connect",
+    "server closed the connection",
+    "terminating connection",
+    "connection is closed",
+    "connection is lost",
+    "connection reset",
+    "connection timed out",
+    "timeout expired",
+    "no route to host",
+    "network is unreachable",
+    "consuming input failed",
+    "ssl connection has been closed",
+    "the database system is",  # starting up, shutting down, in recovery mode
+    "too many clients",
+    "temporary failure in name resolution",  # DNS not up yet at boot; a typo is EAI_NONAME
+)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -81,3 +116,39 @@ def _sqlite_engine(url: str, *, busy_timeout: float, synchronous: str) -> Engine
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _dbapi_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or used right now (refused, gone, locked, starting
+    up): worth waiting for, and never the user's fault. A wrong database name, role or
+    password is not unavailable: a person must fix it."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = _dbapi_error(exc)
+    if getattr(orig, "sqlstate", None) in _UNAVAILABLE_STATES:
+        return True
+    if not isinstance(exc, DBAPIError) and not _is_driver_error(orig):
+        return False
+    message = str(orig).lower()
+    return any(marker in message for marker in _UNAVAILABLE_TEXT)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Running the failed transaction again may succeed: the database is unavailable, or
+    the transaction lost a serialization or deadlock race."""
+    return is_unavailable(exc) or getattr(_dbapi_error(exc), "sqlstate", None) in _RACE_STATES
+
+
+def describe(exc: BaseException) -> str:
+    """The driver's first line about `exc`, for one-line messages."""
+    orig = _dbapi_error(exc)
+    lines = str(orig).strip().splitlines()
+    return lines[0].strip() if lines else type(orig).__name__
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error | psycopg.Error)

@@ -17,58 +17,54 @@ from typing import TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 import renewald.store.schedules as schedule_sql
-from renewald.errors import DatabaseError
+from renewald.errors import DatabaseError, DatabaseUnavailable
 from renewald.store import attempts, claim, daemons, jobs, leases, ops, targets, unlogged
-from renewald.store.engine import READ_ONLY, make_engine, sqlite_path
+from renewald.store.engine import (
+    READ_ONLY,
+    describe,
+    is_transient,
+    is_unavailable,
+    make_engine,
+    sqlite_path,
+)
 from renewald.store.migrate import check_schema
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
 
 T = TypeVar("T")
 _log = structlog.get_logger("renewald.store")
 
-# How long a transaction keeps retrying a busy/locked database or a lost connection.
+# How long a transaction keeps retrying a busy/locked database or a lost connection,
+# unless the caller gives its own budget (`Store(retry_for=...)`, `with_budget`): the
+# daemon's duties, the command line and the metrics reader each choose theirs.
 RETRY_FOR = 30.0
 SLOW_RETRY = 1.0
 
-_TRANSIENT_PG = ("40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006")
-
-
-def _is_transient(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
-    message = str(orig).lower()
-    if "database is locked" in message or "database is busy" in message:
-        return True
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in _TRANSIENT_PG:
-        return True
-    return isinstance(exc, OperationalError) and (
-        "server closed the connection" in message
-        or (
-            "connection" in message
-            and ("refused" in message or "terminat" in message or "lost" in message)
-        )
-    )
-
 
 class Store:
-    # How long `_run` keeps retrying a transient error; a health probe lowers it so that
-    # it answers within its own timeout instead of waiting out an outage.
-    retry_for: float = RETRY_FOR
-
-    def __init__(self, engine: Engine, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retry_for: float = RETRY_FOR,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.retry_for = retry_for
         self._sleep = sleep
         self._claim = (
             claim.claim_due_jobs_postgresql
             if self.dialect == "postgresql"
             else claim.claim_due_jobs_sqlite
         )
+
+    def with_budget(self, retry_for: float) -> Store:
+        """The same database (same engine and pool) with another retry budget per call.
+        Close only the store the engine was opened with."""
+        return Store(self.engine, retry_for=retry_for, sleep=self._sleep)
 
     @classmethod
     def open(
@@ -79,9 +75,11 @@ class Store:
         synchronous: str = "NORMAL",
         pool_size: int = 5,
         create: bool = False,
+        retry_for: float = RETRY_FOR,
     ) -> Store:
-        """Open the database at `url`. Without `create`, a SQLite file that does not exist
-        is an error rather than a new empty database."""
+        """Open the database at `url` and check that it answers. Without `create`, a SQLite
+        file that does not exist is an error rather than a new empty database. A database
+        that stays unreachable for `retry_for` raises `DatabaseUnavailable`."""
         path = sqlite_path(url)
         if path is not None:
             if create:
@@ -91,8 +89,12 @@ class Store:
         engine = make_engine(
             url, busy_timeout=busy_timeout, synchronous=synchronous, pool_size=pool_size
         )
-        store = cls(engine)
-        store.ping()
+        store = cls(engine, retry_for=retry_for)
+        try:
+            store.ping()
+        except BaseException:
+            engine.dispose()
+            raise
         return store
 
     def close(self) -> None:
@@ -120,9 +122,10 @@ class Store:
                     _log.warning("database.busy", tries=tries, waited=f"{waited:.1f}s")
                 return result
             except DBAPIError as exc:
-                if not _is_transient(exc) or time.monotonic() - started > self.retry_for:
+                pause = delay * random.uniform(0.5, 1.5)
+                if not is_transient(exc) or time.monotonic() - started + pause > self.retry_for:
                     raise
-                self._sleep(delay * random.uniform(0.5, 1.5))
+                self._sleep(pause)
                 delay = min(delay * 2, 0.5)
 
     def write(self, fn: Callable[[Connection], T]) -> T:
@@ -138,10 +141,14 @@ class Store:
             yield conn
 
     def ping(self) -> None:
+        """Raise `DatabaseUnavailable` when the database stays unreachable for the retry
+        budget, `DatabaseError` when it answers with something a person must fix."""
         try:
             self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
         except DBAPIError as exc:
-            raise DatabaseError(f"cannot reach the database: {_first_line(exc.orig)}") from None
+            if is_unavailable(exc):
+                raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from None
+            raise DatabaseError(f"cannot use the database: {describe(exc)}") from None
 
     def check_schema(self) -> None:
         self.read(check_schema)
@@ -663,7 +670,3 @@ class Store:
     def clear_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
         """Delete the target's row (it accepted a delivery); returns what it was."""
         return self.write(lambda conn: targets.clear_target_pause(conn, target_key=target_key))
-
-
-def _first_line(exc: BaseException | None) -> str:
-    return str(exc).strip().splitlines()[0] if exc and str(exc).strip() else repr(exc)

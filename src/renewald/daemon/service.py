@@ -37,6 +37,7 @@ from renewald.config import Config
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.daemon.malformed import sweep as sweep_malformed
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.schedules import fire_due_schedules
@@ -219,8 +220,15 @@ class Service:
     def rescue_tick(self) -> None:
         now = self.clock.now_ms()
         self.rescuer.run_once(now)
+        self._sweep(now)
         # A killed daemon's registry row stays for a day (health and stats show it), then goes.
         self.store.prune_daemons(stale_before=now - DEAD_DAEMON_ROW_KEPT_MS)
+
+    def _sweep(self, now: int) -> None:
+        """End pending jobs no claim can select failed/malformed (daemon/malformed.py)."""
+        ended = sweep_malformed(store=self.store, job_log=self.job_log, owner=self.owner, now=now)
+        for _ in range(ended):
+            self.summary.count("failed", "malformed")
 
     def retention_tick(self) -> None:
         """Prune finished jobs past `[retention] older_than` (off unless configured)."""
@@ -435,6 +443,7 @@ class Service:
     def _drain(self) -> None:
         """`run --once`: deliver everything due now; retries due later are not waited for."""
         dispatcher = self.dispatcher
+        self._sweep(self.clock.now_ms())
         while not self._stop.is_set() and dispatcher.fatal is None:
             held_before = dispatcher.holding()
             result = dispatcher.poll_once(self.clock.now_ms())

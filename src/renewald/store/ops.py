@@ -21,6 +21,7 @@ from renewald.clock import iso_utc
 from renewald.store.attempts import CANCEL_REASON, CANCELLED
 from renewald.store.claim import load_targets
 from renewald.store.daemons import DaemonRow
+from renewald.store.decode import epoch_ms_or_none
 from renewald.store.jobs import dispatch_allowed, due_condition
 from renewald.store.models import ClaimedJob, Job
 from renewald.store.schema import (
@@ -759,12 +760,12 @@ def stats(
         now=now,
         by_status=by_status,
         due=int(due),
-        oldest_due_at=oldest_due,
+        oldest_due_at=epoch_ms_or_none(oldest_due),
         overdue=int(overdue),
         held=int(held),
         unscheduled=int(unscheduled),
         running=int(running),
-        oldest_running_started_at=oldest_running,
+        oldest_running_started_at=epoch_ms_or_none(oldest_running),
         expired_leases=int(expired),
         failures_since=failures_since,
         failures=failures,
@@ -801,7 +802,7 @@ def gauges(conn: Connection, *, now: int, dispatch_statuses: Sequence[str]) -> G
     running = conn.execute(
         select(func.count()).select_from(jobs).where(jobs.c.status == "running")
     ).scalar_one()
-    return Gauges(int(due), int(running), oldest, paused_targets(conn, now=now))
+    return Gauges(int(due), int(running), epoch_ms_or_none(oldest), paused_targets(conn, now=now))
 
 
 # -- retention -------------------------------------------------------------------------

@@ -266,3 +266,17 @@ def malformed_error(problems: tuple[str, ...] | list[str]) -> str:
     text = "malformed: " + "; ".join(problems)
     text = escape_controls(text)
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+
+
+def conversation_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The fields of a `local_conversations` row that `show` and the gate read."""
+    d = Decoder("local_conversations")
+    values: dict[str, Any] = {
+        "local_conversation_id": d.text("local_conversation_id", row.get("local_conversation_id")),
+        "platform": d.text("platform", row.get("platform")),
+        "automation_status": d.text("automation_status", row.get("automation_status")),
+        "cooldown_until": d.epoch_ms("cooldown_until", row.get("cooldown_until")),
+        "paused_at": d.epoch_ms("paused_at", row.get("paused_at")),
+        "updated_at": d.epoch_ms("updated_at", row.get("updated_at"), nullable=False),
+    }
+    return values, tuple(d.problems)

@@ -281,3 +281,14 @@ def _log_lines(service: Service) -> list[dict[str, Any]]:
     for path in sorted(service.config.logging.dir.glob("*.jsonl")):
         lines += [json.loads(line) for line in path.read_text().splitlines() if line]
     return lines
+
+
+def test_a_token_nested_in_a_target_url_is_never_stored(service: Service, store: Store) -> None:
+    conv = make_conversation(store)
+    nested = "http%3A%2F%2Fhost%2F%3Ftoken%3Dsekrit123"
+    make_link(store, conv, target_kind="log", page_url=f"http://h/?next={nested}")
+    job = make_job(store, conversation=conv, target_snapshot=f'{{"url": "http://h/?u={nested}"}}')
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    [attempt] = attempts(store, job.job_id)
+    assert "%3Dsekrit123" not in attempt["target"] and "%3D***" in attempt["target"]

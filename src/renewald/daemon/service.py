@@ -226,7 +226,15 @@ class Service:
 
     def _sweep(self, now: int) -> None:
         """End pending jobs no claim can select failed/malformed (daemon/malformed.py)."""
-        ended = sweep_malformed(store=self.store, job_log=self.job_log, owner=self.owner, now=now)
+        try:
+            ended = sweep_malformed(
+                store=self.store, job_log=self.job_log, owner=self.owner, now=now
+            )
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # rows' data never stops the rescue duty
+            _log.error("sweep.failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return
         for _ in range(ended):
             self.summary.count("failed", "malformed")
 

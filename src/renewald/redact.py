@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
 
@@ -156,9 +156,34 @@ def _mask_userinfo(m: re.Match[str]) -> str:
 
 
 def _mask_url_param(m: re.Match[str]) -> str:
-    if m["val"] and is_secret_key(unquote_plus(m["key"]), in_url=True):
+    val = m["val"]
+    if val and is_secret_key(unquote_plus(m["key"]), in_url=True):
         return f"{m['lead']}{m['key']}={MASK}"
+    if val and ("%" in val or "=" in val):
+        nested = _redact_nested(val)
+        if nested != val:
+            return f"{m['lead']}{m['key']}={nested}"
     return m[0]
+
+
+def _redact_nested(val: str) -> str:
+    """A query value that carries another URL (`?next=/a?token=…`, or percent-encoded:
+    `?url=http%3A%2F%2Fhost%2F%3Ftoken%3D…`): its own secrets masked, encoding kept.
+
+    Each level works on a strictly shorter text than the one around it (a match's value,
+    or a decoding that changed something), so nesting of any depth ends."""
+    plain = redact_text(val) or ""
+    if plain != val:
+        return plain
+    if "%" not in val:
+        return val
+    decoded = unquote(val)
+    if decoded == val:
+        return val
+    masked = redact_text(decoded) or ""
+    if masked == decoded:
+        masked = _redact_nested(decoded)  # encoded twice (or more)
+    return val if masked == decoded else quote(masked, safe="*")
 
 
 def _mask_scheme_credential(m: re.Match[str]) -> str:

@@ -713,13 +713,14 @@ def test_bad_rows_from_the_tracker_fail_alone(renewald: Renewald, e2e_store: Sto
     state = jobs(e2e_store)
     assert (state["good"]["status"], state["good"]["terminal_reason"]) == ("done", "delivered")
     expected = {
-        "bad-json": "conversation_links.target_payload is not JSON",
-        "bad-kind": "no adapter for target kind 'carrier.pigeon'",
-        "bad-empty": "payload is empty",
+        # A row that does not fit its declared type is malformed (DESIGN §2).
+        "bad-json": ("malformed", "malformed: conversation_links.target_payload is not JSON"),
+        "bad-kind": ("permanent", "no adapter for target kind 'carrier.pigeon'"),
+        "bad-empty": ("permanent", "payload is empty"),
     }
-    for job_id, reason in expected.items():
+    for job_id, (terminal, reason) in expected.items():
         job = state[job_id]
-        assert (job["status"], job["terminal_reason"]) == ("failed", "permanent"), job_id
+        assert (job["status"], job["terminal_reason"]) == ("failed", terminal), job_id
         assert job["last_error"].startswith(reason), job["last_error"]
     assert "delivered 1" in out.stdout and "failed 3" in out.stdout
     assert_log_matches(renewald, e2e_store)

@@ -248,3 +248,48 @@ def test_redact_value_masks_free_text_inside_values():
         MASK,
         f"Authorization: {MASK}",
     ]
+
+
+# --- secrets inside another URL carried in a query value -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://a/x?url=http%3A%2F%2Fhost%2F%3Ftoken%3Dsekrit123&b=1",
+            "http://a/x?url=http%3A%2F%2Fhost%2F%3Ftoken%3D***&b=1",
+        ),
+        (
+            "http://a/x?url=http%3a%2f%2fhost%2f%3fa%3D1%26access_token%3Dsekrit123",
+            "http://a/x?url=http%3A%2F%2Fhost%2F%3Fa%3D1%26access_token%3D***",
+        ),
+        (
+            "http://a/x?url=http%253A%252F%252Fh%252F%253Fapi_key%253Dzzz",
+            "http://a/x?url=http%253A%252F%252Fh%252F%253Fapi_key%253D***",
+        ),
+        ("http://a/?next=/b?token=abc&q=1", "http://a/?next=/b?token=***&q=1"),
+        ("http://a/?url=http%3A%2F%2Fu%3Apw%40h%2F", "http://a/?url=http%3A%2F%2Fu%3A***%40h%2F"),
+    ],
+)
+def test_secrets_nested_in_query_values_are_masked(url, expected):
+    assert redact_url(url) == expected
+    assert "sekrit123" not in (redact_text(f"POST {url} failed") or "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a/?q=100%25&x=a%20b",
+        "http://a/?url=http%3A%2F%2Fh%2F%3Fpage%3D2",
+        "http://a/?u=%25%25%2525%252525",
+        "http://a/?bad=%zz%3",
+    ],
+)
+def test_nested_values_without_secrets_are_untouched(url):
+    assert redact_url(url) == url
+
+
+def test_nested_secret_is_masked_in_a_target_value():
+    target = {"url": "http://127.0.0.1/hook?next=http%3A%2F%2Fx%2F%3Ftoken%3Dsekrit123"}
+    assert "sekrit123" not in str(redact_value(target))

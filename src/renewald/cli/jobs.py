@@ -220,11 +220,12 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         lines.append(f"target       {kind}{key}{target}")
     if job.last_error:
         lines.append(f"last error   {job.last_error}")
+    lines += [f"malformed    {p}" for p in job.problems]
     if job.log_path:
         lines.append(f"log          {job.log_path}")
     payload = render.truncate(job.payload, 200)
     lines.append(f"payload      ({job.payload_kind}) {payload}")
-    click.echo("\n".join(lines))
+    click.echo("\n".join(render.line(text) for text in lines))
     if attempts:
         click.echo("\nattempts")
         rows = [

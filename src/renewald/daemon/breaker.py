@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from renewald.adapters import Outcome, OutcomeKind
 from renewald.clock import iso_utc
+from renewald.controls import escape_controls
 from renewald.logging import JobLog
 from renewald.store import Store
 from renewald.store.models import TargetPause
@@ -107,7 +108,9 @@ def after_failure(
         failures=failures,
         paused_until=paused_until,
         opened_at=opened_at,
-        last_error=error if error is not None else (row.last_error if row else None),
+        last_error=escape_controls(error)
+        if error is not None
+        else (row.last_error if row else None),
         updated_at=now,
     )
 

@@ -36,6 +36,7 @@ from renewald.clock import Clock
 from renewald.daemon.backoff import Decision, RetryPolicy, decide
 from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
 from renewald.daemon.limits import TargetLimits
+from renewald.daemon.malformed import handling_failed, malformed_result
 from renewald.daemon.summary import Summary
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import ConfigError
@@ -247,7 +248,7 @@ class Dispatcher:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
         for c in claimed:  # in claim order, so each target's line is in due order
-            self._dispatch(c)
+            self._dispatch_guarded(c)
         if len(claimed) == limit:
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)
@@ -306,6 +307,18 @@ class Dispatcher:
 
     # -- delivering ------------------------------------------------------------------
 
+    def _dispatch_guarded(self, claimed: ClaimedJob) -> None:
+        """`_dispatch`, where an error in one job's handling ends that job, not the poll."""
+        try:
+            self._dispatch(claimed)
+        except Exception as exc:
+            self._finish_now(claimed, self._handling_failed(claimed, exc))
+
+    def _handling_failed(self, claimed: ClaimedJob, exc: Exception) -> AttemptResult:
+        return handling_failed(
+            claimed, exc, owner=self.owner, now=self.clock.now_ms(), job_log=self.job_log
+        )
+
     def _dispatch(self, claimed: ClaimedJob) -> None:
         """Plan a freshly claimed job and send it on: to the recorder when it needs no
         delivery (bad row, open breaker, misconfigured adapter), to a worker when its
@@ -352,6 +365,8 @@ class Dispatcher:
         """Deliver a job that holds a slot of its target, then pass the slot on."""
         try:
             result = self._attempt_planned(planned)
+        except Exception as exc:  # one job's handling, never the worker
+            result = self._handling_failed(planned.claimed, exc)
         finally:
             self._free_slot(planned.key)
         if result is not None:
@@ -375,6 +390,14 @@ class Dispatcher:
         job = claimed.job
         attempt_id = uuid.uuid4().hex
         now = self.clock.now_ms()
+        if claimed.problems:  # a row that does not fit is never sent (DESIGN §2)
+            return malformed_result(
+                claimed,
+                owner=self.owner,
+                now=now,
+                log_path=self.job_log.path_for(now),
+                attempt_id=attempt_id,
+            )
         kind = target_kind_of(claimed)
         if job.deadline_at is not None and now > job.deadline_at:
             return self._result(claimed, attempt_id, kind, None, now, now, _DEADLINE_PASSED)

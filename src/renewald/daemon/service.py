@@ -37,6 +37,7 @@ from renewald.config import Config
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.daemon.malformed import sweep as sweep_malformed
 from renewald.daemon.owner import looks_gone, make_owner_id
 from renewald.daemon.recovery import recover_lost_lines
 from renewald.daemon.rescuer import Rescuer
@@ -237,8 +238,23 @@ class Service:
         now = self.clock.now_ms()
         self.rescuer.run_once(now)
         self.recover_lines(now)
+        self._sweep(now)
         # A killed daemon's registry row stays for a day (health and stats show it), then goes.
         self.store.prune_daemons(stale_before=now - DEAD_DAEMON_ROW_KEPT_MS)
+
+    def _sweep(self, now: int) -> None:
+        """End pending jobs no claim can select failed/malformed (daemon/malformed.py)."""
+        try:
+            ended = sweep_malformed(
+                store=self.store, job_log=self.job_log, owner=self.owner, now=now
+            )
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # rows' data never stops the rescue duty
+            _log.error("sweep.failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return
+        for _ in range(ended):
+            self.summary.count("failed", "malformed")
 
     def recover_lines(self, now: int) -> int:
         """Write the job-log lines that dead daemons on this host committed but lost."""
@@ -473,6 +489,7 @@ class Service:
     def _drain(self) -> None:
         """`run --once`: deliver everything due now; retries due later are not waited for."""
         dispatcher = self.dispatcher
+        self._sweep(self.clock.now_ms())
         while not self._stop.is_set() and dispatcher.fatal is None:
             held_before = dispatcher.holding()
             result = dispatcher.poll_once(self.clock.now_ms())

@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from renewald.store.decode import platform_value
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
 from renewald.store.schema import (
@@ -212,7 +213,7 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
             local_conversations.c.local_conversation_id.in_(ids)
         )
     )
-    platforms: dict[str, str] = {row[0]: row[1] for row in platform_rows}
+    platforms = {row[0]: platform_value(row[1]) for row in platform_rows}
     links: dict[str, Link] = {}
     link_rows = conn.execute(
         select(conversation_links)
@@ -223,24 +224,14 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
         .order_by(conversation_links.c.observed_at.desc(), conversation_links.c.link_id)
     ).mappings()
     for row in link_rows:
-        links.setdefault(
-            row["local_conversation_id"],
-            Link(
-                platform=row["platform"],
-                remote_conversation_id=row["remote_conversation_id"],
-                page_url=row["page_url"],
-                client_id=row["client_id"],
-                target_kind=row["target_kind"],
-                target_id=row["target_id"],
-                target_payload=row["target_payload"],
-            ),
-        )
+        links.setdefault(row["local_conversation_id"], Link.from_row(row))
     ordered = sorted(claimed, key=lambda j: (j.next_attempt_at or 0, j.created_at, j.job_id))
     return [
         ClaimedJob(
             job=j,
-            platform=platforms.get(j.local_conversation_id),
+            platform=platforms.get(j.local_conversation_id, (None, ()))[0],
             link=links.get(j.local_conversation_id),
+            conversation_problems=platforms.get(j.local_conversation_id, (None, ()))[1],
         )
         for j in ordered
     ]

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from renewald.errors import DatabaseError
+from renewald.store.decode import sqlite_text
 
 READ_ONLY = "renewald_read_only"
 
@@ -103,6 +104,8 @@ def _sqlite_engine(url: str, *, busy_timeout: float, synchronous: str) -> Engine
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None
+        # Invalid UTF-8 in a TEXT value must fail one job (store/decode.py), not the read.
+        dbapi_connection.text_factory = sqlite_text
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")

@@ -8,6 +8,7 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, or
 from sqlalchemy.exc import IntegrityError
 
 from renewald.errors import DuplicateJob
+from renewald.store.decode import MAX_EPOCH_MS, epoch_ms_or_none
 from renewald.store.models import Attempt, Job, NewJob
 from renewald.store.schema import (
     local_conversations,
@@ -137,8 +138,13 @@ def next_due_at(conn: Connection, *, now: int) -> int | None:
     Read straight off `idx_renewal_jobs_status_due`: `min()` over the index range is one
     seek. Conversation gates are not applied: a wake-up for a gated job claims nothing and
     costs one poll, while applying them here would cost a scan.
+
+    The upper bound keeps out what no claim will take (SQLite sorts text and BLOBs after
+    every number, and a time past year 9999 is no time): the sweep ends those rows.
     """
     query = select(func.min(jobs.c.next_attempt_at)).where(
-        jobs.c.status == "pending", jobs.c.next_attempt_at > now
+        jobs.c.status == "pending",
+        jobs.c.next_attempt_at > now,
+        jobs.c.next_attempt_at <= MAX_EPOCH_MS,
     )
-    return conn.execute(query).scalar()
+    return epoch_ms_or_none(conn.execute(query).scalar())

@@ -7,6 +7,9 @@ from typing import Any
 
 from sqlalchemy import RowMapping
 
+from renewald.controls import escape_optional
+from renewald.store.decode import job_values, link_values
+
 
 @dataclass(frozen=True)
 class Job:
@@ -34,10 +37,14 @@ class Job:
     deadline_at: int | None = None
     target_kind: str | None = None
     send_token: int | None = None
+    # What in the stored row did not fit its declared type (store/decode.py): a job with
+    # problems is never delivered, it ends failed/malformed.
+    problems: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Job:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values, problems = job_values(row)
+        return cls(**values, problems=problems)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -54,6 +61,12 @@ class Link:
     target_kind: str | None
     target_id: str | None
     target_payload: str | None
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Link:
+        values, problems = link_values(row)
+        return cls(**values, problems=problems)
 
 
 @dataclass(frozen=True)
@@ -63,10 +76,17 @@ class ClaimedJob:
     job: Job
     platform: str | None
     link: Link | None
+    conversation_problems: tuple[str, ...] = ()
 
     @property
     def lease_token(self) -> int:
         return self.job.lease_token
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Everything this job's delivery would read that did not fit its declared type."""
+        link = self.link.problems if self.link is not None else ()
+        return self.job.problems + self.conversation_problems + link
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,12 @@ class AttemptResult:
     refund_attempt: bool = False
     cooldown_until: int | None = None
     local_conversation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Errors and summaries quote what targets said and what rows held: stored on one
+        # line, so no stored text can forge a line of `show` or of a log.
+        for name in ("error_message", "response_summary", "decision_reason", "target"):
+            object.__setattr__(self, name, escape_optional(getattr(self, name)))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from renewald.clock import iso_utc
 from renewald.store.attempts import CANCEL_REASON, CANCELLED
 from renewald.store.claim import load_targets
 from renewald.store.daemons import DaemonRow
+from renewald.store.decode import conversation_values, epoch_ms_or_none
 from renewald.store.jobs import dispatch_allowed, due_condition
 from renewald.store.models import ClaimedJob, Job
 from renewald.store.schema import (
@@ -80,7 +81,8 @@ class TargetPause:
 
 
 def _conversation(row: Any) -> Conversation:
-    return Conversation(**{f.name: row[f.name] for f in fields(Conversation)})
+    values, _problems = conversation_values(row)
+    return Conversation(**values)
 
 
 def _pause(row: Any) -> TargetPause:
@@ -247,6 +249,13 @@ def explain(
             "waiting",
             "unknown_status",
             f"status {job.status!r} is not one renewald dispatches",
+        )
+    if job.problems:
+        return Explanation(
+            "waiting",
+            "malformed",
+            "the row does not fit, so it is never sent; a daemon ends it failed/malformed "
+            f"once it is due: {'; '.join(job.problems)}",
         )
     holds = _pending_holds(facts, now=now, dispatch_statuses=dispatch_statuses)
     holds += _busy_and_paused(facts, now=now, stale_before=stale_before)
@@ -759,12 +768,12 @@ def stats(
         now=now,
         by_status=by_status,
         due=int(due),
-        oldest_due_at=oldest_due,
+        oldest_due_at=epoch_ms_or_none(oldest_due),
         overdue=int(overdue),
         held=int(held),
         unscheduled=int(unscheduled),
         running=int(running),
-        oldest_running_started_at=oldest_running,
+        oldest_running_started_at=epoch_ms_or_none(oldest_running),
         expired_leases=int(expired),
         failures_since=failures_since,
         failures=failures,
@@ -801,7 +810,7 @@ def gauges(conn: Connection, *, now: int, dispatch_statuses: Sequence[str]) -> G
     running = conn.execute(
         select(func.count()).select_from(jobs).where(jobs.c.status == "running")
     ).scalar_one()
-    return Gauges(int(due), int(running), oldest, paused_targets(conn, now=now))
+    return Gauges(int(due), int(running), epoch_ms_or_none(oldest), paused_targets(conn, now=now))
 
 
 # -- retention -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 import renewald.store.schedules as schedule_sql
 from renewald.errors import DatabaseError, DatabaseUnavailable
-from renewald.store import attempts, claim, daemons, jobs, leases, ops, targets, unlogged
+from renewald.store import attempts, claim, daemons, jobs, leases, ops, sweep, targets, unlogged
 from renewald.store.engine import (
     READ_ONLY,
     describe,
@@ -670,3 +670,16 @@ class Store:
     def clear_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
         """Delete the target's row (it accepted a delivery); returns what it was."""
         return self.write(lambda conn: targets.clear_target_pause(conn, target_key=target_key))
+
+    # -- rows that do not fit (store/decode.py, store/sweep.py) ------------------------
+
+    def sweep_malformed(
+        self, *, now: int, owner: str, log_path: str | None = None, limit: int = 100
+    ) -> list[sweep.Swept]:
+        """End pending jobs no claim can select (a `next_attempt_at` that is not a time)
+        failed/malformed, up to `limit` of them."""
+        return self.write(
+            lambda conn: sweep.sweep_malformed(
+                conn, now=now, owner=owner, log_path=log_path, limit=limit
+            )
+        )

@@ -1,0 +1,112 @@
+"""Jobs whose rows do not fit, and jobs whose handling failed: ended, never fatal.
+
+DESIGN §2: rows are untrusted, and one job's data never stops a duty. A claimed job whose
+row (or conversation, or link) has problems ends `failed/malformed` before any delivery,
+its attempt handed back; an unexpected error while handling one job ends that job the
+same way, logged with its id, and the duty goes on.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+
+from renewald.controls import escape_controls
+from renewald.logging import JobLog
+from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store.decode import malformed_error
+
+_log = structlog.get_logger("renewald.daemon")
+
+MALFORMED = "malformed"
+
+
+def malformed_result(
+    claimed: ClaimedJob,
+    *,
+    owner: str,
+    now: int,
+    log_path: str | None,
+    problems: tuple[str, ...] | None = None,
+    error_class: str = "MalformedRow",
+    attempt_id: str | None = None,
+) -> AttemptResult:
+    """The result that ends a claimed job failed/malformed without sending it."""
+    job = claimed.job
+    error = malformed_error(problems if problems is not None else claimed.problems)
+    return AttemptResult(
+        attempt_id=attempt_id or uuid.uuid4().hex,
+        job_id=job.job_id,
+        attempt_no=job.attempt_count,
+        lease_owner=owner,
+        lease_token=job.lease_token,
+        adapter=None,
+        target=None,
+        started_at=now,
+        finished_at=now,
+        outcome=MALFORMED,
+        status="failed",
+        terminal_reason=MALFORMED,
+        error_class=error_class,
+        error_message=error,
+        decision="failed",
+        decision_reason=MALFORMED,
+        log_path=log_path,
+        refund_attempt=True,
+        local_conversation_id=job.local_conversation_id,
+    )
+
+
+def handling_failed(
+    claimed: ClaimedJob, exc: BaseException, *, owner: str, now: int, job_log: JobLog
+) -> AttemptResult:
+    """Log an unexpected error in one job's handling; the result that ends that job."""
+    error = escape_controls(f"{type(exc).__name__}: {exc}")
+    _log.error(
+        "job.handling_failed",
+        job_id=claimed.job.job_id,
+        owner=owner,
+        error=error,
+        exc_info=exc,
+    )
+    job_log.log(
+        "job.handling_failed",
+        now_ms=now,
+        job_id=claimed.job.job_id,
+        conversation=claimed.job.local_conversation_id,
+        owner=owner,
+        error=error,
+    )
+    return malformed_result(
+        claimed,
+        owner=owner,
+        now=now,
+        log_path=job_log.path_for(now),
+        problems=(f"handling the job raised {error}",),
+        error_class="HandlingFailed",
+    )
+
+
+def sweep(*, store: Store, job_log: JobLog, owner: str, now: int) -> int:
+    """End pending jobs no claim can select (store/sweep.py); one log line each."""
+    swept = store.sweep_malformed(now=now, owner=owner, log_path=job_log.path_for(now))
+    for s in swept:
+        job_log.log(
+            "attempt.finished",
+            now_ms=now,
+            job_id=s.job_id,
+            attempt_id=s.attempt_id,
+            attempt=s.attempt_no,
+            conversation=s.conversation,
+            outcome=MALFORMED,
+            status="failed",
+            decision="failed",
+            reason=MALFORMED,
+            error=s.error,
+            owner=owner,
+        )
+        _log.warning("job.malformed", job_id=s.job_id, error=s.error)
+    if swept:
+        job_log.flush()
+    return len(swept)

@@ -1,0 +1,294 @@
+"""Hostile rows through the store and the dispatcher, on SQLite and PostgreSQL.
+
+SQLite lets any column hold any type; PostgreSQL's types refuse most of that (text in a
+BIGINT, invalid UTF-8), so on PostgreSQL the suite covers what it can hold: times out of
+range, negative counts, invalid JSON, unknown statuses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from renewald.config import Config, DaemonConfig, LoggingConfig
+from renewald.daemon.service import Service
+from renewald.store import Store
+from renewald.store.decode import MAX_EPOCH_MS
+from renewald.store.schema import renewal_job_attempts
+from tests.store.factories import T0, make_conversation, make_job, make_link
+
+FAR = 100_000_000_000_000_000  # 1e17 ms: year ~3 million
+
+
+def set_raw(store: Store, job_id: str, assignments: str, **params: Any) -> None:
+    store.write(
+        lambda c: c.execute(
+            text(f"UPDATE renewal_jobs SET {assignments} WHERE job_id = :id"),
+            {"id": job_id, **params},
+        )
+    )
+
+
+def claim(store: Store, now: int = T0) -> dict[str, Any]:
+    claimed = store.claim_due_jobs(owner="o1", now=now, lease_ms=60_000, limit=50)
+    return {c.job.job_id: c for c in claimed}
+
+
+def attempts(store: Store, job_id: str) -> list[dict[str, Any]]:
+    query = select(renewal_job_attempts).where(renewal_job_attempts.c.job_id == job_id)
+    return [dict(r) for r in store.read(lambda c: c.execute(query).mappings().all())]
+
+
+def sqlite_only(store: Store) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL's column types refuse this value")
+
+
+# -- what PostgreSQL refuses --------------------------------------------------------------
+
+
+def test_postgresql_refuses_what_sqlite_stores(store: Store) -> None:
+    job = make_job(store)
+    if store.dialect == "sqlite":
+        set_raw(store, job.job_id, "next_attempt_at = :v", v="soon")
+        assert store.get_job(job.job_id).problems  # type: ignore[union-attr]
+        return
+    with pytest.raises(DBAPIError):
+        set_raw(store, job.job_id, "next_attempt_at = :v", v="soon")
+    with pytest.raises(DBAPIError):
+        set_raw(store, job.job_id, "max_attempts = :v", v="three")
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assignments", "value", "column", "sqlite"),
+    [
+        ("next_attempt_at = :v", "soon", "next_attempt_at", True),
+        ("next_attempt_at = :v", 1.5, "next_attempt_at", True),
+        ("next_attempt_at = :v", FAR, "next_attempt_at", False),
+        ("max_attempts = :v", "three", "max_attempts", True),
+        ("max_attempts = :v", 0, "max_attempts", False),
+        ("attempt_count = :v", -2, "attempt_count", False),
+        ("payload = :v", b"\xff\xfe", "payload", True),
+        ("payload = CAST(x'ff61' AS TEXT)", None, "payload", True),
+        ("created_at = :v", "yesterday", "created_at", True),
+        ("target_snapshot = :v", "{not json", "target_snapshot", False),
+        ("status = :v", "weird", "status", False),
+        ("deadline_at = :v", MAX_EPOCH_MS + 1, "deadline_at", False),
+    ],
+)
+def test_every_read_decodes_without_raising(
+    store: Store, assignments: str, value: Any, column: str, sqlite: bool
+) -> None:
+    if sqlite:
+        sqlite_only(store)
+    job = make_job(store)
+    set_raw(store, job.job_id, assignments, v=value)
+    found = store.get_job(job.job_id)
+    assert found is not None
+    assert any(p.startswith(f"renewal_jobs.{column} ") for p in found.problems), found.problems
+    assert [j.job_id for j in store.list_jobs()] == [job.job_id]
+    explained = store.explain_job(job.job_id, now=T0, stale_after_ms=30_000)
+    assert explained is not None
+    facts, why = explained
+    assert facts.job.problems
+    if facts.job.status == "pending":
+        assert why.rule == "malformed"
+    store.stats(now=T0, overdue_before=T0, failures_since=0)
+    store.gauges(now=T0)
+
+
+def test_invalid_utf8_in_every_text_column_reads(store: Store) -> None:
+    sqlite_only(store)
+    job = make_job(store)
+    columns = ("job_id", "message_id", "payload", "last_error", "log_path", "target_kind")
+    set_raw(store, job.job_id, ", ".join(f"{c} = CAST(x'c328' AS TEXT)" for c in columns[1:]))
+    [found] = store.list_jobs()
+    assert len(found.problems) == len(columns) - 1
+    assert all("not valid UTF-8" in p for p in found.problems)
+
+
+# -- the due query, the wake-up and the sweep --------------------------------------------
+
+
+def test_next_due_at_ignores_values_that_are_not_times(store: Store) -> None:
+    good = make_job(store, next_attempt_at=T0 + 5_000)
+    far = make_job(store)
+    set_raw(store, far.job_id, "next_attempt_at = :v", v=FAR)
+    assert store.next_due_at(now=T0) == T0 + 5_000
+    if store.dialect == "sqlite":
+        text_due = make_job(store)
+        set_raw(store, text_due.job_id, "next_attempt_at = :v", v="soon")
+        set_raw(store, good.job_id, "next_attempt_at = NULL")
+        assert store.next_due_at(now=T0) is None
+
+
+def test_claim_hands_out_hostile_jobs_with_their_problems(store: Store) -> None:
+    good = make_job(store)
+    negative = make_job(store)
+    set_raw(store, negative.job_id, "next_attempt_at = -5")
+    conv = make_conversation(store)
+    make_link(store, conv, target_payload="[1, 2")
+    bad_link = make_job(store, conversation=conv)
+    claimed = claim(store)
+    assert set(claimed) == {good.job_id, negative.job_id, bad_link.job_id}
+    assert claimed[good.job_id].problems == ()
+    assert claimed[negative.job_id].problems == (
+        "renewal_jobs.next_attempt_at is out of range (-5)",
+    )
+    assert claimed[bad_link.job_id].problems[0].startswith("conversation_links.target_payload")
+
+
+def test_sweep_ends_unclaimable_rows_and_nothing_else(store: Store) -> None:
+    far = make_job(store)
+    set_raw(store, far.job_id, "next_attempt_at = :v", v=FAR)
+    hostile = [far.job_id]
+    if store.dialect == "sqlite":
+        for value in ("soon", b"\x00\x01"):
+            job = make_job(store)
+            set_raw(store, job.job_id, "next_attempt_at = :v", v=value)
+            hostile.append(job.job_id)
+    good = make_job(store)
+    unscheduled = make_job(store, next_attempt_at=None)
+    later = make_job(store, next_attempt_at=MAX_EPOCH_MS)
+    running = make_job(store)
+    set_raw(store, running.job_id, "status = 'running', next_attempt_at = :v", v=FAR)
+
+    swept = store.sweep_malformed(now=T0, owner="o1", log_path="logs/x.jsonl")
+    assert sorted(s.job_id for s in swept) == sorted(hostile)
+    for job_id in hostile:
+        job = store.get_job(job_id)
+        assert job is not None
+        assert (job.status, job.terminal_reason) == ("failed", "malformed")
+        assert job.last_error is not None
+        assert job.last_error.startswith("malformed: renewal_jobs.next_attempt_at ")
+        assert job.finished_at == T0 and job.log_path == "logs/x.jsonl"
+        [attempt] = attempts(store, job_id)
+        assert (attempt["outcome"], attempt["decision"]) == ("malformed", "failed")
+    for job_id in (good.job_id, unscheduled.job_id, later.job_id):
+        assert store.get_job(job_id).status == "pending"  # type: ignore[union-attr]
+    assert store.get_job(running.job_id).status == "running"  # type: ignore[union-attr]
+    assert store.sweep_malformed(now=T0, owner="o1") == []
+
+
+# -- the dispatcher: bad jobs end failed/malformed, errors in one job end only that job ----
+
+
+class Clock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@pytest.fixture
+def service(store: Store, tmp_path) -> Service:
+    config = Config(daemon=DaemonConfig(workers=2), logging=LoggingConfig(dir=tmp_path / "logs"))
+    svc = Service(config, store, clock=Clock(T0))
+    svc.dispatcher.start()
+    yield svc  # type: ignore[misc]
+    svc.dispatcher.close(now=T0)
+    svc.job_log.close()
+
+
+def _log_target(store: Store) -> str:
+    conv = make_conversation(store)
+    make_link(store, conv, target_kind="log")
+    return conv
+
+
+def test_malformed_jobs_fail_without_a_delivery(service: Service, store: Store) -> None:
+    good = make_job(store, conversation=_log_target(store))
+    bad = make_job(store, conversation=_log_target(store))
+    set_raw(store, bad.job_id, "target_snapshot = '[', attempt_count = 1")
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    done, failed = store.get_job(good.job_id), store.get_job(bad.job_id)
+    assert done is not None and failed is not None
+    assert done.status == "done"
+    assert (failed.status, failed.terminal_reason) == ("failed", "malformed")
+    assert failed.last_error == (
+        "malformed: renewal_jobs.target_snapshot is not JSON (Expecting value at column 2)"
+    )
+    assert failed.attempt_count == 1  # the claim's attempt was handed back
+    [attempt] = attempts(store, bad.job_id)
+    assert (attempt["outcome"], attempt["error_class"]) == ("malformed", "MalformedRow")
+
+
+def test_an_error_in_one_job_ends_that_job_and_the_workers_go_on(
+    service: Service, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = make_job(store, conversation=_log_target(store))
+    admit = service.dispatcher.breakers.admit
+
+    def flaky_admit(key: str, **kw: Any):  # type: ignore[no-untyped-def]
+        if kw["job_id"] == victim.job_id:
+            raise TypeError("'<' not supported between instances of 'int' and 'str'")
+        return admit(key, **kw)
+
+    monkeypatch.setattr(service.dispatcher.breakers, "admit", flaky_admit)
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    ended = store.get_job(victim.job_id)
+    assert ended is not None
+    assert (ended.status, ended.terminal_reason) == ("failed", "malformed")
+    assert "handling the job raised TypeError" in (ended.last_error or "")
+    assert service.dispatcher.fatal is None
+    after = [make_job(store, conversation=_log_target(store)) for _ in range(3)]
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    assert {store.get_job(j.job_id).status for j in after} == {"done"}  # type: ignore[union-attr]
+    events = [line for line in _log_lines(service) if line["event"] == "job.handling_failed"]
+    assert [e["job_id"] for e in events] == [victim.job_id]
+
+
+def test_an_error_while_planning_ends_that_job_not_the_poll(
+    service: Service, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = make_job(store, conversation=_log_target(store))
+    other = make_job(store, conversation=_log_target(store))
+    plan = service.dispatcher._plan
+
+    def flaky_plan(claimed):  # type: ignore[no-untyped-def]
+        if claimed.job.job_id == victim.job_id:
+            raise ValueError("boom\r\nforged")
+        return plan(claimed)
+
+    monkeypatch.setattr(service.dispatcher, "_plan", flaky_plan)
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    assert store.get_job(other.job_id).status == "done"  # type: ignore[union-attr]
+    ended = store.get_job(victim.job_id)
+    assert ended is not None and ended.terminal_reason == "malformed"
+    assert "\n" not in (ended.last_error or "") and "boom\\r\\nforged" in (ended.last_error or "")
+
+
+def _log_lines(service: Service) -> list[dict[str, Any]]:
+    import json
+
+    service.job_log.flush()
+    lines: list[dict[str, Any]] = []
+    for path in sorted(service.config.logging.dir.glob("*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return lines
+
+
+def test_a_token_nested_in_a_target_url_is_never_stored(service: Service, store: Store) -> None:
+    conv = make_conversation(store)
+    nested = "http%3A%2F%2Fhost%2F%3Ftoken%3Dsekrit123"
+    make_link(store, conv, target_kind="log", page_url=f"http://h/?next={nested}")
+    job = make_job(store, conversation=conv, target_snapshot=f'{{"url": "http://h/?u={nested}"}}')
+    service.dispatcher.poll_once(T0)
+    assert service.dispatcher.wait_idle(10)
+    [attempt] = attempts(store, job.job_id)
+    assert "%3Dsekrit123" not in attempt["target"] and "%3D***" in attempt["target"]

@@ -17,16 +17,15 @@ RUN if ! command -v tini >/dev/null || ! python3 -c "import ensurepip" 2>/dev/nu
      && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# Dependencies first, from the hashed lock, so a code change reuses this layer. The wheels
-# come from the build context (build/wheels): the build needs no package index.
-FROM base AS build
+# Dependencies first, from the hashed lock, in a stage of their own: a code change reuses
+# this stage and the final image's layer copied from it. The wheels come from the build
+# context (build/wheels): the build needs no package index.
+FROM base AS deps
 RUN python3 -m venv /opt/renewald
 COPY requirements.lock /tmp/requirements.lock
 COPY build/wheels/ /tmp/wheels/
 RUN /opt/renewald/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
         --require-hashes --only-binary=:all: -r /tmp/requirements.lock
-COPY build/dist/ /tmp/dist/
-RUN /opt/renewald/bin/pip install --no-cache-dir --no-index --no-deps /tmp/dist/renewald-*.whl
 
 FROM base
 ENV PATH=/opt/renewald/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -41,7 +40,10 @@ ENV PATH=/opt/renewald/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 RUN useradd --system --uid 10001 --gid 0 --no-create-home --home-dir /var/lib/renewald \
         --shell /usr/sbin/nologin renewald \
  && install -d -o 10001 -g 0 -m 0770 /var/lib/renewald /var/lib/renewald/logs /etc/renewald
-COPY --from=build /opt/renewald /opt/renewald
+COPY --from=deps /opt/renewald /opt/renewald
+# Then renewald itself (build/dist: its wheel), the only layers a code change rebuilds.
+COPY build/dist/ /tmp/dist/
+RUN /opt/renewald/bin/pip install --no-cache-dir --no-index --no-deps /tmp/dist/renewald-*.whl
 
 # The one volume: artifact.db, its -wal/-shm files and the JSONL logs. SQLite in WAL mode
 # shares -wal/-shm through memory-mapped, locked files: mount the *directory* (never the

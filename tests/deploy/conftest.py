@@ -3,9 +3,10 @@
 No container registry is reachable here, so the base is a debootstrapped Debian bookworm,
 cached as a tarball in /var/cache/renewald-deploy (RENEWALD_DEPLOY_CACHE) and imported
 with `docker import`. The dockerd is our own (its own data root, exec root and socket under
-a temp folder), so nothing here touches another docker on the machine. The image is built
-the way docs/production.md says: wheels from the hashed lock and the project's wheel on
-the host, then `docker build --build-arg BASE=...`.
+a temp folder; its data root, with the imported base and the build cache, in CACHE too, so
+a warm run rebuilds only the project's layer), so nothing here touches another docker on
+the machine. The image is built the way docs/production.md says: wheels from the hashed
+lock and the project's wheel on the host, then `docker build --build-arg BASE=...`.
 
 What a machine lacks (dockerd, debootstrap) skips these tests with the reason; under CI,
 where .ci/run installs them, it fails instead.
@@ -13,6 +14,7 @@ where .ci/run installs them, it fails instead.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -90,6 +92,10 @@ def docker(timings: dict[str, float]) -> Iterator[Docker]:
     if client is None:
         unavailable("no docker client (apt-get install docker.io)")
         return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # One session at a time owns the cached data root; another one waits here.
+    lock = (CACHE / "dockerd.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     # A short path: the daemon's unix sockets must fit in 108 bytes.
     state = Path(tempfile.mkdtemp(prefix="rd-dockerd-", dir="/tmp"))
     host = f"unix://{state}/docker.sock"
@@ -97,7 +103,7 @@ def docker(timings: dict[str, float]) -> Iterator[Docker]:
     proc = subprocess.Popen(
         [
             dockerd,
-            f"--data-root={state}/data",
+            f"--data-root={CACHE}/docker",
             f"--exec-root={state}/exec",
             f"--pidfile={state}/docker.pid",
             f"--host={host}",
@@ -123,6 +129,8 @@ def docker(timings: dict[str, float]) -> Iterator[Docker]:
     try:
         timed("dockerd", timings, wait)
         yield client_
+        # Earlier builds' images, untagged by this one: keep the cached data root small.
+        client_("image", "prune", "-f", check=False)
     finally:
         proc.terminate()
         try:
@@ -134,12 +142,15 @@ def docker(timings: dict[str, float]) -> Iterator[Docker]:
         # dockerd unmounts its layers on a clean stop; whatever it left is only temp files.
         subprocess.run(["umount", "-R", "-l", str(state / "exec")], capture_output=True)
         shutil.rmtree(state, ignore_errors=True)
+        lock.close()
+
+
+BASE_KEY = hashlib.sha256(f"{SUITE} minbase {INCLUDE}".encode()).hexdigest()[:12]
 
 
 def base_tarball() -> Path:
     """The debootstrapped rootfs as a tarball, made once per machine and kept in CACHE."""
-    key = hashlib.sha256(f"{SUITE} minbase {INCLUDE}".encode()).hexdigest()[:12]
-    tarball = CACHE / f"{SUITE}-{key}.tar"
+    tarball = CACHE / f"{SUITE}-{BASE_KEY}.tar"
     if tarball.exists():
         return tarball
     if shutil.which("debootstrap") is None:
@@ -174,47 +185,54 @@ def base_tarball() -> Path:
 
 
 def build_wheels() -> None:
-    """What docs/production.md says to run before `docker build`: wheels in build/."""
+    """What docs/production.md says to run before `docker build`: wheels in build/.
+
+    The dependencies' wheels are kept in CACHE per lock file: a warm run copies them.
+    """
+    lock = (ROOT / "requirements.lock").read_bytes()
+    cached = CACHE / f"wheels-{hashlib.sha256(lock).hexdigest()[:12]}"
+    wheels = ROOT / "build" / "wheels"
     shutil.rmtree(ROOT / "build" / "dist", ignore_errors=True)
+    shutil.rmtree(wheels, ignore_errors=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    for argv in (
-        [
-            "download",
-            "--require-hashes",
-            "--only-binary=:all:",
-            "-r",
-            "requirements.lock",
-            "-d",
-            "build/wheels",
-        ],
-        ["wheel", "--no-deps", "-w", "build/dist", "."],
-    ):
+    steps: list[list[str]] = [["wheel", "--no-deps", "-w", "build/dist", "."]]
+    if not cached.is_dir():
+        download = ["--require-hashes", "--only-binary=:all:", "-r", "requirements.lock"]
+        steps.insert(0, ["download", *download, "-d", f"{cached}.part"])
+    for argv in steps:
         done = subprocess.run([*pip, *argv], cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             pytest.fail(f"pip {' '.join(argv)} exited {done.returncode}:\n{done.stderr}")
+        if argv[0] == "download":
+            Path(f"{cached}.part").rename(cached)
+    shutil.copytree(cached, wheels)
 
 
 @pytest.fixture(scope="session")
 def image(docker: Docker, timings: dict[str, float]) -> str:
     """The project's image, built from its Dockerfile on the debootstrapped base."""
-    tarball = timed("base tarball", timings, base_tarball)
-    with tarball.open("rb") as fh:
-        started = time.monotonic()
-        imported = subprocess.run(
-            [docker.binary, "-H", docker.host, "import", "-", BASE_TAG],
-            stdin=fh,
-            capture_output=True,
-            text=True,
-        )
-        timings["docker import"] = round(time.monotonic() - started, 1)
-    if imported.returncode != 0:
-        pytest.fail(f"docker import exited {imported.returncode}:\n{imported.stderr}")
+    label = "org.renewald.base"
+    have = docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}',
+                  BASE_TAG, check=False)  # fmt: skip
+    if have.stdout.strip() != BASE_KEY:
+        tarball = timed("base tarball", timings, base_tarball)
+        with tarball.open("rb") as fh:
+            started = time.monotonic()
+            imported = subprocess.run(
+                [docker.binary, "-H", docker.host, "import", "--change",
+                 f"LABEL {label}={BASE_KEY}", "-", BASE_TAG],
+                stdin=fh, capture_output=True, text=True,
+            )  # fmt: skip
+            timings["docker import"] = round(time.monotonic() - started, 1)
+        if imported.returncode != 0:
+            pytest.fail(f"docker import exited {imported.returncode}:\n{imported.stderr}")
     timed("wheels", timings, build_wheels)
+    build = ["build", "--network=host", "--build-arg", f"BASE={BASE_TAG}"]
+    # The deps stage gets a tag too, or the prune at the end would drop it from the cache.
     timed(
-        "docker build",
+        "docker build deps",
         timings,
-        lambda: docker(
-            "build", "--network=host", "--build-arg", f"BASE={BASE_TAG}", "-t", IMAGE, str(ROOT)
-        ),
+        lambda: docker(*build, "--target", "deps", "-t", f"{IMAGE}-deps", str(ROOT)),
     )
+    timed("docker build", timings, lambda: docker(*build, "-t", IMAGE, str(ROOT)))
     return IMAGE

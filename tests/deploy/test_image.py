@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,12 +68,12 @@ def config_file(tmp_path: Path, text: str = CONFIG, mode: int = 0o644) -> Path:
     return path
 
 
-def state(docker: Docker, name: str) -> dict[str, object]:
+def state(docker: Docker, name: str) -> dict[str, Any]:
     out = docker("inspect", "--format", "{{json .State}}", name).stdout
     return dict(json.loads(out))
 
 
-def wait_for(predicate, *, timeout: float, what: str):  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], *, timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -93,7 +94,7 @@ def test_arbitrary_uid_read_only_healthy_and_stops_cleanly(
     )  # fmt: skip
     started = time.monotonic()
     wait_for(
-        lambda: state(docker, name).get("Health", {}).get("Status") == "healthy",  # type: ignore[union-attr]
+        lambda: state(docker, name).get("Health", {}).get("Status") == "healthy",
         timeout=30,
         what="the health check to pass",
     )

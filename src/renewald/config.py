@@ -453,16 +453,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
 
 
+def _exists(path: Path) -> bool:
+    # Path.exists() raises PermissionError when a directory on the way cannot be searched
+    # (an image run under an arbitrary UID, as OpenShift does): one line, never a traceback.
+    try:
+        return path.exists()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
 def _choose_file(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
     if path is not None and str(path) != "":
         chosen = Path(path)
     elif env.get(f"{ENV_PREFIX}CONFIG"):
         chosen = Path(env[f"{ENV_PREFIX}CONFIG"])
-    elif DEFAULT_FILE.exists():
+    elif _exists(DEFAULT_FILE):
         return DEFAULT_FILE
     else:
         return None
-    if not chosen.exists():
+    if not _exists(chosen):
         raise ConfigError(f"{chosen}: no such file")
     return chosen
 

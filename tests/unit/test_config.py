@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
+from renewald.cli import main
 from renewald.config import (
     Config,
     DaemonConfig,
@@ -236,6 +238,44 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         load_config(missing, env={})
     with pytest.raises(ConfigError, match=r"nope\.toml: no such file$"):
         load_config(env={"RENEWALD_CONFIG": str(missing)})
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, method: str, denied: Path) -> None:
+    """Make `Path.<method>` fail on `denied` as it does for a UID that may not read it."""
+    real = getattr(Path, method)
+
+    def fake(self: Path, *args: object, **kwargs: object) -> object:
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, fake)
+
+
+@pytest.mark.parametrize("method", ["open", "exists"])
+@pytest.mark.parametrize("how", ["flag", "env", "working directory"])
+def test_unreadable_file_is_one_line_and_exit_2(
+    empty_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+    how: str,
+) -> None:
+    # An image run under an arbitrary UID (docker run -u 12345:0, OpenShift) may not read
+    # the mounted config.toml (open) or search the directory holding it (exists / stat).
+    path = write(empty_dir, "[daemon]\nworkers = 2\n")
+    shown = {"flag": path, "env": path, "working directory": Path("config.toml")}[how]
+    _deny(monkeypatch, method, shown)
+    argv = ["--config", str(path)] if how == "flag" else []
+    if how == "env":
+        monkeypatch.setenv("RENEWALD_CONFIG", str(path))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(shown))}: cannot read: Permission"):
+        load_config(argv[1] if argv else None)
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "stats"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"renewald: {shown}: cannot read: Permission denied\n"
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:

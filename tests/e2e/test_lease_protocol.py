@@ -405,3 +405,59 @@ def test_killed_run_once_then_run_once_delivers_everything(
     assert set(bridge.by_job()) == set(job_ids)
     assert max(bridge.peak.values()) == 1
     assert_ledger_and_log(renewald, e2e_store)
+
+
+# -- 5. a PostgreSQL outage longer than the lease, under load --------------------------------
+
+
+def outage_under_load(
+    renewald: Renewald, store: Store, bridge: Bridge, *, lease: str, outage_s: float
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.e2e.test_outage import TcpProxy
+
+    url = make_url(renewald.db_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.up()
+    renewald.db_url = url.set(port=proxy.port).render_as_string(hide_password=False)
+    try:
+        bridge.hold = lambda job_id: 0.5
+        job_ids = add_bridge_jobs(store, conversations=8, per_conversation=5, clients=4)
+        bridge_config(renewald, bridge, lease=lease, rescue_interval="200ms",
+                      poll_interval="100ms")  # fmt: skip
+        daemons = [renewald.start(), renewald.start()]
+        wait_for(lambda: bridge.count() >= 6 and bridge.busy() >= 2, what="deliveries under way")
+        proxy.down()
+        time.sleep(outage_s)  # the outage itself: longer than the lease
+        proxy.up()
+        wait_for(lambda: all_done(store), timeout=120, what="every job done after the outage")
+        assert all(p.poll() is None for p in daemons), "a daemon died in the outage"
+        time.sleep(1.0)  # rescue ticks in which a second send would show
+        for p in daemons:
+            code, err = renewald.stop(p)
+            assert code == 0, err[-2000:]
+    finally:
+        proxy.down()
+    seen = bridge.by_job()
+    assert {j: len(r) for j, r in seen.items()} == dict.fromkeys(job_ids, 1), "a duplicate"
+    assert max(bridge.peak.values()) == 1
+    rows = assert_ledger_and_log(renewald, store)
+    assert Counter(a["outcome"] for a in rows) == {"delivered": len(job_ids)}
+    lost = [x for x in renewald.log_lines() if x["event"] == "lease.lost"]
+    assert not lost, lost[:3]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_outage_longer_than_the_lease_doubles_nothing(
+    renewald: Renewald, e2e_store: Store, bridge: Bridge
+) -> None:
+    outage_under_load(renewald, e2e_store, bridge, lease="2s", outage_s=8.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_outage_of_90s_doubles_nothing(
+    renewald: Renewald, e2e_store: Store, bridge: Bridge
+) -> None:
+    outage_under_load(renewald, e2e_store, bridge, lease="10s", outage_s=90.0)

@@ -234,7 +234,6 @@ def test_down_for_longer_than_startup_wait_is_exit_69(
         "jobs": ["jobs"],
         "show": ["show", "some-job"],
         "stats": ["stats"],
-        "enqueue": ["enqueue", "--conversation", "c", "--payload", "p"],
     }
     procs = {name: spawn(renewald, name, *args) for name, args in commands.items()}
     for name, proc in procs.items():

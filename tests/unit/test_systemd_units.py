@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from renewald.config import DaemonConfig
+from renewald.config import DaemonConfig, DatabaseConfig
+from renewald.errors import EX_UNAVAILABLE, EX_USAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = ROOT / "systemd"
@@ -223,7 +224,7 @@ def test_daemon_unit_protocol() -> None:
     service = unit("renewald.service")["Service"]
 
     assert one(service, "Type") == "notify"
-    assert one(service, "NotifyAccess") == "main"
+    assert one(service, "NotifyAccess") == "exec"  # migrate (ExecStartPre) may extend
     assert one(service, "ExecStart").split()[-1] == "run"
     assert one(service, "ExecStartPre").split()[-1] == "migrate"
     assert one(service, "KillMode") == "mixed"
@@ -231,6 +232,28 @@ def test_daemon_unit_protocol() -> None:
     assert one(service, "Restart") == "on-failure"
     assert "2" in one(service, "RestartPreventExitStatus").split()
     assert unit("renewald.service")["Install"] == [("WantedBy", "multi-user.target")]
+
+
+def test_daemon_unit_outlasts_a_database_outage() -> None:
+    """Exit 69 (database unavailable after startup_wait) is restarted, after a pause, for
+    as long as the outage lasts: the start limit cannot trip on restarts alone."""
+    unit_section = unit("renewald.service")["Unit"]
+    service = unit("renewald.service")["Service"]
+
+    assert one(service, "Restart") == "on-failure"
+    assert one(service, "RestartPreventExitStatus").split() == [str(EX_USAGE)]
+    assert str(EX_UNAVAILABLE) not in one(service, "RestartPreventExitStatus").split()
+    restart_sec = timespan(one(service, "RestartSec"))
+    assert restart_sec == 15
+    interval = timespan(one(unit_section, "StartLimitIntervalSec"))
+    burst = int(one(unit_section, "StartLimitBurst"))
+    # Even a start that fails at once is one start per RestartSec: fewer than the burst.
+    assert interval / restart_sec + 1 < burst
+    assert not [k for k, _ in service if k.startswith("StartLimit")]  # [Unit] keys only
+
+    # migrate and run each wait up to startup_wait; the default fits in the start timeout
+    # (they extend it while they wait, but a boot that needs no extension is the norm).
+    assert DatabaseConfig().startup_wait < timespan(one(service, "TimeoutStartSec"))
 
 
 def test_once_unit_and_timer() -> None:

@@ -56,6 +56,7 @@ EXIT_DUTY_DIED = 1
 # the tick gives up; the duty runs again at its next interval, so an outage of any length
 # is waited out a few seconds at a time, and the ticks keep ending (the watchdog's proof).
 DUTY_BUDGET = 3.0
+TICK_ERROR_LOG_EVERY = 60.0
 DEAD_DAEMON_ROW_KEPT_MS = 24 * 3600 * 1000
 # After `shutdown_grace`, how long the last bookkeeping (give back unstarted jobs, stop the
 # recorder, leave the registry) may take against a database that does not answer.
@@ -170,6 +171,7 @@ class Service:
         # When a poll last succeeded (monotonic): /healthz. The watchdog gate is marked
         # also when a tick ends in a database error (see `_guarded`).
         self.polled_ok_at: float | None = None
+        self._tick_failing: dict[str, float] = {}  # tick -> when its error was last logged
 
     # -- signals ---------------------------------------------------------------------
 
@@ -417,9 +419,17 @@ class Service:
             try:
                 tick()
             except (SQLAlchemyError, DatabaseError) as exc:
-                _log.warning("tick.database_error", tick=tick.__name__, error=describe(exc))
+                now = self.clock.monotonic()
+                # An outage of hours is one line per tick and minute, not one per tick.
+                logged = self._tick_failing.get(name)
+                if logged is None or now - logged >= TICK_ERROR_LOG_EVERY:
+                    self._tick_failing[name] = now
+                    _log.warning("tick.database_error", tick=tick.__name__, error=describe(exc))
                 if name in self.gate.required:
-                    self.gate.mark(name, self.clock.monotonic())
+                    self.gate.mark(name, now)
+            else:
+                if self._tick_failing.pop(name, None) is not None:
+                    _log.info("tick.database_recovered", tick=tick.__name__)
 
         run.__name__ = tick.__name__
         return run

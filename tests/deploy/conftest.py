@@ -74,14 +74,14 @@ class Docker:
         return proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def timings() -> Iterator[dict[str, float]]:
     found: dict[str, float] = {}
     yield found
     print(f"\ndeploy timings (s): {found}", file=sys.stderr)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def docker(timings: dict[str, float]) -> Iterator[Docker]:
     dockerd = shutil.which("dockerd")
     if dockerd is None:
@@ -208,7 +208,7 @@ def build_wheels() -> None:
     shutil.copytree(cached, wheels)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image(docker: Docker, timings: dict[str, float]) -> str:
     """The project's image, built from its Dockerfile on the debootstrapped base."""
     label = "org.renewald.base"

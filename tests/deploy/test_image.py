@@ -95,7 +95,7 @@ def test_arbitrary_uid_read_only_healthy_and_stops_cleanly(
     started = time.monotonic()
     wait_for(
         lambda: state(docker, name).get("Health", {}).get("Status") == "healthy",
-        timeout=30,
+        timeout=60,
         what="the health check to pass",
     )
     healthy_after = time.monotonic() - started

@@ -74,14 +74,14 @@ class Docker:
         return proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def timings() -> Iterator[dict[str, float]]:
     found: dict[str, float] = {}
     yield found
     print(f"\ndeploy timings (s): {found}", file=sys.stderr)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def docker(timings: dict[str, float]) -> Iterator[Docker]:
     dockerd = shutil.which("dockerd")
     if dockerd is None:
@@ -139,8 +139,11 @@ def docker(timings: dict[str, float]) -> Iterator[Docker]:
             proc.kill()
             proc.wait()
         log.close()
-        # dockerd unmounts its layers on a clean stop; whatever it left is only temp files.
-        subprocess.run(["umount", "-R", "-l", str(state / "exec")], capture_output=True)
+        # dockerd unmounts its layers on a clean stop but leaves its network namespace
+        # (exec/netns/default, an nsfs mount): unmount what is left, deepest first.
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{state}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
         shutil.rmtree(state, ignore_errors=True)
         lock.close()
 
@@ -208,7 +211,7 @@ def build_wheels() -> None:
     shutil.copytree(cached, wheels)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image(docker: Docker, timings: dict[str, float]) -> str:
     """The project's image, built from its Dockerfile on the debootstrapped base."""
     label = "org.renewald.base"

@@ -95,7 +95,7 @@ def test_arbitrary_uid_read_only_healthy_and_stops_cleanly(
     started = time.monotonic()
     wait_for(
         lambda: state(docker, name).get("Health", {}).get("Status") == "healthy",
-        timeout=30,
+        timeout=60,
         what="the health check to pass",
     )
     healthy_after = time.monotonic() - started
@@ -174,3 +174,71 @@ def test_unreadable_config_is_one_line_and_exit_2(
     )  # fmt: skip
     assert ran.returncode == 2
     assert ran.stderr == f"renewald: {CONFIG_IN_IMAGE}: cannot read: Permission denied\n"
+
+
+def command_config(argv: list[str]) -> str:
+    return f'[adapters.command]\nargv = {json.dumps(argv)}\ntimeout = "20s"\n'
+
+
+def jobs(docker: Docker, image: str, volume: str, status: str) -> list[dict[str, Any]]:
+    out = docker(
+        "run", "--rm", "-v", f"{volume}:/var/lib/renewald", image,
+        "jobs", "--status", status, "--json",
+    ).stdout  # fmt: skip
+    return list(json.loads(out))
+
+
+def test_docker_stop_drains_an_in_flight_delivery(
+    docker: Docker, image: str, containers: list[str], tmp_path: Path
+) -> None:
+    name = fresh(containers)
+    config = config_file(tmp_path, command_config(["/bin/sh", "-c", "cat >/dev/null; sleep 3"]))
+    docker(
+        "run", "-d", "--name", name, "-v", f"{name}:/var/lib/renewald",
+        "-v", f"{config}:{CONFIG_IN_IMAGE}:ro", "-e", f"RENEWALD_CONFIG={CONFIG_IN_IMAGE}", image,
+    )  # fmt: skip
+    enqueue = ["renewald", "enqueue", "--conversation", "c", "--payload", "hi"]
+    wait_for(
+        lambda: (
+            docker("exec", name, *enqueue, "--target-kind", "command", check=False).returncode == 0
+        ),
+        timeout=20,
+        what="the schema (enqueue to succeed)",
+    )
+    wait_for(
+        lambda: (
+            json.loads(docker("exec", name, "renewald", "jobs", "--json").stdout)[0]["status"]
+            == "running"
+        ),
+        timeout=20,
+        what="the delivery to start",
+    )
+    stop = time.monotonic()
+    docker("stop", "-t", "35", name)
+    stopped_in = time.monotonic() - stop
+    assert state(docker, name)["ExitCode"] == 0
+    assert stopped_in < 10, stopped_in
+    done = jobs(docker, image, name, "done")
+    assert len(done) == 1, "the delivery in flight at SIGTERM was not finished and recorded"
+
+
+@pytest.mark.parametrize(("exit_code", "expected"), [(75, 75), (9, 1)])
+def test_one_shot_exit_codes(
+    docker: Docker,
+    image: str,
+    containers: list[str],
+    tmp_path: Path,
+    exit_code: int,
+    expected: int,
+) -> None:
+    # 75 rescheduled (the command said retry), 1 a job failed (permanent); 0 is the stops'.
+    volume = fresh(containers)
+    config = config_file(tmp_path, command_config(["/bin/sh", "-c", f"exit {exit_code}"]))
+    common = [
+        "run", "--rm", "-v", f"{volume}:/var/lib/renewald",
+        "-v", f"{config}:{CONFIG_IN_IMAGE}:ro", "-e", f"RENEWALD_CONFIG={CONFIG_IN_IMAGE}", image,
+    ]  # fmt: skip
+    enqueue = "renewald enqueue --conversation c --payload hi --target-kind command"
+    docker(*common[:-1], "--entrypoint", "/bin/sh", image, "-c", f"renewald migrate && {enqueue}")
+    once = docker(*common, "run", "--once", check=False)
+    assert once.returncode == expected, once.stderr

@@ -37,6 +37,7 @@ from renewald.daemon.backoff import Decision, RetryPolicy, decide
 from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
 from renewald.daemon.limits import TargetLimits
 from renewald.daemon.malformed import handling_failed, malformed_result
+from renewald.daemon.sendgate import SendGate
 from renewald.daemon.summary import Summary
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import ConfigError
@@ -135,6 +136,7 @@ class Dispatcher:
         self._config_errors: set[str] = set()
         self._results: queue.Queue[AttemptResult | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._gate: SendGate | None = None
         self._claimed_total = 0
         self._threads: list[threading.Thread] = []
         self._observers: list[Callable[[AttemptResult, bool], None]] = []
@@ -147,6 +149,13 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        self._gate = SendGate(
+            store=self.store,
+            owner=self.owner,
+            lease_ms=self.settings.lease_ms,
+            now_ms=self.clock.now_ms,
+            stopping=self._stopping,
+        )
         for n in range(self.settings.workers):
             self._spawn(self._deliver_loop, f"renewald-worker-{n}")
         self._spawn(self._record_loop, "renewald-recorder")
@@ -219,6 +228,8 @@ class Dispatcher:
             if thread.name == "renewald-recorder":
                 thread.join(timeout=10)
         self.job_log.flush()
+        if self._gate is not None:
+            self._gate.close()
         logged, self._logged = self._logged, []
         self.store.mark_logged(logged)
         return released
@@ -462,36 +473,20 @@ class Dispatcher:
         )
 
     def _begin_send(self, claimed: ClaimedJob) -> bool:
-        """Spend the attempt in the database right before the send (fenced, lease renewed).
+        """Spend the attempt in the database right before the send (fenced, lease renewed;
+        written with the other workers' marks by the send gate, daemon/sendgate.py).
 
-        A database outage is waited out here, without sending: once it is back, the job is
-        sent if it is still ours. False (no send, no result) when it was taken away or the
-        daemon stops meanwhile; a stopping daemon's release gives it back.
+        A database outage is waited out there, without sending: once it is back, the job
+        is sent if it is still ours. False (no send, no result) when it was taken away or
+        the daemon stops meanwhile; a stopping daemon's release gives it back.
         """
         job = claimed.job
-        delay = 0.2
-        while True:
-            try:
-                ok = self.store.begin_send(
-                    owner=self.owner,
-                    job_id=job.job_id,
-                    lease_token=job.lease_token,
-                    now=self.clock.now_ms(),
-                    lease_ms=self.settings.lease_ms,
-                )
-                break
-            except Exception as exc:
-                _log.error(
-                    "send.begin_failed",
-                    job_id=job.job_id,
-                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                    retry_in=f"{delay:.1f}s",
-                )
-                if self._stopping.wait(delay):
-                    # Not sent: its lease runs out and rescue gives it back unspent.
-                    self._forget(job.job_id, job.lease_token)
-                    return False
-                delay = min(delay * 2, 5.0)
+        gate = self._gate
+        ok = gate.begin(job.job_id, job.lease_token) if gate is not None else None
+        if ok is None:
+            # Not sent: its lease runs out and rescue gives it back unspent.
+            self._forget(job.job_id, job.lease_token)
+            return False
         if not ok:
             self.job_log.log(
                 "lease.lost",

@@ -74,6 +74,9 @@ def _finish_statement() -> Update:
             terminal_reason=case(
                 (ends, bindparam("p_terminal_reason", type_=Text)), else_=jobs.c.terminal_reason
             ),
+            delivered_at=func.coalesce(
+                jobs.c.delivered_at, bindparam("p_delivered_at", type_=BigInteger)
+            ),
             # The claim's number, not the row's: a tracker upsert may have rewritten it.
             attempt_count=bindparam("p_attempt_count", type_=Integer),
         )
@@ -123,6 +126,7 @@ def record_results(
                 "p_finished_at": r.finished_at,
                 "p_terminal_reason": r.terminal_reason,
                 "p_attempt_count": r.attempt_no - (1 if r.refund_attempt else 0),
+                "p_delivered_at": r.finished_at if r.outcome == "delivered" else None,
             },
         ).rowcount
         cancelled = False
@@ -199,6 +203,8 @@ def _cancelled_values(r: AttemptResult, now: int) -> dict[str, object]:
     if r.log_path is not None:
         values["log_path"] = r.log_path
     values["attempt_count"] = r.attempt_no - (1 if r.refund_attempt else 0)
+    if r.outcome == "delivered":
+        values["delivered_at"] = func.coalesce(jobs.c.delivered_at, r.finished_at)
     return values
 
 

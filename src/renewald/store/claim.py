@@ -39,7 +39,6 @@ from renewald.store.models import ClaimedJob, Job, Link
 from renewald.store.schema import (
     conversation_links,
     local_conversations,
-    renewal_job_attempts,
     renewal_jobs,
 )
 
@@ -63,10 +62,6 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
         held.c.local_conversation_id == jobs.c.local_conversation_id,
         held.c.lease_owner.is_not(None),
     )
-    delivered = exists().where(
-        renewal_job_attempts.c.job_id == jobs.c.job_id,
-        renewal_job_attempts.c.outcome == "delivered",
-    )
     scan = (
         select(
             jobs.c.job_id,
@@ -83,7 +78,7 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
             ~leased,
             # The ledger decides: a delivered job is never sent again, whatever a later
             # write put into the tracker's columns (the rescue tick puts it back to done).
-            ~delivered,
+            jobs.c.delivered_at.is_(None),
         )
         .order_by(jobs.c.next_attempt_at, jobs.c.created_at)
         .limit(bindparam("scan_limit", type_=Integer))

@@ -211,9 +211,10 @@ def job_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]
     values["lease_token"] = d.integer(
         "lease_token", 0 if token is None else token, low=0, high=2**62, nullable=False, default=0
     )
-    # Only renewald writes send_token; a value that is not the claim's token means "not sent".
-    sent = row.get("send_token")
-    values["send_token"] = sent if isinstance(sent, int) and not isinstance(sent, bool) else None
+    # Only renewald writes these two; a value that is not an integer reads as unset.
+    for column in ("send_token", "delivered_at"):
+        value = row.get(column)
+        values[column] = value if isinstance(value, int) and not isinstance(value, bool) else None
     d.one_of("status", values["status"], STATUSES)
     d.one_of("payload_kind", values["payload_kind"], PAYLOAD_KINDS)
     if values["payload_kind"] == "json" and "payload" not in _columns_with_problems(d):

@@ -23,7 +23,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     func,
     or_,
     select,
@@ -71,6 +70,20 @@ def begin_send(conn: Connection, *, owner: str, job_id: str, lease_token: int, n
         "p_until": now + lease_ms,
     }
     return conn.execute(_begin_statement(), params).rowcount == 1
+
+
+def begin_sends(
+    conn: Connection, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
+) -> list[bool]:
+    """`begin_send` for several held jobs in one transaction, in job_id order; returns,
+    per job in `held`'s order, whether it was still held (and so may be sent)."""
+    begun = {
+        job_id: begin_send(
+            conn, owner=owner, job_id=job_id, lease_token=token, now=now, lease_ms=lease_ms
+        )
+        for job_id, token in sorted(held)
+    }
+    return [begun[job_id] for job_id, _ in held]
 
 
 def extend_leases(
@@ -169,12 +182,13 @@ def delivered_attempts(conn: Connection, job_ids: Sequence[str]) -> dict[str, De
 def find_rewound(conn: Connection, *, limit: int = 100) -> list[Job]:
     """Jobs the ledger says were delivered but whose row says they may be sent again
     (a stale upsert rewound status to pending or running), and no live lease holds."""
-    delivered = exists().where(
-        attempts.c.job_id == jobs.c.job_id, attempts.c.outcome == "delivered"
-    )
     query = (
         select(jobs)
-        .where(jobs.c.status.in_(("pending", "running")), jobs.c.lease_owner.is_(None), delivered)
+        .where(
+            jobs.c.delivered_at.is_not(None),
+            jobs.c.status.in_(("pending", "running")),
+            jobs.c.lease_owner.is_(None),
+        )
         .order_by(jobs.c.job_id)
         .limit(limit)
     )
@@ -198,6 +212,7 @@ def reconcile_delivered(conn: Connection, *, job: Job, delivered: DeliveredAt, n
                 .where(attempts.c.job_id == job.job_id)
                 .scalar_subquery(),
                 finished_at=func.coalesce(jobs.c.finished_at, delivered.finished_at),
+                delivered_at=func.coalesce(jobs.c.delivered_at, delivered.finished_at),
                 lease_owner=None,
                 lease_expires_at=None,
                 last_error=None,

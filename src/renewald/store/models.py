@@ -37,6 +37,7 @@ class Job:
     deadline_at: int | None = None
     target_kind: str | None = None
     send_token: int | None = None
+    delivered_at: int | None = None
     # What in the stored row did not fit its declared type (store/decode.py): a job with
     # problems is never delivered, it ends failed/malformed.
     problems: tuple[str, ...] = ()

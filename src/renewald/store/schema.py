@@ -109,6 +109,15 @@ renewal_jobs = Table(
     Column("target_kind", Text),
     # The lease_token of the claim whose send began (migration 0004).
     Column("send_token", Integer),
+    # When the attempt ledger first recorded a delivered attempt (the ledger's word, kept
+    # on the row so the claim need not read the ledger; the tracker never writes it).
+    Column("delivered_at", Millis),
+    Index(
+        "idx_renewal_jobs_rewound",
+        "job_id",
+        sqlite_where=text("delivered_at IS NOT NULL AND status IN ('pending', 'running')"),
+        postgresql_where=text("delivered_at IS NOT NULL AND status IN ('pending', 'running')"),
+    ),
     Index(
         "idx_renewal_jobs_held",
         "local_conversation_id",

@@ -232,20 +232,25 @@ class Store:
 
         return self.write(tx)
 
+    def begin_sends(
+        self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
+    ) -> list[bool]:
+        """Spend each held job's attempt right before its send, in one transaction; False
+        for a job no longer ours: it must not be sent."""
+        if not held:
+            return []
+        return self.write(
+            lambda conn: leases.begin_sends(
+                conn, owner=owner, held=held, now=now, lease_ms=lease_ms
+            )
+        )
+
     def begin_send(
         self, *, owner: str, job_id: str, lease_token: int, now: int, lease_ms: int
     ) -> bool:
-        """Spend the held job's attempt right before its send; False: not ours, no send."""
-        return self.write(
-            lambda conn: leases.begin_send(
-                conn,
-                owner=owner,
-                job_id=job_id,
-                lease_token=lease_token,
-                now=now,
-                lease_ms=lease_ms,
-            )
-        )
+        [ok] = self.begin_sends(owner=owner, held=[(job_id, lease_token)], now=now,
+                                lease_ms=lease_ms)  # fmt: skip
+        return ok
 
     def record_results(
         self,

@@ -126,8 +126,12 @@ def test_bad_rows_from_the_tracker_fail_alone(renewald: Renewald, e2e_store: Sto
     assert out.returncode == 1
     jobs = jobs_by_id(e2e_store)
     assert jobs["good-1"]["status"] == "done"
-    assert jobs["bad-json"]["terminal_reason"] == "permanent"
-    assert "not JSON" in jobs["bad-json"]["last_error"]
+    # A json payload that is not JSON does not fit its row: malformed (DESIGN §2).
+    assert jobs["bad-json"]["terminal_reason"] == "malformed"
+    assert jobs["bad-json"]["last_error"] == (
+        "malformed: renewal_jobs.payload is not JSON (Expecting property name enclosed in "
+        "double quotes at column 2)"
+    )
 
 
 def test_daemon_picks_up_scheduled_job_and_stops_cleanly(

@@ -292,3 +292,27 @@ def test_a_token_nested_in_a_target_url_is_never_stored(service: Service, store:
     assert service.dispatcher.wait_idle(10)
     [attempt] = attempts(store, job.job_id)
     assert "%3Dsekrit123" not in attempt["target"] and "%3D***" in attempt["target"]
+
+
+@pytest.mark.parametrize(("value", "sqlite"), [("later", True), (FAR, False)])
+def test_a_cooldown_that_is_not_a_time_fails_its_jobs_instead_of_holding_them(
+    store: Store, value: Any, sqlite: bool
+) -> None:
+    if sqlite:
+        sqlite_only(store)
+    conv = make_conversation(store, cooldown_until=T0 + 60_000)
+    held = make_job(store, conversation=conv)
+    assert claim(store) == {}
+    store.write(
+        lambda c: c.execute(
+            text(
+                "UPDATE local_conversations SET cooldown_until = :v"
+                " WHERE local_conversation_id = :c"
+            ),
+            {"v": value, "c": conv},
+        )
+    )
+    claimed = claim(store)
+    assert list(claimed) == [held.job_id]
+    [problem] = claimed[held.job_id].problems
+    assert problem.startswith("local_conversations.cooldown_until ")

@@ -33,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 
-from renewald.store.decode import platform_value
+from renewald.store.decode import conversation_gate
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
 from renewald.store.schema import (
@@ -203,12 +203,10 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
     if not claimed:
         return []
     ids = sorted({j.local_conversation_id for j in claimed})
-    platform_rows = conn.execute(
-        select(local_conversations.c.local_conversation_id, local_conversations.c.platform).where(
-            local_conversations.c.local_conversation_id.in_(ids)
-        )
-    )
-    platforms = {row[0]: platform_value(row[1]) for row in platform_rows}
+    conversation_rows = conn.execute(
+        select(local_conversations).where(local_conversations.c.local_conversation_id.in_(ids))
+    ).mappings()
+    platforms = {row["local_conversation_id"]: conversation_gate(row) for row in conversation_rows}
     links: dict[str, Link] = {}
     link_rows = conn.execute(
         select(conversation_links)

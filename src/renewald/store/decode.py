@@ -242,10 +242,14 @@ def link_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]
     return values, tuple(d.problems)
 
 
-def platform_value(value: Any) -> tuple[str | None, tuple[str, ...]]:
-    """`local_conversations.platform`, decoded."""
+def conversation_gate(row: Mapping[Any, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """A claimed job's conversation: its platform, and the problems of the values that
+    decide its delivery (platform, automation_status, cooldown_until)."""
     d = Decoder("local_conversations")
-    return d.text("platform", value), tuple(d.problems)
+    platform = d.text("platform", row.get("platform"))
+    d.text("automation_status", row.get("automation_status"))
+    d.epoch_ms("cooldown_until", row.get("cooldown_until"))
+    return platform, tuple(d.problems)
 
 
 def epoch_ms_or_none(value: Any) -> int | None:

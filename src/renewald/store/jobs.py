@@ -113,7 +113,9 @@ def dispatch_allowed(now: int | ColumnElement[int], dispatch_statuses: Sequence[
         gate.c.local_conversation_id == jobs.c.local_conversation_id,
         or_(
             gate.c.automation_status.not_in(list(dispatch_statuses)),
-            gate.c.cooldown_until > now,
+            # A cooldown that is not a time (SQLite sorts text above every number) holds
+            # nothing: the claimed job ends failed/malformed, naming it (store/decode.py).
+            and_(gate.c.cooldown_until > now, gate.c.cooldown_until <= MAX_EPOCH_MS),
         ),
     )
     return ~blocked

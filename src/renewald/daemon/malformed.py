@@ -16,6 +16,7 @@ from renewald.controls import escape_controls
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
+from renewald.store.sweep import Swept
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -91,6 +92,12 @@ def handling_failed(
 def sweep(*, store: Store, job_log: JobLog, owner: str, now: int) -> int:
     """End pending jobs no claim can select (store/sweep.py); one log line each."""
     swept = store.sweep_malformed(now=now, owner=owner, log_path=job_log.path_for(now))
+    log_ended(swept, job_log=job_log, owner=owner, now=now)
+    return len(swept)
+
+
+def log_ended(swept: list[Swept], *, job_log: JobLog, owner: str, now: int) -> None:
+    """One `attempt.finished` line per job a sweep or rescue ended failed/malformed."""
     for s in swept:
         job_log.log(
             "attempt.finished",
@@ -109,4 +116,3 @@ def sweep(*, store: Store, job_log: JobLog, owner: str, now: int) -> int:
         _log.warning("job.malformed", job_id=s.job_id, error=s.error)
     if swept:
         job_log.flush()
-    return len(swept)

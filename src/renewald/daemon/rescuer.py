@@ -23,6 +23,7 @@ import structlog
 
 from renewald.clock import iso_utc
 from renewald.daemon.backoff import RetryPolicy, decide
+from renewald.daemon.malformed import log_ended
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, Job, Store
 from renewald.store.attempts import CANCELLED
@@ -89,6 +90,13 @@ class Rescuer:
         rewound = self.store.find_rewound(limit=self.limit)
         if not found and not rewound:
             return 0
+        unreadable = [j for j in found if j.problems]
+        if unreadable:
+            ended = self.store.end_held_malformed(
+                unreadable, now=now, owner=self.owner, log_path=self.job_log.path_for(now)
+            )
+            log_ended(ended, job_log=self.job_log, owner=self.owner, now=now)
+            found = [j for j in found if not j.problems]
         candidates = {j.job_id: j for j in [*found, *rewound]}
         delivered = self.store.delivered_attempts(sorted(candidates))
         spent: list[Job] = []

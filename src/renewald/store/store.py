@@ -688,3 +688,15 @@ class Store:
                 conn, now=now, owner=owner, log_path=log_path, limit=limit
             )
         )
+
+    def end_held_malformed(
+        self, found: Sequence[Job], *, now: int, owner: str, log_path: str | None = None
+    ) -> list[sweep.Swept]:
+        """End held rows that rescue cannot read failed/malformed (store/sweep.py)."""
+        if not found:
+            return []
+        return self.write(
+            lambda conn: sweep.end_held_malformed(
+                conn, found=found, now=now, owner=owner, log_path=log_path
+            )
+        )

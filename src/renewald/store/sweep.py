@@ -10,7 +10,9 @@ on both dialects.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
 
@@ -51,44 +53,67 @@ def sweep_malformed(
         problems = job.problems or (
             f"renewal_jobs.next_attempt_at is out of range ({row['next_attempt_at']!r})",
         )
-        error = malformed_error(problems)
-        ended = conn.execute(
-            update(jobs)
-            .where(jobs.c.job_id == row["job_id"], *_unclaimable())
-            .values(
-                status="failed",
-                terminal_reason=MALFORMED,
-                last_error=error,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-                log_path=log_path if log_path is not None else jobs.c.log_path,
-            )
-        ).rowcount
-        if ended != 1:
-            continue
-        attempt_id = uuid.uuid4().hex
-        conn.execute(
-            insert(renewal_job_attempts).values(
-                attempt_id=attempt_id,
-                job_id=job.job_id,
-                attempt_no=job.attempt_count,
-                lease_owner=owner,
-                lease_token=job.lease_token,
-                adapter=None,
-                target=None,
-                started_at=now,
-                finished_at=now,
-                duration_ms=0,
-                outcome=MALFORMED,
-                error_class="MalformedRow",
-                error_message=error,
-                decision="failed",
-                decision_reason=MALFORMED,
-            )
-        )
-        swept.append(
-            Swept(job.job_id, attempt_id, job.attempt_count, job.local_conversation_id, error)
-        )
+        ended = _end(conn, job, problems, _unclaimable(), now=now, owner=owner,
+                     log_path=log_path)  # fmt: skip
+        if ended is not None:
+            swept.append(ended)
     return swept
+
+
+def end_held_malformed(
+    conn: Connection, *, found: Sequence[Job], now: int, owner: str, log_path: str | None
+) -> list[Swept]:
+    """End held rows that rescue found but cannot read (a `lease_owner` that does not
+    decode, say) failed/malformed, fenced on the claim's token alone: the token is
+    renewald's own counter, while the owner as decoded may not match what is stored."""
+    swept = []
+    for job in sorted(found, key=lambda j: j.job_id):
+        fence = (jobs.c.lease_token == job.lease_token, jobs.c.lease_owner.is_not(None))
+        ended = _end(conn, job, job.problems, fence, now=now, owner=owner, log_path=log_path)
+        if ended is not None:
+            swept.append(ended)
+    return swept
+
+
+def _end(
+    conn: Connection, job: Job, problems: Sequence[str], fence: Sequence[Any], *, now: int,
+    owner: str, log_path: str | None,
+) -> Swept | None:  # fmt: skip
+    error = malformed_error(tuple(problems))
+    ended = conn.execute(
+        update(jobs)
+        .where(jobs.c.job_id == job.job_id, *fence)
+        .values(
+            status="failed",
+            terminal_reason=MALFORMED,
+            last_error=error,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+            log_path=log_path if log_path is not None else jobs.c.log_path,
+        )
+    ).rowcount
+    if ended != 1:
+        return None
+    attempt_id = uuid.uuid4().hex
+    conn.execute(
+        insert(renewal_job_attempts).values(
+            attempt_id=attempt_id,
+            job_id=job.job_id,
+            attempt_no=job.attempt_count,
+            lease_owner=owner,
+            lease_token=job.lease_token,
+            adapter=None,
+            target=None,
+            started_at=now,
+            finished_at=now,
+            duration_ms=0,
+            outcome=MALFORMED,
+            error_class="MalformedRow",
+            error_message=error,
+            decision="failed",
+            decision_reason=MALFORMED,
+        )
+    )
+    return Swept(job.job_id, attempt_id, job.attempt_count, job.local_conversation_id, error)

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 # Each attempt gives up this soon, so a wait of a few seconds is still honoured.
 ATTEMPT_BUDGET = 3.0
+MIN_ATTEMPT = 0.1
 FIRST_PAUSE = 0.25
 MAX_PAUSE = 5.0
 # What systemd is asked for beyond the rest of the wait: the migration or the schema check
@@ -50,11 +51,11 @@ def wait_for_database(
         tries += 1
         remaining = wait - (monotonic() - started)
         try:
-            result = attempt(max(0.1, min(ATTEMPT_BUDGET, remaining)))
+            result = attempt(max(MIN_ATTEMPT, min(ATTEMPT_BUDGET, remaining)))
         except DatabaseUnavailable as exc:
             waited = monotonic() - started
             remaining = wait - waited
-            if remaining <= 0:
+            if remaining < MIN_ATTEMPT:
                 if tries == 1 and wait <= 0:
                     raise
                 raise DatabaseUnavailable(

@@ -64,6 +64,8 @@ def enqueue_cmd(
     if not conversation.strip():
         raise UsageError("--conversation: must not be empty")
     check_payload(payload, payload_kind)
+    if target_kind is not None:
+        _check_target_kind(ctx, target_kind)
     new = NewJob(
         job_id=job_id or str(uuid.uuid4()),
         local_conversation_id=conversation,
@@ -81,6 +83,18 @@ def enqueue_cmd(
         click.echo(render.dumps(job_json(job)))
     else:
         click.echo(job.job_id)
+
+
+def _check_target_kind(ctx: Context, kind: str) -> None:
+    """A kind no adapter serves would only fail at delivery: refuse it now, naming the
+    kinds there are (the built-in ones and those registered through entry points)."""
+    registry = AdapterRegistry(ctx.config.adapters)
+    try:
+        kinds = registry.kinds()
+    finally:
+        registry.close()
+    if kind not in kinds:
+        raise UsageError(f"--target-kind: unknown kind {kind!r} (known: {', '.join(kinds)})")
 
 
 @cli.command("jobs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 import click
 
@@ -24,7 +25,7 @@ from renewald.cli.app import (
     pass_ctx,
     stale_after_ms,
 )
-from renewald.clock import iso_utc
+from renewald.clock import datetime_to_ms, iso_utc
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import UsageError
 from renewald.logging import JobLog
@@ -100,21 +101,73 @@ def _check_target_kind(ctx: Context, kind: str) -> None:
 @cli.command("jobs")
 @click.option("--status", "statuses", type=click.Choice(STATUSES), multiple=True)
 @click.option("--conversation")
+@click.option(
+    "--since",
+    help="changed since: a duration (2h, 30m) or an ISO-8601 time",
+)
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    help="terminal reason (exhausted, permanent, …) or the start of the last decision's "
+    "reason (backoff, retry_after, breaker); repeatable",
+)
+@click.option(
+    "--target-kind",
+    "target_kinds",
+    multiple=True,
+    help="the adapter kind the job goes to (its own, else its conversation's link)",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="every matching job, no --limit")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def jobs_cmd(
-    ctx: Context, statuses: tuple[str, ...], conversation: str | None, limit: int, as_json: bool
+    ctx: Context,
+    statuses: tuple[str, ...],
+    conversation: str | None,
+    since: str | None,
+    reasons: tuple[str, ...],
+    target_kinds: tuple[str, ...],
+    limit: int,
+    show_all: bool,
+    as_json: bool,
 ) -> None:
-    """List jobs, newest first."""
-    found = ctx.store().list_jobs(statuses=statuses, conversation=conversation, limit=limit)
+    """List jobs, newest first, with why each one is (not) going out now: the same rules
+    as `show`. Says how many match when it shows fewer."""
+    now = ctx.clock.now_ms()
+    since_at = _since(since, now=now) if since else None
+    registry = AdapterRegistry(ctx.config.adapters)
+    try:
+        explained, total = ctx.store().list_jobs_explained(
+            now=now,
+            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
+            stale_after_ms=stale_after_ms(ctx.config),
+            target_of=_target_of(registry),
+            statuses=statuses,
+            conversation=conversation,
+            since=since_at,
+            reasons=reasons,
+            target_kinds=target_kinds,
+            limit=None if show_all else limit,
+        )
+    finally:
+        registry.close()
     if as_json:
-        click.echo(render.dumps([job_json(j) for j in found]))
+        data = []
+        for facts, why in explained:
+            row = job_json(facts.job)
+            row["target_kind"] = facts.target_kind
+            row["explain"] = why.as_dict()
+            data.append(row)
+        click.echo(render.dumps(data))
+        if len(explained) < total:
+            shown = f"showing {len(explained)} of {total}; --limit N or --all for more"
+            click.echo(f"renewald: {shown}", err=True)
         return
-    if not found:
+    if not explained:
         click.echo("no jobs")
         return
-    now = ctx.clock.now_ms()
     rows = [
         (
             j.job_id,
@@ -123,15 +176,43 @@ def jobs_cmd(
             f"{j.attempt_count}/{j.max_attempts}",
             render.short_when(j.next_attempt_at, now) if j.status == "pending" else "-",
             render.short_when(j.updated_at, now),
+            why_cell(why, now),
             render.truncate(j.last_error, 40),
         )
-        for j in found
+        for j, why in ((facts.job, why) for facts, why in explained)
     ]
     click.echo(
         render.table(
-            ("JOB", "STATUS", "CONVERSATION", "ATTEMPTS", "NEXT", "UPDATED", "LAST ERROR"), rows
+            ("JOB", "STATUS", "CONVERSATION", "ATTEMPTS", "NEXT", "UPDATED", "WHY", "LAST ERROR"),
+            rows,
         )
     )
+    if len(explained) < total:
+        click.echo(f"showing {len(explained)} of {total}; --limit N or --all for more")
+    else:
+        click.echo(f"{total} job{'s' if total != 1 else ''}")
+
+
+def why_cell(why: Explanation, now: int) -> str:
+    """The deciding rule in a few words, times relative to now ("due in 4m"); "+N" when
+    more rules would still hold the job once it clears."""
+    text = why.summary(lambda ms: render.relative(ms, now))
+    more = f" (+{len(why.also)})" if why.also else ""
+    return (render.truncate(text, 60) or "-") + more
+
+
+def _since(value: str, *, now: int) -> int:
+    """`--since`: a duration back from now (2h) or a point in time (ISO-8601)."""
+    try:
+        return now - parse_age(value, option="--since")
+    except UsageError:
+        pass
+    try:
+        return datetime_to_ms(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+    except ValueError:
+        raise UsageError(
+            f"--since: {value!r} is neither a duration like 2h nor an ISO-8601 time"
+        ) from None
 
 
 def _target_of(

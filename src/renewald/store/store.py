@@ -177,11 +177,24 @@ class Store:
         return self.read(lambda conn: jobs.get_job(conn, job_id))
 
     def list_jobs(
-        self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 50
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        conversation: str | None = None,
+        since: int | None = None,
+        reasons: Sequence[str] = (),
+        target_kinds: Sequence[str] = (),
+        limit: int | None = 50,
     ) -> list[Job]:
         return self.read(
             lambda conn: jobs.list_jobs(
-                conn, statuses=statuses, conversation=conversation, limit=limit
+                conn,
+                statuses=statuses,
+                conversation=conversation,
+                since=since,
+                reasons=reasons,
+                target_kinds=target_kinds,
+                limit=limit,
             )
         )
 
@@ -294,6 +307,53 @@ class Store:
             stale_before=now - stale_after_ms,
         )
         return facts, why
+
+    def list_jobs_explained(
+        self,
+        *,
+        now: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+        stale_after_ms: int,
+        target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+        statuses: Sequence[str] = (),
+        conversation: str | None = None,
+        since: int | None = None,
+        reasons: Sequence[str] = (),
+        target_kinds: Sequence[str] = (),
+        limit: int | None = 50,
+    ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
+        """`list_jobs` with the rule that applies to each job (the same `explain` as
+        `explain_job`), and how many jobs match in all; one transaction."""
+        selected = {
+            "statuses": statuses,
+            "conversation": conversation,
+            "since": since,
+            "reasons": reasons,
+            "target_kinds": target_kinds,
+        }
+
+        def tx(conn: Connection) -> tuple[list[ops.JobFacts], int]:
+            found = jobs.list_jobs(conn, **selected, limit=limit)  # type: ignore[arg-type]
+            total = len(found)
+            if limit is not None and total >= limit:
+                total = jobs.count_jobs(conn, **selected)  # type: ignore[arg-type]
+            return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
+
+        all_facts, total = self.read(tx)
+        stale_before = now - stale_after_ms
+        explained = [
+            (
+                facts,
+                ops.explain(
+                    facts,
+                    now=now,
+                    dispatch_statuses=dispatch_statuses,
+                    stale_before=stale_before,
+                ),
+            )
+            for facts in all_facts
+        ]
+        return explained, total
 
     def retry_job(
         self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None

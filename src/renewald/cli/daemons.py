@@ -29,13 +29,13 @@ def pid_running(pid: int) -> bool:
 
 
 def liveness(daemon: DaemonRow, *, now: int, stale_ms: int, host: str) -> str:
-    """alive | stale (no heartbeat for 3 intervals: the rescuer takes it for dead) |
-    gone (registered on this host, but its pid no longer runs: killed before it could
-    unregister; its heartbeat has not gone stale yet)."""
-    if now - daemon.heartbeat_at > stale_ms:
-        return "stale"
+    """gone (registered on this host, but its pid no longer runs: killed before it could
+    unregister, whether or not its heartbeat has gone stale yet) | stale (no heartbeat for
+    3 intervals: the rescuer takes it for dead) | alive."""
     if daemon.host == host and not pid_running(daemon.pid):
         return "gone"
+    if now - daemon.heartbeat_at > stale_ms:
+        return "stale"
     return "alive"
 
 

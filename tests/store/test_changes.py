@@ -33,7 +33,11 @@ def test_notify_trigger_only_on_postgresql(store: Store) -> None:
         names = store.read(
             lambda c: (
                 c.execute(
-                    text("SELECT tgname FROM pg_trigger WHERE tgname = 'renewald_notify_pending'")
+                    text(
+                        "SELECT t.tgname FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid"
+                        " WHERE t.tgname = 'renewald_notify_pending'"
+                        " AND r.relnamespace = current_schema()::regnamespace"
+                    )
                 )
                 .scalars()
                 .all()

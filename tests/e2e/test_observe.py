@@ -10,6 +10,8 @@ import queue
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -122,18 +124,22 @@ def test_jobs_total_why_and_filters(renewald: Renewald, e2e_store: Store) -> Non
 # -- daemons -------------------------------------------------------------------------------
 
 
-def test_daemons_alive_then_gone(renewald: Renewald, e2e_store: Store) -> None:
+def test_daemons_alive_then_gone(
+    renewald: Renewald, e2e_store: Store, hook_target: HookTarget
+) -> None:
     assert ok(renewald.run("daemons")) == "no daemons registered\n"
     assert json.loads(ok(renewald.run("daemons", "--json"))) == []
+    hook_target.delay = lambda job_id, attempt: 120.0  # held until the daemon is killed
+    add_webhook_jobs(e2e_store, hook_target.url, ["slow"])
     proc = renewald.start()
 
     def registered() -> list[dict]:
         found = json.loads(ok(renewald.run("daemons", "--json")))
-        return [d for d in found if d["pid"] == proc.pid]
+        return [d for d in found if d["pid"] == proc.pid and d["running"] == 1]
 
     [daemon] = wait_for(registered, what="the daemon in `renewald daemons`")
     assert daemon["state"] == "alive" and daemon["alive"] is True
-    assert daemon["heartbeat_age_ms"] >= 0 and daemon["running"] == 0
+    assert daemon["heartbeat_age_ms"] >= 0
     assert daemon["owner_id"] and daemon["host"] and daemon["version"]
     text = ok(renewald.run("daemons"))
     assert text.splitlines()[0].split() == [
@@ -152,9 +158,40 @@ def test_daemons_alive_then_gone(renewald: Renewald, e2e_store: Store) -> None:
         False,
     )
     assert "gone" in ok(renewald.run("daemons"))
+    # Its job's lease is still valid, but show and jobs know its owner is dead.
+    explained = json.loads(ok(renewald.run("show", "slow", "--json")))["explain"]
+    assert explained["rule"] == "owner_dead" and "is gone from" in explained["detail"]
+    [listed] = json.loads(ok(renewald.run("jobs", "--json")))
+    assert listed["explain"] == explained
+    hook_target.release.set()
 
 
 # -- logs ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def following(renewald: Renewald, *args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
+    """`renewald logs ARGS` running, with its stdout read line by line; killed (if still
+    running) and its pipes closed on the way out."""
+    proc = subprocess.Popen(
+        [RENEWALD, "logs", *args],
+        env=renewald.env,
+        cwd=renewald.dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader = LineReader(proc)
+    try:
+        yield proc, reader
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        reader.join()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class LineReader:
@@ -169,6 +206,9 @@ class LineReader:
             target=lambda: [self.lines.put(line) for line in stream], daemon=True
         )
         self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
 
     def drain(self) -> list[str]:
         while True:
@@ -185,16 +225,7 @@ def test_logs_follow_one_job_through_a_retry(
     # once and must not appear in `logs flaky`.
     hook_target.status = lambda job_id, attempt: 503 if attempt == 1 else 200
     add_webhook_jobs(e2e_store, hook_target.url, ["flaky"])
-    follower = subprocess.Popen(
-        [RENEWALD, "logs", "flaky", "--follow", "--interval", "50ms"],
-        env=renewald.env,
-        cwd=renewald.dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        reader = LineReader(follower)
+    with following(renewald, "flaky", "--follow", "--interval", "50ms") as (follower, reader):
         daemon = renewald.start()
         renewald.enqueue("other", "hello", "--job-id", "other", "--target-kind", "log")
 
@@ -214,10 +245,6 @@ def test_logs_follow_one_job_through_a_retry(
         follower.send_signal(signal.SIGINT)  # Ctrl-C
         assert follower.wait(timeout=20) == 0
         assert follower.stderr is not None and follower.stderr.read() == ""
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait(timeout=10)
 
     # Without --follow: everything, or one job's lines, then exit.
     everything = [json.loads(line) for line in ok(renewald.run("logs")).splitlines()]
@@ -230,16 +257,7 @@ def test_logs_follow_one_job_through_a_retry(
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_logs_follow_picks_up_new_files_and_partial_lines(renewald: Renewald) -> None:
     log_dir = renewald.log_dir
-    follower = subprocess.Popen(
-        [RENEWALD, "logs", "--follow", "--interval", "50ms"],
-        env=renewald.env,
-        cwd=renewald.dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        reader = LineReader(follower)
+    with following(renewald, "--follow", "--interval", "50ms") as (follower, reader):
         log_dir.mkdir(parents=True, exist_ok=True)  # the directory may come later
         day1 = log_dir / "2026-01-01.jsonl"
         day1.write_text('{"job_id": "a", "n": 1}\n{"job_id": "a", "n": 2')  # a line half-written
@@ -255,10 +273,6 @@ def test_logs_follow_picks_up_new_files_and_partial_lines(renewald: Renewald) ->
         ]
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=20) == 0
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait(timeout=10)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

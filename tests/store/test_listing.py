@@ -183,3 +183,21 @@ def test_running_by_owner(store: Store) -> None:
     claim(store, owner="a")
     assert store.read(running_by_owner) == {"a": 3}
     assert store.read(lambda c: running_by_owner(c)) == {"a": 3}
+
+
+def test_an_owner_known_gone_is_dead_before_its_heartbeat_is_stale(store: Store) -> None:
+    store.register_daemon(owner=OWNER, host="h", pid=1, version="t", now=T0)
+    make_job(store, job_id="j", target_kind="log", conversation="c")
+    make_job(store, job_id="k", target_kind="log", conversation="c")
+    set_job(store, "k", created_at=T0 + 1)
+    claim(store)
+    found = store.explain_job("j", now=T0 + 1, stale_after_ms=STALE)
+    assert found is not None and found[1].rule == "leased"
+    found = store.explain_job("j", now=T0 + 1, stale_after_ms=STALE, gone=lambda d: d.pid == 1)
+    assert found is not None and found[1].rule == "owner_dead"
+    assert "process 1 is gone from h" in found[1].detail
+    explained, _ = store.list_jobs_explained(
+        now=T0 + 1, stale_after_ms=STALE, gone=lambda d: d.pid == 1
+    )
+    whys = {f.job.job_id: w for f, w in explained}
+    assert whys["j"].rule == "owner_dead" and "is gone" in whys["k"].detail

@@ -28,6 +28,12 @@ def pid_running(pid: int) -> bool:
     return True
 
 
+def gone_here(daemon: DaemonRow) -> bool:
+    """A daemon registered on this host whose pid no longer runs (killed -9, say): dead
+    now, before its heartbeat goes stale."""
+    return daemon.host == socket.gethostname() and not pid_running(daemon.pid)
+
+
 def liveness(daemon: DaemonRow, *, now: int, stale_ms: int, host: str) -> str:
     """gone (registered on this host, but its pid no longer runs: killed before it could
     unregister, whether or not its heartbeat has gone stale yet) | stale (no heartbeat for

@@ -25,6 +25,7 @@ from renewald.cli.app import (
     pass_ctx,
     stale_after_ms,
 )
+from renewald.cli.daemons import gone_here
 from renewald.clock import datetime_to_ms, iso_utc
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import UsageError
@@ -144,6 +145,7 @@ def jobs_cmd(
             dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
+            gone=gone_here,
             statuses=statuses,
             conversation=conversation,
             since=since_at,
@@ -266,6 +268,7 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
             dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
+            gone=gone_here,
         )
     finally:
         registry.close()

@@ -12,7 +12,7 @@ rows the claim reads and names the first rule that holds the job back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
@@ -173,6 +173,15 @@ class JobFacts:
     busy: Job | None  # another running job of the same conversation
     daemons: dict[str, DaemonRow] = field(default_factory=dict)  # every registered daemon
     pauses: tuple[TargetPause, ...] = ()
+    # Owners whose process is known to be gone though their heartbeat is still fresh: the
+    # caller checks the pids of daemons on its own host (`with_gone_owners`).
+    gone_owners: frozenset[str] = frozenset()
+
+    def with_gone_owners(self, gone: Callable[[DaemonRow], bool] | None) -> JobFacts:
+        if gone is None:
+            return self
+        found = frozenset(o for o, d in self.daemons.items() if gone(d))
+        return replace(self, gone_owners=found) if found else self
 
 
 def job_facts(
@@ -281,6 +290,8 @@ def _owner_state(facts: JobFacts, owner: str | None, *, stale_before: int) -> tu
     daemon = facts.daemons.get(owner)
     if daemon is None:
         return False, "owner not registered: stopped or never started"
+    if owner in facts.gone_owners:
+        return False, f"owner's process {daemon.pid} is gone from {daemon.host}"
     if daemon.heartbeat_at < stale_before:
         return False, f"owner not heartbeating since {_at(daemon.heartbeat_at)}"
     return True, f"owner alive, last heartbeat {_at(daemon.heartbeat_at)}"

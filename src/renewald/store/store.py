@@ -295,11 +295,14 @@ class Store:
         dispatch_statuses: Sequence[str] = ("auto",),
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+        gone: Callable[[daemons.DaemonRow], bool] | None = None,
     ) -> tuple[ops.JobFacts, ops.Explanation] | None:
-        """The job, the rows that decide whether it is due, and the rule that applies."""
+        """The job, the rows that decide whether it is due, and the rule that applies.
+        `gone` tells a registered daemon whose process is known not to run any more."""
         facts = self.read(lambda conn: ops.job_facts(conn, job_id, now=now, target_of=target_of))
         if facts is None:
             return None
+        facts = facts.with_gone_owners(gone)
         why = ops.explain(
             facts,
             now=now,
@@ -321,6 +324,7 @@ class Store:
         reasons: Sequence[str] = (),
         target_kinds: Sequence[str] = (),
         limit: int | None = 50,
+        gone: Callable[[daemons.DaemonRow], bool] | None = None,
     ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
         """`list_jobs` with the rule that applies to each job (the same `explain` as
         `explain_job`), and how many jobs match in all; one transaction."""
@@ -340,6 +344,7 @@ class Store:
             return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
 
         all_facts, total = self.read(tx)
+        all_facts = [f.with_gone_owners(gone) for f in all_facts]
         stale_before = now - stale_after_ms
         explained = [
             (

@@ -131,6 +131,7 @@ def test_daemons_alive_then_gone(
     assert json.loads(ok(renewald.run("daemons", "--json"))) == []
     hook_target.delay = lambda job_id, attempt: 120.0  # held until the daemon is killed
     add_webhook_jobs(e2e_store, hook_target.url, ["slow"])
+    renewald.write_config(lease="120s")  # the lease outlives the checks below
     proc = renewald.start()
 
     def registered() -> list[dict]:
@@ -163,6 +164,7 @@ def test_daemons_alive_then_gone(
     assert explained["rule"] == "owner_dead" and "is gone from" in explained["detail"]
     [listed] = json.loads(ok(renewald.run("jobs", "--json")))
     assert listed["explain"] == explained
+    assert "running      for " in ok(renewald.run("show", "slow"))
     hook_target.release.set()
 
 

@@ -303,6 +303,11 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         f"created      {render.when(job.created_at, now)}",
         f"updated      {render.when(job.updated_at, now)}",
     ]
+    if job.status == "running" and job.started_at is not None:
+        lines.append(
+            f"running      for {render.age(job.started_at, now)}, attempt {job.attempt_count}"
+            f" (started {render.when(job.started_at, now)})"
+        )
     if job.finished_at is not None:
         lines.append(f"finished     {render.when(job.finished_at, now)}")
     if job.deadline_at is not None:

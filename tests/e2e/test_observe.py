@@ -107,6 +107,7 @@ def test_jobs_total_why_and_filters(renewald: Renewald, e2e_store: Store) -> Non
     for job in json.loads(ok(renewald.run("jobs", "--json"))):
         shown = json.loads(ok(renewald.run("show", job["job_id"], "--json")))
         assert job["explain"] == shown["explain"], job["job_id"]
+        assert job["target"] == shown["target"] and job["target_kind"] == shown["target_kind"]
 
     def ids(*args: str) -> list[str]:
         return sorted(j["job_id"] for j in json.loads(ok(renewald.run("jobs", "--json", *args))))

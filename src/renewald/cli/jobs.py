@@ -159,7 +159,7 @@ def jobs_cmd(
         data = []
         for facts, why in explained:
             row = job_json(facts.job)
-            row["target_kind"] = facts.target_kind
+            row["target"] = {"kind": facts.target_kind, "key": facts.target_key}
             row["explain"] = why.as_dict()
             data.append(row)
         click.echo(render.dumps(data))

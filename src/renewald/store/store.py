@@ -328,19 +328,27 @@ class Store:
     ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
         """`list_jobs` with the rule that applies to each job (the same `explain` as
         `explain_job`), and how many jobs match in all; one transaction."""
-        selected = {
-            "statuses": statuses,
-            "conversation": conversation,
-            "since": since,
-            "reasons": reasons,
-            "target_kinds": target_kinds,
-        }
 
         def tx(conn: Connection) -> tuple[list[ops.JobFacts], int]:
-            found = jobs.list_jobs(conn, **selected, limit=limit)  # type: ignore[arg-type]
+            found = jobs.list_jobs(
+                conn,
+                statuses=statuses,
+                conversation=conversation,
+                since=since,
+                reasons=reasons,
+                target_kinds=target_kinds,
+                limit=limit,
+            )
             total = len(found)
             if limit is not None and total >= limit:
-                total = jobs.count_jobs(conn, **selected)  # type: ignore[arg-type]
+                total = jobs.count_jobs(
+                    conn,
+                    statuses=statuses,
+                    conversation=conversation,
+                    since=since,
+                    reasons=reasons,
+                    target_kinds=target_kinds,
+                )
             return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
 
         all_facts, total = self.read(tx)

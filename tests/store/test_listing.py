@@ -201,3 +201,6 @@ def test_an_owner_known_gone_is_dead_before_its_heartbeat_is_stale(store: Store)
     )
     whys = {f.job.job_id: w for f, w in explained}
     assert whys["j"].rule == "owner_dead" and "is gone" in whys["k"].detail
+    make_job(store, job_id="due", target_kind="log", now=T0 + 1)
+    found = store.explain_job("due", now=T0 + 1, stale_after_ms=STALE, gone=lambda d: True)
+    assert found is not None and "no live daemon" in found[1].detail

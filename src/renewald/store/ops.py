@@ -334,7 +334,10 @@ def explain(
     holds += _busy_and_paused(facts, now=now, stale_before=stale_before)
     if not holds:
         since = _at(job.next_attempt_at or now)
-        if any(d.heartbeat_at >= stale_before for d in facts.daemons.values()):
+        if any(
+            d.heartbeat_at >= stale_before and o not in facts.gone_owners
+            for o, d in facts.daemons.items()
+        ):
             return Explanation(
                 "due",
                 "due",

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from renewald.cli import jobs, ops, run, schedules  # noqa: F401  (registers the commands)
+from renewald.cli import daemons, jobs, logs, ops, run, schedules  # noqa: F401  (registers)
 from renewald.cli.app import EXIT_USAGE, cli
 from renewald.errors import EX_UNAVAILABLE, RenewaldError
 from renewald.store.engine import describe, is_unavailable
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:
-        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
+        # "renewald: jobs: …", not "renewald: renewald jobs: …": one prefix, from _fail.
+        sub = exc.ctx.command_path.partition(" ")[2] if exc.ctx else ""
+        where = f"{sub}: " if sub else ""
         _fail(f"{where}{exc.format_message()}")
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)

@@ -109,7 +109,45 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _late_global_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`--db`/`--config` given after the command name: they win over the ones before it."""
+    obj = ctx.find_object(Context)
+    if value is not None and obj is not None and param.name is not None:
+        setattr(obj, param.name, value)
+
+
+def _global_options() -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["--config", "config_path"],
+            metavar="PATH",
+            expose_value=False,
+            callback=_late_global_option,
+            help="config.toml (also accepted before the command)",
+        ),
+        click.Option(
+            ["--db", "db_url"],
+            metavar="URL",
+            expose_value=False,
+            callback=_late_global_option,
+            help="SQLAlchemy database URL (also accepted before the command)",
+        ),
+    ]
+
+
+class Group(click.Group):
+    """A command group whose commands, and its subgroups' commands, also take the global
+    options after their name: `renewald jobs --db URL` as well as `renewald --db URL jobs`."""
+
+    group_class = type  # subgroups (`conversations`, `schedules`) are this class too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
+        cmd.params.extend(p for p in _global_options() if not taken & set(p.opts))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", help="config.toml (env RENEWALD_CONFIG)")
 @click.option("--db", "db_url", metavar="URL", help="SQLAlchemy database URL (env RENEWALD_DB)")
 @click.version_option(__version__, prog_name="renewald")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 import click
 
@@ -24,7 +25,8 @@ from renewald.cli.app import (
     pass_ctx,
     stale_after_ms,
 )
-from renewald.clock import iso_utc
+from renewald.cli.daemons import gone_here
+from renewald.clock import datetime_to_ms, iso_utc
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import UsageError
 from renewald.logging import JobLog
@@ -64,6 +66,8 @@ def enqueue_cmd(
     if not conversation.strip():
         raise UsageError("--conversation: must not be empty")
     check_payload(payload, payload_kind)
+    if target_kind is not None:
+        _check_target_kind(ctx, target_kind)
     new = NewJob(
         job_id=job_id or str(uuid.uuid4()),
         local_conversation_id=conversation,
@@ -83,24 +87,89 @@ def enqueue_cmd(
         click.echo(job.job_id)
 
 
+def _check_target_kind(ctx: Context, kind: str) -> None:
+    """A kind no adapter serves would only fail at delivery: refuse it now, naming the
+    kinds there are (the built-in ones and those registered through entry points)."""
+    registry = AdapterRegistry(ctx.config.adapters)
+    try:
+        kinds = registry.kinds()
+    finally:
+        registry.close()
+    if kind not in kinds:
+        raise UsageError(f"--target-kind: unknown kind {kind!r} (known: {', '.join(kinds)})")
+
+
 @cli.command("jobs")
 @click.option("--status", "statuses", type=click.Choice(STATUSES), multiple=True)
 @click.option("--conversation")
+@click.option(
+    "--since",
+    help="changed since: a duration (2h, 30m) or an ISO-8601 time",
+)
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    help="terminal reason (exhausted, permanent, …) or the start of the last decision's "
+    "reason (backoff, retry_after, breaker); repeatable",
+)
+@click.option(
+    "--target-kind",
+    "target_kinds",
+    multiple=True,
+    help="the adapter kind the job goes to (its own, else its conversation's link)",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="every matching job, no --limit")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def jobs_cmd(
-    ctx: Context, statuses: tuple[str, ...], conversation: str | None, limit: int, as_json: bool
+    ctx: Context,
+    statuses: tuple[str, ...],
+    conversation: str | None,
+    since: str | None,
+    reasons: tuple[str, ...],
+    target_kinds: tuple[str, ...],
+    limit: int,
+    show_all: bool,
+    as_json: bool,
 ) -> None:
-    """List jobs, newest first."""
-    found = ctx.store().list_jobs(statuses=statuses, conversation=conversation, limit=limit)
+    """List jobs, newest first, with why each one is (not) going out now: the same rules
+    as `show`. Says how many match when it shows fewer."""
+    now = ctx.clock.now_ms()
+    since_at = _since(since, now=now) if since else None
+    registry = AdapterRegistry(ctx.config.adapters)
+    try:
+        explained, total = ctx.store().list_jobs_explained(
+            now=now,
+            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
+            stale_after_ms=stale_after_ms(ctx.config),
+            target_of=_target_of(registry),
+            gone=gone_here,
+            statuses=statuses,
+            conversation=conversation,
+            since=since_at,
+            reasons=reasons,
+            target_kinds=target_kinds,
+            limit=None if show_all else limit,
+        )
+    finally:
+        registry.close()
     if as_json:
-        click.echo(render.dumps([job_json(j) for j in found]))
+        data = []
+        for facts, why in explained:
+            row = job_json(facts.job)
+            row["target"] = {"kind": facts.target_kind, "key": facts.target_key}
+            row["explain"] = why.as_dict()
+            data.append(row)
+        click.echo(render.dumps(data))
+        if len(explained) < total:
+            shown = f"showing {len(explained)} of {total}; --limit N or --all for more"
+            click.echo(f"renewald: {shown}", err=True)
         return
-    if not found:
+    if not explained:
         click.echo("no jobs")
         return
-    now = ctx.clock.now_ms()
     rows = [
         (
             j.job_id,
@@ -109,15 +178,43 @@ def jobs_cmd(
             f"{j.attempt_count}/{j.max_attempts}",
             render.short_when(j.next_attempt_at, now) if j.status == "pending" else "-",
             render.short_when(j.updated_at, now),
+            why_cell(why, now),
             render.truncate(j.last_error, 40),
         )
-        for j in found
+        for j, why in ((facts.job, why) for facts, why in explained)
     ]
     click.echo(
         render.table(
-            ("JOB", "STATUS", "CONVERSATION", "ATTEMPTS", "NEXT", "UPDATED", "LAST ERROR"), rows
+            ("JOB", "STATUS", "CONVERSATION", "ATTEMPTS", "NEXT", "UPDATED", "WHY", "LAST ERROR"),
+            rows,
         )
     )
+    if len(explained) < total:
+        click.echo(f"showing {len(explained)} of {total}; --limit N or --all for more")
+    else:
+        click.echo(f"{total} job{'s' if total != 1 else ''}")
+
+
+def why_cell(why: Explanation, now: int) -> str:
+    """The deciding rule in a few words, times relative to now ("due in 4m"); "+N" when
+    more rules would still hold the job once it clears."""
+    text = why.summary(lambda ms: render.relative(ms, now))
+    more = f" (+{len(why.also)})" if why.also else ""
+    return (render.truncate(text, 60) or "-") + more
+
+
+def _since(value: str, *, now: int) -> int:
+    """`--since`: a duration back from now (2h) or a point in time (ISO-8601)."""
+    try:
+        return now - parse_age(value, option="--since")
+    except UsageError:
+        pass
+    try:
+        return datetime_to_ms(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+    except ValueError:
+        raise UsageError(
+            f"--since: {value!r} is neither a duration like 2h nor an ISO-8601 time"
+        ) from None
 
 
 def _target_of(
@@ -171,6 +268,7 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
             dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
+            gone=gone_here,
         )
     finally:
         registry.close()
@@ -205,6 +303,11 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         f"created      {render.when(job.created_at, now)}",
         f"updated      {render.when(job.updated_at, now)}",
     ]
+    if job.status == "running" and job.started_at is not None:
+        lines.append(
+            f"running      for {render.age(job.started_at, now)}, attempt {job.attempt_count}"
+            f" (started {render.when(job.started_at, now)})"
+        )
     if job.finished_at is not None:
         lines.append(f"finished     {render.when(job.finished_at, now)}")
     if job.deadline_at is not None:

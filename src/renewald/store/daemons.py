@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
-from renewald.store.schema import renewald_daemons
+from renewald.store.schema import renewal_jobs, renewald_daemons
 
 daemons = renewald_daemons
 
@@ -58,3 +58,14 @@ def list_daemons(conn: Connection) -> list[DaemonRow]:
 
 def prune_daemons(conn: Connection, *, stale_before: int) -> int:
     return conn.execute(delete(daemons).where(daemons.c.heartbeat_at < stale_before)).rowcount
+
+
+def running_by_owner(conn: Connection) -> dict[str, int]:
+    """How many running jobs each lease owner holds (`renewald daemons`' IN FLIGHT)."""
+    jobs = renewal_jobs
+    rows = conn.execute(
+        select(jobs.c.lease_owner, func.count())
+        .where(jobs.c.status == "running", jobs.c.lease_owner.is_not(None))
+        .group_by(jobs.c.lease_owner)
+    ).all()
+    return {str(owner): int(n) for owner, n in rows}

@@ -11,6 +11,7 @@ from renewald.errors import DuplicateJob
 from renewald.store.decode import MAX_EPOCH_MS, epoch_ms_or_none
 from renewald.store.models import Attempt, Job, NewJob
 from renewald.store.schema import (
+    conversation_links,
     local_conversations,
     renewal_job_attempts,
     renewal_jobs,
@@ -80,20 +81,107 @@ def get_job(conn: Connection, job_id: str) -> Job | None:
     return Job.from_row(row) if row else None
 
 
+def _job_filters(
+    *,
+    statuses: Sequence[str] = (),
+    conversation: str | None = None,
+    since: int | None = None,
+    reasons: Sequence[str] = (),
+    target_kinds: Sequence[str] = (),
+) -> list[ColumnElement[bool]]:
+    """What `renewald jobs` selects by: status, conversation, `updated_at >= since`,
+    reason (the terminal reason, or the start of its latest attempt's decision reason:
+    `backoff`, `retry_after`, `breaker`), and the target kind the daemon would use (the
+    job's own, else its conversation's active link's)."""
+    where: list[ColumnElement[bool]] = []
+    if statuses:
+        where.append(jobs.c.status.in_(list(statuses)))
+    if conversation:
+        where.append(jobs.c.local_conversation_id == conversation)
+    if since is not None:
+        where.append(jobs.c.updated_at >= since)
+    if reasons:
+        atts = renewal_job_attempts
+        latest = (
+            select(atts.c.decision_reason)
+            .where(atts.c.job_id == jobs.c.job_id)
+            .order_by(atts.c.started_at.desc(), atts.c.finished_at.desc(), atts.c.attempt_id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        where.append(
+            or_(
+                jobs.c.terminal_reason.in_(list(reasons)),
+                *[latest.startswith(r, autoescape=True) for r in reasons],
+            )
+        )
+    if target_kinds:
+        links = conversation_links
+        link_kind = (
+            select(links.c.target_kind)
+            .where(
+                links.c.local_conversation_id == jobs.c.local_conversation_id,
+                links.c.is_active == 1,
+            )
+            .order_by(links.c.observed_at.desc(), links.c.link_id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        kind = func.coalesce(func.nullif(jobs.c.target_kind, ""), link_kind)
+        where.append(kind.in_(list(target_kinds)))
+    return where
+
+
 def list_jobs(
     conn: Connection,
     *,
     statuses: Sequence[str] = (),
     conversation: str | None = None,
-    limit: int = 50,
+    since: int | None = None,
+    reasons: Sequence[str] = (),
+    target_kinds: Sequence[str] = (),
+    limit: int | None = 50,
 ) -> list[Job]:
-    query = select(jobs)
-    if statuses:
-        query = query.where(jobs.c.status.in_(statuses))
-    if conversation:
-        query = query.where(jobs.c.local_conversation_id == conversation)
-    query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id).limit(limit)
+    """Jobs, newest first (`limit` None: all of them)."""
+    query = select(jobs).where(
+        *_job_filters(
+            statuses=statuses,
+            conversation=conversation,
+            since=since,
+            reasons=reasons,
+            target_kinds=target_kinds,
+        )
+    )
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id)
+    if limit is not None:
+        query = query.limit(limit)
     return [Job.from_row(r) for r in conn.execute(query).mappings()]
+
+
+def count_jobs(
+    conn: Connection,
+    *,
+    statuses: Sequence[str] = (),
+    conversation: str | None = None,
+    since: int | None = None,
+    reasons: Sequence[str] = (),
+    target_kinds: Sequence[str] = (),
+) -> int:
+    """How many jobs `list_jobs` would return without a limit."""
+    query = (
+        select(func.count())
+        .select_from(jobs)
+        .where(
+            *_job_filters(
+                statuses=statuses,
+                conversation=conversation,
+                since=since,
+                reasons=reasons,
+                target_kinds=target_kinds,
+            )
+        )
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def list_attempts(conn: Connection, job_id: str) -> list[Attempt]:

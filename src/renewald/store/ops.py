@@ -12,7 +12,7 @@ rows the claim reads and names the first rule that holds the job back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
@@ -38,6 +38,16 @@ attempts = renewal_job_attempts
 pauses = renewal_target_pauses
 
 FINISHED = ("done", "failed")
+# How each terminal reason reads in a table cell.
+ENDED = {
+    "delivered": "delivered",
+    "exhausted": "attempts used up",
+    "permanent": "permanent failure",
+    "expired": "past its deadline",
+    "cancelled": "cancelled by an operator",
+    "abandoned": "abandoned",
+    "malformed": "the row does not fit",
+}
 RETRY_REASON = "retried by operator"
 
 
@@ -92,16 +102,39 @@ def _pause(row: Any) -> TargetPause:
 # -- explain -------------------------------------------------------------------------
 
 
+UNTIL = "{until}"
+
+
+def _summary(rule: str, brief: str, until: int | None, when: Callable[[int], str]) -> str:
+    if not brief:
+        return rule.replace("_", " ")
+    if UNTIL not in brief:
+        return brief
+    return brief.replace(UNTIL, when(until) if until is not None else "-")
+
+
 @dataclass(frozen=True)
 class Hold:
-    """One rule that holds a job back (or says what became of it)."""
+    """One rule that holds a job back (or says what became of it).
+
+    `detail` is the full sentence (`show`); `brief` the few words of a table cell (`jobs`'
+    WHY column), where `{until}` stands for `until` as the caller shows times."""
 
     rule: str
     detail: str
     until: int | None = None
+    brief: str = ""
+
+    def summary(self, when: Callable[[int], str] = iso_utc) -> str:
+        return _summary(self.rule, self.brief, self.until, when)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "detail": self.detail, "until": self.until}
+        return {
+            "rule": self.rule,
+            "detail": self.detail,
+            "until": self.until,
+            "brief": self.summary(),
+        }
 
 
 @dataclass(frozen=True)
@@ -114,6 +147,11 @@ class Explanation:
     detail: str
     until: int | None = None
     also: tuple[Hold, ...] = ()
+    brief: str = ""
+
+    def summary(self, when: Callable[[int], str] = iso_utc) -> str:
+        """The rule in a few words, `when` rendering its time ("due in 4m")."""
+        return _summary(self.rule, self.brief, self.until, when)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +159,7 @@ class Explanation:
             "rule": self.rule,
             "detail": self.detail,
             "until": self.until,
+            "brief": self.summary(),
             "also": [h.as_dict() for h in self.also],
         }
 
@@ -136,6 +175,15 @@ class JobFacts:
     busy: Job | None  # another running job of the same conversation
     daemons: dict[str, DaemonRow] = field(default_factory=dict)  # every registered daemon
     pauses: tuple[TargetPause, ...] = ()
+    # Owners whose process is known to be gone though their heartbeat is still fresh: the
+    # caller checks the pids of daemons on its own host (`with_gone_owners`).
+    gone_owners: frozenset[str] = frozenset()
+
+    def with_gone_owners(self, gone: Callable[[DaemonRow], bool] | None) -> JobFacts:
+        if gone is None:
+            return self
+        found = frozenset(o for o, d in self.daemons.items() if gone(d))
+        return replace(self, gone_owners=found) if found else self
 
 
 def job_facts(
@@ -154,54 +202,83 @@ def job_facts(
     row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
     if row is None:
         return None
-    job = Job.from_row(row)
-    conv_row = (
-        conn.execute(
-            select(convs).where(convs.c.local_conversation_id == job.local_conversation_id)
-        )
-        .mappings()
-        .first()
-    )
-    busy_row = (
-        conn.execute(
-            select(jobs)
-            .where(
-                jobs.c.local_conversation_id == job.local_conversation_id,
-                jobs.c.status == "running",
-                jobs.c.job_id != job.job_id,
-            )
-            .order_by(jobs.c.started_at, jobs.c.job_id)
-            .limit(1)
-        )
-        .mappings()
-        .first()
-    )
-    [claimed] = load_targets(conn, [job])
-    kind, key = target_of(claimed) if target_of else (job.target_kind, None)
-    if kind is None and claimed.link is not None:
-        kind = claimed.link.target_kind
-    found: list[TargetPause] = []
-    if key is not None:
-        query = select(pauses).where(pauses.c.target_key == key, pauses.c.paused_until > now)
-        found = [_pause(r) for r in conn.execute(query).mappings()]
-    elif kind is not None:
-        query = (
+    [facts] = jobs_facts(conn, [Job.from_row(row)], now=now, target_of=target_of)
+    return facts
+
+
+# Conversation ids per IN list: far below SQLite's limit on bound parameters.
+_CHUNK = 500
+
+
+def jobs_facts(
+    conn: Connection,
+    found: Sequence[Job],
+    *,
+    now: int,
+    target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+) -> list[JobFacts]:
+    """`job_facts` for each of `found`, in that order, read with a few queries per 500
+    jobs rather than per job (`renewald jobs` explains every row it lists)."""
+    # The registry (one row per running daemon) and the open breaker pauses (one row per
+    # failing target) are small enough to read whole.
+    registry = {
+        r["owner_id"]: DaemonRow(**dict(r))
+        for r in conn.execute(select(renewald_daemons)).mappings()
+    }
+    open_pauses = [
+        _pause(r)
+        for r in conn.execute(
             select(pauses)
-            .where(pauses.c.adapter == kind, pauses.c.paused_until > now)
+            .where(pauses.c.paused_until > now)
             .order_by(pauses.c.paused_until.desc(), pauses.c.target_key)
-        )
-        found = [_pause(r) for r in conn.execute(query).mappings()]
-    # The registry is one row per running daemon: small enough to read whole.
-    daemon_rows = conn.execute(select(renewald_daemons)).mappings().all()
-    return JobFacts(
-        job=job,
-        conversation=_conversation(conv_row) if conv_row else None,
-        target_kind=kind,
-        target_key=key,
-        busy=Job.from_row(busy_row) if busy_row else None,
-        daemons={r["owner_id"]: DaemonRow(**dict(r)) for r in daemon_rows},
-        pauses=tuple(found),
-    )
+        ).mappings()
+    ]
+    out: list[JobFacts] = []
+    for start in range(0, len(found), _CHUNK):
+        chunk = found[start : start + _CHUNK]
+        ids = sorted({j.local_conversation_id for j in chunk})
+        conversations = {
+            r["local_conversation_id"]: _conversation(r)
+            for r in conn.execute(
+                select(convs).where(convs.c.local_conversation_id.in_(ids))
+            ).mappings()
+        }
+        running: dict[str, list[Job]] = {}
+        for r in conn.execute(
+            select(jobs)
+            .where(jobs.c.local_conversation_id.in_(ids), jobs.c.status == "running")
+            .order_by(jobs.c.started_at, jobs.c.job_id)
+        ).mappings():
+            other = Job.from_row(r)
+            running.setdefault(other.local_conversation_id, []).append(other)
+        claimed = {c.job.job_id: c for c in load_targets(conn, chunk)}
+        for job in chunk:
+            c = claimed[job.job_id]
+            kind, key = target_of(c) if target_of else (job.target_kind, None)
+            if kind is None and c.link is not None:
+                kind = c.link.target_kind
+            if key is not None:
+                held = [p for p in open_pauses if p.target_key == key]
+            elif kind is not None:
+                held = [p for p in open_pauses if p.adapter == kind]
+            else:
+                held = []
+            busy = next(
+                (r for r in running.get(job.local_conversation_id, ()) if r.job_id != job.job_id),
+                None,
+            )
+            out.append(
+                JobFacts(
+                    job=job,
+                    conversation=conversations.get(job.local_conversation_id),
+                    target_kind=kind,
+                    target_key=key,
+                    busy=busy,
+                    daemons=registry,
+                    pauses=tuple(held),
+                )
+            )
+    return out
 
 
 def _at(ms: int) -> str:
@@ -215,6 +292,8 @@ def _owner_state(facts: JobFacts, owner: str | None, *, stale_before: int) -> tu
     daemon = facts.daemons.get(owner)
     if daemon is None:
         return False, "owner not registered: stopped or never started"
+    if owner in facts.gone_owners:
+        return False, f"owner's process {daemon.pid} is gone from {daemon.host}"
     if daemon.heartbeat_at < stale_before:
         return False, f"owner not heartbeating since {_at(daemon.heartbeat_at)}"
     return True, f"owner alive, last heartbeat {_at(daemon.heartbeat_at)}"
@@ -235,13 +314,16 @@ def explain(
             "delivered",
             f"delivered at {_at(job.finished_at or job.updated_at)}",
             job.finished_at,
+            brief="delivered",
         )
     if job.status == "failed":
         reason = job.terminal_reason or "failed"
         detail = f"failed ({reason}) at {_at(job.finished_at or job.updated_at)}"
         if job.last_error:
             detail += f": {job.last_error}"
-        return Explanation("finished", reason, detail, job.finished_at)
+        return Explanation(
+            "finished", reason, detail, job.finished_at, brief=ENDED.get(reason, reason)
+        )
     if job.status == "running":
         return _explain_running(facts, now=now, stale_before=stale_before)
     if job.status != "pending":
@@ -261,16 +343,38 @@ def explain(
     holds += _busy_and_paused(facts, now=now, stale_before=stale_before)
     if not holds:
         since = _at(job.next_attempt_at or now)
-        if any(d.heartbeat_at >= stale_before for d in facts.daemons.values()):
-            return Explanation("due", "due", f"due since {since}: the next poll claims it")
+        if any(
+            d.heartbeat_at >= stale_before and o not in facts.gone_owners
+            for o, d in facts.daemons.items()
+        ):
+            return Explanation(
+                "due",
+                "due",
+                f"due since {since}: the next poll claims it",
+                brief="due: the next poll claims it",
+            )
         return Explanation(
             "due",
             "due",
             f"due since {since}, but no live daemon is registered: "
             "it goes out when `renewald run` (or the next `run --once`) polls",
+            brief="due, but no live daemon",
         )
-    first, *rest = holds
-    return Explanation("waiting", first.rule, first.detail, first.until, tuple(rest))
+    first, *rest = deciding_first(holds)
+    return Explanation(
+        "waiting", first.rule, first.detail, first.until, tuple(rest), brief=first.brief
+    )
+
+
+def deciding_first(holds: Sequence[Hold]) -> list[Hold]:
+    """The hold that decides when the job can go, first: one without an end (a paused
+    conversation, no schedule) in the order the rules are checked, else the one that
+    lasts longest. `not_due` yields to a tie: a breaker deferral sets `next_attempt_at`
+    to the end of the pause, and the pause is the reason."""
+    endless = [h for h in holds if h.until is None]
+    timed = [h for h in holds if h.until is not None]
+    timed.sort(key=lambda h: (-(h.until or 0), h.rule == "not_due"))
+    return endless + timed
 
 
 def _pending_holds(facts: JobFacts, *, now: int, dispatch_statuses: Sequence[str]) -> list[Hold]:
@@ -278,7 +382,11 @@ def _pending_holds(facts: JobFacts, *, now: int, dispatch_statuses: Sequence[str
     holds = []
     if job.next_attempt_at is None:
         holds.append(
-            Hold("not_scheduled", "not scheduled: next_attempt_at is empty, so it is never due")
+            Hold(
+                "not_scheduled",
+                "not scheduled: next_attempt_at is empty, so it is never due",
+                brief="never due: next_attempt_at is empty",
+            )
         )
     if conv is not None and conv.automation_status not in dispatch_statuses:
         since = f" since {_at(conv.paused_at)}" if conv.paused_at else ""
@@ -288,6 +396,7 @@ def _pending_holds(facts: JobFacts, *, now: int, dispatch_statuses: Sequence[str
                 "conversation_status",
                 f"conversation {conv.local_conversation_id} is {conv.automation_status}{since}"
                 f" ([daemon] dispatch_statuses = {allowed})",
+                brief=f"conversation {conv.automation_status}",
             )
         )
     if job.next_attempt_at is not None and job.next_attempt_at > now:
@@ -296,6 +405,7 @@ def _pending_holds(facts: JobFacts, *, now: int, dispatch_statuses: Sequence[str
                 "not_due",
                 f"not due until {_at(job.next_attempt_at)}",
                 job.next_attempt_at,
+                brief=f"due {UNTIL}",
             )
         )
     if conv is not None and conv.cooldown_until is not None and conv.cooldown_until > now:
@@ -305,6 +415,7 @@ def _pending_holds(facts: JobFacts, *, now: int, dispatch_statuses: Sequence[str
                 f"conversation {conv.local_conversation_id} is cooling down until "
                 f"{_at(conv.cooldown_until)}",
                 conv.cooldown_until,
+                brief=f"conversation cooling down, ends {UNTIL}",
             )
         )
     return holds
@@ -322,6 +433,8 @@ def _busy_and_paused(facts: JobFacts, *, now: int, stale_before: int) -> list[Ho
                 f"job {busy.job_id} of the same conversation is running, leased by "
                 f"{busy.lease_owner or '-'}{until} ({owner_state})",
                 busy.lease_expires_at,
+                brief=f"behind running job {busy.job_id}"
+                + (f", lease ends {UNTIL}" if busy.lease_expires_at else ""),
             )
         )
     if facts.pauses:
@@ -333,7 +446,14 @@ def _busy_and_paused(facts: JobFacts, *, now: int, stale_before: int) -> list[Ho
             )
             if p.last_error:
                 detail += f": {p.last_error}"
-            holds.append(Hold("target_paused", detail, p.paused_until))
+            holds.append(
+                Hold(
+                    "target_paused",
+                    detail,
+                    p.paused_until,
+                    brief=f"target {p.target_key} paused by the breaker, resumes {UNTIL}",
+                )
+            )
         else:
             keys = ", ".join(
                 f"{p.target_key} until {_at(p.paused_until or now)}" for p in facts.pauses
@@ -343,6 +463,7 @@ def _busy_and_paused(facts: JobFacts, *, now: int, stale_before: int) -> list[Ho
                     "target_paused",
                     f"target not determinable; paused {facts.target_kind} targets: {keys}",
                     max(p.paused_until or now for p in facts.pauses),
+                    brief=f"{facts.target_kind} targets paused by the breaker",
                 )
             )
     return holds
@@ -360,6 +481,7 @@ def _explain_running(facts: JobFacts, *, now: int, stale_before: int) -> Explana
             f"cancelled by operator while running ({lease}, {owner_state}); "
             "it ends failed/cancelled when its attempt returns",
             until,
+            brief="cancelling: its attempt is still running",
         )
     if until is None or until <= now:
         return Explanation(
@@ -367,6 +489,7 @@ def _explain_running(facts: JobFacts, *, now: int, stale_before: int) -> Explana
             "lease_expired",
             f"{lease}: the lease expired, the next rescue takes it back ({owner_state})",
             until,
+            brief="lease expired: the next rescue takes it back",
         )
     if not alive:
         return Explanation(
@@ -374,8 +497,15 @@ def _explain_running(facts: JobFacts, *, now: int, stale_before: int) -> Explana
             "owner_dead",
             f"{lease}: {owner_state}; the next rescue takes it back",
             until,
+            brief="owner not alive: the next rescue takes it back",
         )
-    return Explanation("running", "leased", f"{lease} ({owner_state})", until)
+    return Explanation(
+        "running",
+        "leased",
+        f"{lease} ({owner_state})",
+        until,
+        brief=f"running on {job.lease_owner or '-'}, lease ends {UNTIL}",
+    )
 
 
 # -- operator writes -------------------------------------------------------------------

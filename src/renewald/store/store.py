@@ -184,11 +184,24 @@ class Store:
         return self.read(lambda conn: jobs.get_job(conn, job_id))
 
     def list_jobs(
-        self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 50
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        conversation: str | None = None,
+        since: int | None = None,
+        reasons: Sequence[str] = (),
+        target_kinds: Sequence[str] = (),
+        limit: int | None = 50,
     ) -> list[Job]:
         return self.read(
             lambda conn: jobs.list_jobs(
-                conn, statuses=statuses, conversation=conversation, limit=limit
+                conn,
+                statuses=statuses,
+                conversation=conversation,
+                since=since,
+                reasons=reasons,
+                target_kinds=target_kinds,
+                limit=limit,
             )
         )
 
@@ -388,11 +401,14 @@ class Store:
         dispatch_statuses: Sequence[str] = ("auto",),
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+        gone: Callable[[daemons.DaemonRow], bool] | None = None,
     ) -> tuple[ops.JobFacts, ops.Explanation] | None:
-        """The job, the rows that decide whether it is due, and the rule that applies."""
+        """The job, the rows that decide whether it is due, and the rule that applies.
+        `gone` tells a registered daemon whose process is known not to run any more."""
         facts = self.read(lambda conn: ops.job_facts(conn, job_id, now=now, target_of=target_of))
         if facts is None:
             return None
+        facts = facts.with_gone_owners(gone)
         why = ops.explain(
             facts,
             now=now,
@@ -400,6 +416,63 @@ class Store:
             stale_before=now - stale_after_ms,
         )
         return facts, why
+
+    def list_jobs_explained(
+        self,
+        *,
+        now: int,
+        dispatch_statuses: Sequence[str] = ("auto",),
+        stale_after_ms: int,
+        target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
+        statuses: Sequence[str] = (),
+        conversation: str | None = None,
+        since: int | None = None,
+        reasons: Sequence[str] = (),
+        target_kinds: Sequence[str] = (),
+        limit: int | None = 50,
+        gone: Callable[[daemons.DaemonRow], bool] | None = None,
+    ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
+        """`list_jobs` with the rule that applies to each job (the same `explain` as
+        `explain_job`), and how many jobs match in all; one transaction."""
+
+        def tx(conn: Connection) -> tuple[list[ops.JobFacts], int]:
+            found = jobs.list_jobs(
+                conn,
+                statuses=statuses,
+                conversation=conversation,
+                since=since,
+                reasons=reasons,
+                target_kinds=target_kinds,
+                limit=limit,
+            )
+            total = len(found)
+            if limit is not None and total >= limit:
+                total = jobs.count_jobs(
+                    conn,
+                    statuses=statuses,
+                    conversation=conversation,
+                    since=since,
+                    reasons=reasons,
+                    target_kinds=target_kinds,
+                )
+            return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
+
+        all_facts, total = self.read(tx)
+        all_facts = [f.with_gone_owners(gone) for f in all_facts]
+        stale_before = now - stale_after_ms
+        explained = [
+            (
+                facts,
+                ops.explain(
+                    facts,
+                    now=now,
+                    dispatch_statuses=dispatch_statuses,
+                    stale_before=stale_before,
+                ),
+            )
+            for facts in all_facts
+        ]
+        return explained, total
 
     def retry_job(
         self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None

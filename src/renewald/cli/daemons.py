@@ -1,0 +1,114 @@
+"""`renewald daemons`: the registry of daemons, who is alive, and what each one holds."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import click
+
+from renewald import render
+from renewald.cli.app import Context, cli, pass_ctx, stale_after_ms
+from renewald.store.daemons import DaemonRow, running_by_owner
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def gone_here(daemon: DaemonRow) -> bool:
+    """A daemon registered on this host whose pid no longer runs (killed -9, say): dead
+    now, before its heartbeat goes stale."""
+    return daemon.host == socket.gethostname() and not pid_running(daemon.pid)
+
+
+def liveness(daemon: DaemonRow, *, now: int, stale_ms: int, host: str) -> str:
+    """gone (registered on this host, but its pid no longer runs: killed before it could
+    unregister, whether or not its heartbeat has gone stale yet) | stale (no heartbeat for
+    3 intervals: the rescuer takes it for dead) | alive."""
+    if daemon.host == host and not pid_running(daemon.pid):
+        return "gone"
+    if now - daemon.heartbeat_at > stale_ms:
+        return "stale"
+    return "alive"
+
+
+@cli.command("daemons")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def daemons_cmd(ctx: Context, as_json: bool) -> None:
+    """The daemons in the registry: owner, host, pid, version, started, heartbeat age,
+    status, running jobs they hold, and whether each is alive, stale or gone."""
+    store = ctx.store()
+    rows = store.list_daemons()
+    held = store.read(running_by_owner)
+    now = ctx.clock.now_ms()
+    stale_ms = stale_after_ms(ctx.config)
+    host = socket.gethostname()
+    states = [liveness(d, now=now, stale_ms=stale_ms, host=host) for d in rows]
+    if as_json:
+        data: list[dict[str, Any]] = [
+            {
+                "owner_id": d.owner_id,
+                "host": d.host,
+                "pid": d.pid,
+                "version": d.version,
+                "started_at": d.started_at,
+                "heartbeat_at": d.heartbeat_at,
+                "heartbeat_age_ms": max(0, now - d.heartbeat_at),
+                "status": d.status,
+                "running": held.get(d.owner_id, 0),
+                "state": state,
+                "alive": state == "alive",
+            }
+            for d, state in zip(rows, states, strict=True)
+        ]
+        click.echo(render.dumps(data))
+        return
+    if not rows:
+        click.echo("no daemons registered")
+        return
+    table = [
+        (
+            d.owner_id,
+            d.host,
+            d.pid,
+            d.version,
+            render.when(d.started_at, now),
+            render.age(d.heartbeat_at, now),
+            d.status,
+            held.get(d.owner_id, 0),
+            state,
+        )
+        for d, state in zip(rows, states, strict=True)
+    ]
+    click.echo(
+        render.table(
+            (
+                "OWNER",
+                "HOST",
+                "PID",
+                "VERSION",
+                "STARTED",
+                "HEARTBEAT",
+                "STATUS",
+                "RUNNING",
+                "STATE",
+            ),
+            table,
+        )
+    )
+    alive = states.count("alive")
+    click.echo(f"{alive} alive of {len(rows)} registered (stale after {stale_ms // 1000}s)")

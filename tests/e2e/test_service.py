@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from renewald.daemon.service import SHUTDOWN_TAIL
 from renewald.logging import read_lines
 from renewald.store import Store
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
@@ -201,7 +202,8 @@ def test_sigterm_while_the_database_hangs(
     with Hang(renewald.db_url, tables="renewal_jobs, renewald_daemons"):
         proc.send_signal(signal.SIGTERM)
         hook_target.release.set()  # the target answers; the record cannot be written
-        proc.wait(timeout=2 + 1)
+        # The answer waits for its record through the grace, then the tail, then exit.
+        proc.wait(timeout=2 + SHUTDOWN_TAIL + 1)
     assert proc.returncode == 0, renewald.stderr(proc)[-3000:]
     assert statuses(e2e_store) == {"j": "running"}
 

@@ -179,3 +179,23 @@ def test_heartbeat_fence_ignores_status(store: Store) -> None:
     assert store.release_jobs(owner=OWNER, held=held, now=T0 + 2) == [True]
     job = store.get_job("j")
     assert job is not None and (job.status, job.lease_owner) == ("pending", None)
+
+
+def test_begin_sends_marks_only_what_is_still_held(store: Store) -> None:
+    for n in range(3):
+        make_job(store, job_id=f"j{n}", conversation=f"c{n}")
+    a, b, c = claim(store)
+    held = [(c.job.job_id, c.lease_token), (a.job.job_id, a.lease_token),
+            (b.job.job_id, b.lease_token + 1)]  # fmt: skip
+    assert store.begin_sends(owner=OWNER, held=held, now=T0 + 5, lease_ms=LEASE) == [
+        True,
+        True,
+        False,
+    ]
+    assert store.begin_sends(owner=OTHER, held=held[:2], now=T0 + 5, lease_ms=LEASE) == [
+        False,
+        False,
+    ]
+    rows = {j.job_id: j for j in (store.get_job(f"j{n}") for n in range(3)) if j}
+    assert rows["j0"].send_token == a.lease_token and rows["j0"].lease_expires_at == T0 + 5 + LEASE
+    assert rows["j1"].send_token is None

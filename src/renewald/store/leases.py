@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 
@@ -75,15 +76,33 @@ def begin_send(conn: Connection, *, owner: str, job_id: str, lease_token: int, n
 def begin_sends(
     conn: Connection, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
 ) -> list[bool]:
-    """`begin_send` for several held jobs in one transaction, in job_id order; returns,
-    per job in `held`'s order, whether it was still held (and so may be sent)."""
-    begun = {
-        job_id: begin_send(
-            conn, owner=owner, job_id=job_id, lease_token=token, now=now, lease_ms=lease_ms
-        )
-        for job_id, token in sorted(held)
-    }
-    return [begun[job_id] for job_id, _ in held]
+    """`begin_send` for several held jobs in one statement; returns, per job in `held`'s
+    order, whether it was still held (and so may be sent)."""
+    if len(held) == 1:
+        [(job_id, token)] = held
+        return [begin_send(conn, owner=owner, job_id=job_id, lease_token=token, now=now,
+                           lease_ms=lease_ms)]  # fmt: skip
+    begun = set(
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.job_id.in_(
+                    # Row locks taken in job_id order, as every other multi-row write here.
+                    select(jobs.c.job_id)
+                    .where(
+                        tuple_(jobs.c.job_id, jobs.c.lease_token).in_(sorted(held)),
+                        jobs.c.lease_owner == owner,
+                    )
+                    .order_by(jobs.c.job_id)
+                    .with_for_update()
+                ),
+                jobs.c.lease_owner == owner,
+            )
+            .values(send_token=jobs.c.lease_token, lease_expires_at=now + lease_ms)
+            .returning(jobs.c.job_id)
+        ).scalars()
+    )
+    return [job_id in begun for job_id, _ in held]
 
 
 def extend_leases(

@@ -324,10 +324,17 @@ class Container:
         target.chmod(mode)
 
     def wait_booted(self, timeout: float = 60.0) -> str:
-        result = self.run(
-            ["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout
-        )
-        return result.stdout.strip()
+        """The system state once boot is over ("running" or "degraded"), or the last seen."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            # Fails until the manager's private socket exists; --wait covers the rest.
+            args = ["systemctl", "is-system-running", "--wait"]
+            state = self.run(args, check=False, timeout=timeout).stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.2)
+        return state
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -370,7 +370,7 @@ def test_a_database_outage_at_boot_recovers_without_a_person(deployment: Deploym
     d.proxy.down()
     try:
         d.box.systemctl("start", "--no-block", "renewald.service")
-        time.sleep(30)
+        time.sleep(20)
     finally:
         d.proxy.up()
     # Nobody types `systemctl reset-failed` or `start`: the unit gets there on its own.

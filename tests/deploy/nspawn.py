@@ -60,8 +60,8 @@ def cannot_run_reason() -> str | None:
     return None
 
 
-def _run(args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=True, text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+def _run(args: Sequence[str], *, quiet: bool = False) -> None:
+    subprocess.run(list(args), check=True, stdout=subprocess.DEVNULL if quiet else None)
 
 
 @contextlib.contextmanager
@@ -132,7 +132,7 @@ def dependency_wheels() -> Path:
     with _locked(CACHE / ".lock"):
         if not (wheels / ".complete").exists():
             pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-            _run([*pip, "wheel", "-w", str(wheels), *_requirements()], stdout=subprocess.DEVNULL)
+            _run([*pip, "wheel", "-w", str(wheels), *_requirements()], quiet=True)
             (wheels / ".complete").touch()
     return wheels
 
@@ -224,7 +224,7 @@ def _nspawn_run(rootfs: Path, script: str) -> None:
             "-ec",
             script,
         ],
-        stdout=subprocess.DEVNULL,
+        quiet=True,
     )
 
 

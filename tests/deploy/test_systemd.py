@@ -77,11 +77,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
 class Deployment:
     """The booted container, the database proxy, and the host-side CLI on the database."""
 
-    def __init__(self, box: nspawn.Container, proxy: nspawn.DbProxy, host_url: str) -> None:
+    def __init__(
+        self, box: nspawn.Container, proxy: nspawn.DbProxy, host_url: str, cwd: Path
+    ) -> None:
         self.box = box
         self.proxy = proxy
         self.host_url = host_url
-        self._cwd = tempfile.mkdtemp(prefix="renewald-cli-")
+        self._cwd = cwd  # no ./config.toml here: the host CLI reads only --db
 
     def cli(self, *args: str) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RENEWALD_")}
@@ -175,7 +177,7 @@ def deployment(host_database: str) -> Iterator[Deployment]:
                     f"container boot: {state}\n{box.systemctl('--failed', check=False).stdout}"
                     f"\n{(scratch / 'console.log').read_text()[-3000:]}"
                 )
-                yield Deployment(box, proxy, host_url)
+                yield Deployment(box, proxy, host_url, sockets)
             finally:
                 box.stop()
     finally:

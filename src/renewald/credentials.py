@@ -19,6 +19,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from renewald.errors import ConfigError
+
 CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 # Variables that hold secrets whatever the configuration says.
 SECRET_VARIABLES = frozenset({"RENEWALD_DB", "RENEWALD_WEBHOOK_SECRET"})
@@ -31,16 +33,20 @@ def credential(name: str, environ: Mapping[str, str] | None = None) -> str | Non
     """The credential `name` from `$CREDENTIALS_DIRECTORY`, or None when there is none.
 
     One trailing newline is dropped (`echo secret > file` writes one); an empty file counts
-    as no credential.
+    as no credential. A file that exists but cannot be read is a `ConfigError`.
     """
     environ = os.environ if environ is None else environ
     directory = environ.get(CREDENTIALS_DIRECTORY)
     if not directory or "/" in name or name in ("", ".", ".."):
         return None
+    path = Path(directory) / name
     try:
-        text = (Path(directory) / name).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"credential {name}: cannot read {path}: {reason}") from None
     if text.endswith("\n"):
         text = text[:-1].removesuffix("\r")
     return text or None

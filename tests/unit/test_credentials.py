@@ -9,6 +9,7 @@ import pytest
 from renewald import credentials
 from renewald.adapters.webhook import _secret
 from renewald.config import load_config
+from renewald.errors import ConfigError
 
 
 @pytest.fixture
@@ -74,3 +75,9 @@ def test_children_get_neither_secrets_nor_the_credentials_directory(
         "PATH": "/usr/bin",
         "RENEWALD_DAEMON_WORKERS": "4",
     }
+
+
+def test_an_unreadable_credential_is_one_config_error(creds: Path) -> None:
+    (creds / "RENEWALD_DB").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ConfigError, match="credential RENEWALD_DB: cannot read"):
+        load_config(None, env={"CREDENTIALS_DIRECTORY": str(creds)})

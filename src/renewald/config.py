@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from renewald import credentials
 from renewald.durations import parse_duration
 from renewald.errors import ConfigError
 
@@ -521,6 +522,7 @@ def load_config(
     # Only our own sections' prefixes are claimed: RENEWALD_WEBHOOK_SECRET and any variable
     # named by an adapter's secret_env belong to someone else.
     foreign = _secret_env_names(adapters)
+    credentials.name_secret_variables(foreign)
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or var in foreign:
             continue
@@ -532,7 +534,10 @@ def load_config(
         if key not in fields:
             raise _unknown(where, f"key [{section}] {key}", key, list(fields))
         raw[section][key] = (fields[key].from_env(env[var]), where)
-    if env.get(f"{ENV_PREFIX}DB"):
+    db_credential = credentials.credential(f"{ENV_PREFIX}DB", env)
+    if db_credential:
+        raw["database"]["url"] = (db_credential, f"credential {ENV_PREFIX}DB")
+    elif env.get(f"{ENV_PREFIX}DB"):
         raw["database"]["url"] = (env[f"{ENV_PREFIX}DB"], f"environment {ENV_PREFIX}DB")
     if db_url is not None:
         raw["database"]["url"] = (db_url, "--db")

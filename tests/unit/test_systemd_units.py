@@ -26,7 +26,7 @@ UNITS = ("renewald.service", "renewald-once.service", "renewald-once.timer")
 INSTALLED_BINARY = "/usr/local/bin/renewald"
 
 # `systemd-analyze security` exposure: 0.0 (locked down) .. 10.0 (wide open).
-MAX_EXPOSURE = 3.0
+MAX_EXPOSURE = 1.5
 
 # Keys the daemon unit and the one-shot unit may set differently; everything else in
 # [Service] (identity, directories, sandbox) must be the same in both.
@@ -313,3 +313,25 @@ def test_dockerfile_and_docs_agree_with_the_units() -> None:
         row = re.search(rf"^\| `{key}` \| \*\*(\w+)\*\* \|", docs, re.M)
         assert row, f"docs/production.md has no table row for {key}"
         assert timespan(row.group(1)) == timespan(one(service, key)), key
+
+
+def test_services_limit_resources_and_take_secrets_as_credentials() -> None:
+    for name in ("renewald.service", "renewald-once.service"):
+        service = unit(name)["Service"]
+        assert one(service, "LimitCORE") == "0", name  # a watchdog SIGABRT leaves no core
+        assert one(service, "MemoryMax").endswith(("M", "G")), name
+        assert int(one(service, "TasksMax")) >= 64, name
+        credentials = {v for k, v in service if k == "LoadCredential"}
+        assert credentials == {"RENEWALD_DB", "RENEWALD_WEBHOOK_SECRET"}, name
+
+
+def test_documentation_names_a_file_the_documented_install_creates() -> None:
+    install = (ROOT / "docs/production.md").read_text()
+    for name in UNITS:
+        for key, value in unit(name)["Unit"]:
+            if key == "Documentation" and value.startswith("file://"):
+                path = value.removeprefix("file://")
+                assert re.search(rf"^install .*docs/\S+ {re.escape(path)}$", install, re.M), (
+                    f"{name}: Documentation={value}: no install step in docs/production.md "
+                    "creates it"
+                )

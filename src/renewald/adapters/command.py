@@ -9,8 +9,9 @@ exit_codes = { "0" = "delivered", "75" = "retry", "3" = "retry" }  # others: per
 max_in_flight_per_target = 1
 ```
 
-The command sees the job in its environment (on top of renewald's own environment and
-`env`): `RENEWALD_JOB_ID`, `RENEWALD_ATTEMPT`, `RENEWALD_ATTEMPT_ID`,
+The command sees the job in its environment (on top of renewald's own environment, less
+its secrets and `CREDENTIALS_DIRECTORY` (`renewald.credentials`), and `env`):
+`RENEWALD_JOB_ID`, `RENEWALD_ATTEMPT`, `RENEWALD_ATTEMPT_ID`,
 `RENEWALD_CONVERSATION`, `RENEWALD_PLATFORM`, `RENEWALD_REMOTE_ID`, `RENEWALD_PAGE_URL`,
 `RENEWALD_PAYLOAD_KIND`, `RENEWALD_TARGET` (JSON) and `RENEWALD_IDEMPOTENCY_KEY` (the
 job id, the same for every attempt). Exit 0 means delivered and 75 (EX_TEMPFAIL) retry
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from renewald.adapters.base import Delivery, Outcome
+from renewald.credentials import child_environment
 from renewald.durations import format_duration, parse_duration
 from renewald.errors import ConfigError
 from renewald.redact import redact_text
@@ -154,7 +156,7 @@ class CommandAdapter:
         return f"command:{delivery.conversation.local_id}"
 
     def environment(self, delivery: Delivery) -> dict[str, str]:
-        """The child's environment: ours, then `env`, then the job's variables."""
+        """The child's environment: ours without secrets, then `env`, then the job's variables."""
         conversation = delivery.conversation
         job = {
             "RENEWALD_JOB_ID": delivery.job_id,
@@ -168,7 +170,7 @@ class CommandAdapter:
             "RENEWALD_TARGET": json.dumps(dict(delivery.target), default=str),
             "RENEWALD_IDEMPOTENCY_KEY": delivery.job_id,
         }
-        return {**os.environ, **self.env, **job}
+        return {**child_environment(), **self.env, **job}
 
     def deliver(self, delivery: Delivery) -> Outcome:
         try:

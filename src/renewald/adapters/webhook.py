@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from renewald import credentials
 from renewald.adapters.allowlist import HostAllowList
 from renewald.adapters.base import Delivery, Outcome
 from renewald.adapters.http import (
@@ -49,10 +50,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _secret(settings: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
-    """The HMAC key: `secret`, else the variable `secret_env` names; None means unsigned.
+    """The HMAC key: `secret`, else the credential or variable `secret_env` names.
 
-    The default variable may be unset (webhooks are then sent unsigned); a variable the
-    configuration names explicitly must be set.
+    None means unsigned. The default variable may be unset (webhooks are then sent
+    unsigned); a variable the configuration names explicitly must be set.
     """
     if "secret" in settings:
         if "secret_env" in settings:
@@ -64,9 +65,11 @@ def _secret(settings: Mapping[str, Any], environ: Mapping[str, str]) -> str | No
     name = settings.get("secret_env", DEFAULT_SECRET_ENV)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{SECTION} secret_env: expected an environment variable name")
-    secret = environ.get(name) or None
+    secret = credentials.secret(name, environ)
     if secret is None and "secret_env" in settings:
-        raise ConfigError(f"{SECTION} secret_env: environment variable {name} is not set")
+        raise ConfigError(
+            f"{SECTION} secret_env: {name} is not set (as a variable or a credential)"
+        )
     return secret
 
 

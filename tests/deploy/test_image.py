@@ -5,16 +5,21 @@ No `docker run --init` anywhere: tini in the image is PID 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.deploy.conftest import Docker
+from tests.waiting import wait_for as _wait_for
+
+# Each check runs docker: poll five times a second, not fifty.
+wait_for = functools.partial(_wait_for, interval=0.2)
 
 pytestmark = pytest.mark.deploy
 
@@ -71,17 +76,6 @@ def config_file(tmp_path: Path, text: str = CONFIG, mode: int = 0o644) -> Path:
 def state(docker: Docker, name: str) -> dict[str, Any]:
     out = docker("inspect", "--format", "{{json .State}}", name).stdout
     return dict(json.loads(out))
-
-
-def wait_for(predicate: Callable[[], object], *, timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_arbitrary_uid_read_only_healthy_and_stops_cleanly(

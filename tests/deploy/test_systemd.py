@@ -12,6 +12,7 @@ missing); under CI (env `CI` set) that is a failure instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_URL
 from tests.deploy import nspawn
+from tests.waiting import wait_for as _wait_for
+
+# Each check runs systemctl: poll five times a second, not fifty.
+wait_for = functools.partial(_wait_for, interval=0.2)
 
 pytestmark = pytest.mark.deploy
 
@@ -61,17 +66,6 @@ case "$payload" in
 esac
 exit 0
 """
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Deployment:

@@ -25,20 +25,6 @@ from renewald.store.schema import conversation_links, local_conversations, renew
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 
 
-def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition"
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 class Renewald:
     """Runs the real renewald against one database, with a config written per test."""
 

@@ -35,7 +35,8 @@ from renewald.store.schema import (
     renewal_jobs,
     renewal_target_pauses,
 )
-from tests.e2e.conftest import Renewald, wait_for
+from tests.e2e.conftest import Renewald
+from tests.waiting import wait_for
 
 SECRET = "e2e-webhook-secret-5f0c9a2d"
 BRIDGE = "browser.proxy_delivery"

@@ -24,7 +24,8 @@ import pytest
 
 from renewald.store import Store
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
-from tests.e2e.conftest import HookTarget, Renewald, add_webhook_jobs, table, wait_for
+from tests.e2e.conftest import HookTarget, Renewald, add_webhook_jobs, table
+from tests.waiting import wait_for
 
 # One daemon at a time; a dead one's jobs come back after the lease (and its heartbeat
 # going stale, three heartbeats = the lease).

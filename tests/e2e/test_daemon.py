@@ -18,7 +18,8 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from tests.e2e.conftest import RENEWALD, Renewald, wait_for
+from tests.e2e.conftest import RENEWALD, Renewald
+from tests.waiting import wait_for
 
 
 def now_ms() -> int:

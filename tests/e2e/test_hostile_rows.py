@@ -17,7 +17,8 @@ from sqlalchemy import text
 
 from renewald.store import Store
 from renewald.store.schema import renewal_jobs
-from tests.e2e.conftest import HookTarget, Renewald, add_webhook_jobs, table, wait_for
+from tests.e2e.conftest import HookTarget, Renewald, add_webhook_jobs, table
+from tests.waiting import wait_for
 
 FORGED = "status       done (delivered)"
 

@@ -30,7 +30,8 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from tests.e2e.conftest import Renewald, table, wait_for
+from tests.e2e.conftest import Renewald, table
+from tests.waiting import wait_for
 
 BRIDGE = "browser.proxy_delivery"
 FAST_RETRY = {"RENEWALD_RETRY_BASE": "100ms", "RENEWALD_RETRY_CAP": "500ms"}

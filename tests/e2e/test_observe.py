@@ -16,14 +16,9 @@ from contextlib import contextmanager
 import pytest
 
 from renewald.store import Store
-from tests.e2e.conftest import (
-    RENEWALD,
-    HookTarget,
-    Renewald,
-    add_webhook_jobs,
-    wait_for,
-)
+from tests.e2e.conftest import RENEWALD, HookTarget, Renewald, add_webhook_jobs
 from tests.e2e.test_ops import attempt_rows, ok, one_line_error
+from tests.waiting import wait_for
 
 
 def run_without_env_db(renewald: Renewald, *args: str) -> subprocess.CompletedProcess[str]:

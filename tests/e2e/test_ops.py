@@ -25,7 +25,8 @@ from renewald.store.schema import (
     renewal_jobs,
     renewal_target_pauses,
 )
-from tests.e2e.conftest import RENEWALD, Renewald, wait_for
+from tests.e2e.conftest import RENEWALD, Renewald
+from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
 

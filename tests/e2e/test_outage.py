@@ -27,8 +27,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from renewald.store import Store
-from tests.e2e.conftest import RENEWALD, Renewald, wait_for
+from tests.e2e.conftest import RENEWALD, Renewald
 from tests.e2e.test_service import FakeSystemd
+from tests.waiting import wait_for
 
 EX_UNAVAILABLE = 69
 

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from renewald.store import Store
 from renewald.store.schema import renewal_jobs
-from tests.e2e.conftest import Renewald, wait_for
+from tests.e2e.conftest import Renewald
+from tests.waiting import wait_for
 
 
 def now_ms() -> int:

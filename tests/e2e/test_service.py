@@ -36,8 +36,8 @@ from tests.e2e.conftest import (
     pg_application_url,
     table,
     terminate_sessions,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 def statuses(store: Store) -> dict[str, str]:

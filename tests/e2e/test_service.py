@@ -152,7 +152,7 @@ def test_sigterm_with_a_delivery_stuck_past_the_grace(
     proc = renewald.start()
     wait_for(hook_target.busy, what="the delivery in flight")
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=1 + 1)
+    proc.wait(timeout=1 + SHUTDOWN_TAIL + 1)  # the grace, the bounded tail, the exit
     assert proc.returncode == 0, renewald.stderr(proc)[-3000:]
     assert statuses(e2e_store) == {"stuck": "running"}
     assert e2e_store.list_daemons() == []

@@ -199,3 +199,16 @@ def test_begin_sends_marks_only_what_is_still_held(store: Store) -> None:
     rows = {j.job_id: j for j in (store.get_job(f"j{n}") for n in range(3)) if j}
     assert rows["j0"].send_token == a.lease_token and rows["j0"].lease_expires_at == T0 + 5 + LEASE
     assert rows["j1"].send_token is None
+
+
+def test_a_retried_record_whose_commit_went_through_counts_as_applied(store: Store) -> None:
+    """The connection dropped during COMMIT: the row was written, the recorder saw an error
+    and writes the batch again. The second write matches no lease but finds its attempt row:
+    applied, once, so its log line is written and not dropped as lease.lost."""
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    assert send(store, c)
+    result = delivered(c, now=T0 + 1)
+    assert store.record_results([result], now=T0 + 1, writer=OWNER) == [True]
+    assert store.record_results([result], now=T0 + 2, writer=OWNER) == [True]
+    assert len(store.list_attempts("j")) == 1

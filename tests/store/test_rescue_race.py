@@ -236,11 +236,21 @@ def test_stale_heartbeat_does_not_shorten_the_lease(store: Store, job_log: JobLo
     assert rescuer.run_once(T0 + LEASE) == 1
 
 
-def test_rescuer_never_takes_its_own_process_jobs(store: Store, job_log: JobLog) -> None:
+def test_rescuer_never_takes_what_its_own_dispatcher_holds(store: Store, job_log: JobLog) -> None:
     """After an outage longer than the lease, a daemon's own jobs look expired, but their
-    results may still wait in its recorder: its own rescuer leaves them to it."""
+    results may still wait in its recorder: its own rescuer leaves them to it. A row of its
+    own that its dispatcher does not hold (a claim whose commit answer was lost) is taken."""
     claim_one(store, job_id="j", owner=OWNER)
-    assert rescuer_for(store, job_log, owner=OWNER).run_once(T0 + 2 * LEASE) == 0
+    claim_one(store, job_id="orphan", owner=OWNER)
+    mine = Rescuer(
+        store=store, job_log=job_log, policy=POLICY, owner=OWNER, rand=random.Random(1),
+        held_here=lambda: {"j"},
+    )  # fmt: skip
+    assert mine.run_once(T0 + 2 * LEASE) == 1
+    orphan = store.get_job("orphan")
+    assert orphan is not None and orphan.lease_owner is None
+    job = store.get_job("j")
+    assert job is not None and job.lease_owner == OWNER
     assert rescuer_for(store, job_log).run_once(T0 + 2 * LEASE) == 1
 
 
@@ -303,25 +313,37 @@ def test_one_pass_rescues_many_and_leaves_the_live(store: Store, job_log: JobLog
 def test_leases_that_expired_during_an_outage_get_time_to_renew(
     store: Store, job_log: JobLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every owner lost its heartbeat in an outage: the rescuer that saw it end waits
-    `settle_ms` before it takes leases that expired during it (not those expired before)."""
-    claim_one(store, job_id="early", now=T0 - LEASE)
+    """Every owner lost its heartbeat in an outage: after a gap between its successful
+    passes, the rescuer waits `settle_ms` before it takes leases that expired in the gap."""
     claim_one(store, job_id="j")
     rescuer = Rescuer(
         store=store, job_log=job_log, policy=POLICY, owner=RESCUER, settle_ms=5_000,
-        rand=random.Random(1),
+        gap_ms=10_000, rand=random.Random(1),
     )  # fmt: skip
+    assert rescuer.run_once(T0 + 1_000) == 0
 
     def unreachable(**_: object) -> None:
         raise ConnectionError("database unreachable")
 
     monkeypatch.setattr(store, "find_abandoned", unreachable)
     with pytest.raises(ConnectionError):
-        rescuer.run_once(T0 + 1_000)
+        rescuer.run_once(T0 + 1_200)
     monkeypatch.undo()
     back = T0 + LEASE + 30_000
-    assert rescuer.run_once(back) == 1, "expired before the outage began: taken"
+    assert rescuer.run_once(back) == 0, "expired during the gap: not yet"
     assert rescuer.run_once(back + 4_999) == 0
     job = store.get_job("j")
     assert job is not None and job.status == "running"
     assert rescuer.run_once(back + 5_000) == 1
+
+
+def test_a_lease_that_expired_before_the_gap_is_taken_at_once(
+    store: Store, job_log: JobLog
+) -> None:
+    claim_one(store, job_id="j")
+    rescuer = Rescuer(
+        store=store, job_log=job_log, policy=POLICY, owner=RESCUER, settle_ms=5_000,
+        gap_ms=1_000, rand=random.Random(1),
+    )  # fmt: skip
+    rescuer._last_ok = T0 + LEASE + 1  # a pass after expiry that found nothing (a race)
+    assert rescuer.run_once(T0 + LEASE + 60_000) == 1

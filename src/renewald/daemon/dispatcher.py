@@ -199,6 +199,11 @@ class Dispatcher:
         with self._held_lock:
             return len(self._started)
 
+    def held_ids(self) -> frozenset[str]:
+        """The jobs this dispatcher holds: claimed and not yet recorded."""
+        with self._held_lock:
+            return frozenset(self._held)
+
     def holding(self) -> int:
         with self._held_lock:
             return len(self._held)

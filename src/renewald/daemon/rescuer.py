@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable, Collection
 
 import structlog
 
@@ -42,6 +43,8 @@ class Rescuer:
         rand: random.Random | None = None,
         limit: int = 100,
         settle_ms: int = 0,
+        gap_ms: int | None = None,
+        held_here: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.store = store
         self.job_log = job_log
@@ -51,26 +54,25 @@ class Rescuer:
         self.limit = limit
         self.retries_at: list[int] = []  # when the last pass's rescued jobs fall due again
         self.settle_ms = settle_ms
-        self._unreachable_since: int | None = None
+        self._held_here = held_here
+        self.gap_ms = gap_ms if gap_ms is not None else settle_ms
+        self._last_ok: int | None = None
         self._blind: tuple[int, int] | None = None  # (outage began, rescue saw it end)
 
     def run_once(self, now: int) -> int:
         """Take back what is abandoned now; returns how many jobs changed hands.
 
-        A lease that expired while this rescuer could not reach the database either is no
-        sign that its owner died: every owner lost its heartbeat too. For `settle_ms` after
-        such an outage, only leases that had expired before it began are taken, so owners
-        renew theirs (and record the results they held) first.
+        A lease that expired while this rescuer could not see the database (its passes
+        failed, or one pass waited out an outage in its retries) is no sign that its owner
+        died: every owner lost its heartbeat too. After a gap of more than `gap_ms` between
+        successful passes, for `settle_ms` only leases that had expired before the gap
+        began are taken, so owners renew theirs (and record the results they held) first.
         """
-        if self._unreachable_since is not None:
-            self._blind = (self._unreachable_since, now)
-        try:
-            changed = self._pass(now, expired_by=self._cutoff(now))
-        except Exception:
-            if self._unreachable_since is None:
-                self._unreachable_since = now
-            raise
-        self._unreachable_since = None
+        if self._last_ok is not None and now - self._last_ok > self.gap_ms:
+            began = self._last_ok if self._blind is None else min(self._blind[0], self._last_ok)
+            self._blind = (began, now)
+        changed = self._pass(now, expired_by=self._cutoff(now))
+        self._last_ok = now
         return changed
 
     def _cutoff(self, now: int) -> int:
@@ -84,9 +86,15 @@ class Rescuer:
 
     def _pass(self, now: int, *, expired_by: int) -> int:
         self.retries_at = []
-        found = self.store.find_abandoned(
-            now=expired_by, exclude_owner=self.owner, limit=self.limit
-        )
+        # This process's own rows are left to it while its dispatcher holds them (their
+        # results may wait in its recorder); one it lost track of (a claim whose commit
+        # answer was lost) is taken back like any other once its lease expired.
+        here = set(self._held_here())
+        found = [
+            j
+            for j in self.store.find_abandoned(now=expired_by, limit=self.limit)
+            if not (j.lease_owner == self.owner and j.job_id in here)
+        ]
         rewound = self.store.find_rewound(limit=self.limit)
         if not found and not rewound:
             return 0

@@ -156,6 +156,8 @@ class Service:
             policy=policy,
             owner=self.owner,
             settle_ms=self.stale_after_ms,
+            gap_ms=round(d.heartbeat_interval * 1000),
+            held_here=self.dispatcher.held_ids,
         )
         self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
         self._stop = threading.Event()

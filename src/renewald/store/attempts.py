@@ -17,6 +17,7 @@ from sqlalchemy import (
     func,
     insert,
     or_,
+    select,
     update,
 )
 
@@ -143,9 +144,12 @@ def record_results(
                 == 1
             )
             matched = 1 if cancelled else 0
-        applied[i] = matched == 1
         if matched != 1:
+            # A retry of a commit whose answer was lost (the connection dropped during
+            # COMMIT): the attempt row is there, so the result was applied, once.
+            applied[i] = _already_recorded(conn, r.attempt_id)
             continue
+        applied[i] = True
         if r.cooldown_until is not None and r.local_conversation_id is not None:
             conn.execute(
                 update(local_conversations)
@@ -215,3 +219,14 @@ def _cancel_reason(r: AttemptResult) -> str:
     if r.decision_reason and r.decision_reason != instead:
         instead += f": {r.decision_reason}"
     return f"{CANCEL_REASON} (instead of {instead})"
+
+
+def _already_recorded(conn: Connection, attempt_id: str) -> bool:
+    return (
+        conn.execute(
+            select(renewal_job_attempts.c.attempt_id).where(
+                renewal_job_attempts.c.attempt_id == attempt_id
+            )
+        ).first()
+        is not None
+    )

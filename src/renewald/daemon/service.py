@@ -47,7 +47,7 @@ from renewald.daemon.summary import Summary
 from renewald.errors import DatabaseError
 from renewald.logging import JobLog
 from renewald.store.changes import ChangeWatcher
-from renewald.store.engine import describe
+from renewald.store.engine import describe, is_transient
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -452,8 +452,7 @@ class Service:
             from renewald.daemon.metrics import start_metrics
 
             metrics = start_metrics(self)
-        now = self.clock.now_ms()
-        self._register(now)
+        self._patiently(lambda: self._register(self.clock.now_ms()))
         self.dispatcher.start()
         once = self.options.once
         scheduler = self._scheduler_for(once=once)
@@ -498,13 +497,35 @@ class Service:
             return self.exit_code
         return self.summary.exit_code() if once else 0
 
+    def _patiently(self, step: Callable[[], T]) -> T:
+        """Run a start-up step, waiting out a busy or briefly unreachable database for up
+        to `[database] startup_wait`, as the start-up wait itself does."""
+        until = time.monotonic() + self.config.database.startup_wait
+        while True:
+            try:
+                return step()
+            except SQLAlchemyError as exc:
+                if not is_transient(exc) or time.monotonic() > until or self._stop.is_set():
+                    raise
+                _log.warning("start.retrying", error=describe(exc), retry_in="0.2s")
+                self._stop.wait(0.2)
+
     def _drain(self) -> None:
         """`run --once`: deliver everything due now; retries due later are not waited for."""
         dispatcher = self.dispatcher
+        waited_until = time.monotonic() + self.config.database.startup_wait
         self._sweep(self.clock.now_ms())
         while not self._stop.is_set() and dispatcher.fatal is None:
             held_before = dispatcher.holding()
-            result = dispatcher.poll_once(self.clock.now_ms())
+            try:
+                result = dispatcher.poll_once(self.clock.now_ms())
+            except SQLAlchemyError as exc:
+                # A busy or briefly unreachable database is waited out, as at start-up.
+                if not is_transient(exc) or time.monotonic() > waited_until:
+                    raise
+                _log.warning("poll.failed", error=describe(exc), retry_in="0.2s")
+                self._stop.wait(0.2)
+                continue
             self._polled()
             if result.claimed == 0 and held_before == 0:
                 break  # nothing due is left that our own running jobs could be holding back

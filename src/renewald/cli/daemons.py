@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -10,22 +9,8 @@ import click
 
 from renewald import render
 from renewald.cli.app import Context, cli, pass_ctx, stale_after_ms
+from renewald.daemon.owner import pid_running
 from renewald.store.daemons import DaemonRow, running_by_owner
-
-
-def pid_running(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def gone_here(daemon: DaemonRow) -> bool:

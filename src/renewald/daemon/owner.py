@@ -31,10 +31,19 @@ def looks_gone(owner_id: str, *, heartbeat_at: int | None, stale_before: int) ->
     pid = pid_of(owner_id)
     if host_of(owner_id) != socket.gethostname() or pid is None:
         return False
+    return not pid_running(pid)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return False
+    return True

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -72,7 +72,7 @@ def _stamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 
 
 def configure_console(
-    *, level: str = "info", console: str = "auto", stream: TextIO | None = None
+    *, level: str = "info", console: str = "auto", stream: TextIO | CurrentStderr | None = None
 ) -> None:
     """Console output: human on a TTY (or `console = "human"`), JSON lines otherwise."""
     stream = stream or sys.stderr
@@ -99,7 +99,7 @@ def configure_console(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, stream)),
         cache_logger_on_first_use=False,
     )
 

@@ -21,6 +21,7 @@ clock, and every periodic duty takes `now`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import random
@@ -739,6 +740,8 @@ class Dispatcher:
         cancelled = self._cancelled(batch, applied)
         for result, ok in zip(batch, applied, strict=True):
             self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
+            if result.job_id in cancelled:  # what the database holds now
+                result = dataclasses.replace(result, status="failed", terminal_reason="cancelled")
             for observer in self._observers:
                 observer(result, ok)
         self.job_log.flush()

@@ -70,6 +70,21 @@ def test_enqueue_refuses_an_unknown_target_kind(renewald: Renewald, e2e_store: S
     assert e2e_store.list_jobs() == []
 
 
+def test_schedules_add_refuses_an_unknown_target_kind(renewald: Renewald, e2e_store: Store) -> None:
+    out = renewald.run(
+        "schedules", "add", "--conversation", "c", "--every", "1h", "--payload", "p",
+        "--target-kind", "nosuch",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out) == (
+        "renewald: --target-kind: unknown kind 'nosuch' "
+        "(known: browser.proxy_delivery, command, http.webhook, log)"
+    )
+    assert e2e_store.list_schedules() == []
+    ok(renewald.run("schedules", "add", "--conversation", "c", "--every", "1h", "--payload", "p",
+                    "--target-kind", "log"))  # fmt: skip
+
+
 # -- jobs ----------------------------------------------------------------------------------
 
 

@@ -28,8 +28,7 @@ from __future__ import annotations
 import platform
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +42,11 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
 from renewald import __version__
 from renewald.clock import Clock
-from renewald.daemon.gauges import READ_BUDGET, GaugeReader
+from renewald.daemon.gauges import READ_BUDGET, GaugeReader, ProcessGauges, StoreGauges, one_of
 from renewald.errors import ConfigError
 from renewald.store import AttemptResult, Store
 
@@ -60,7 +57,6 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("renewald.metrics")
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-OTHER = "other"
 # Outcomes of attempts that reached a target (or tried to): the latency histogram's.
 SENT_OUTCOMES = ("delivered", "retry", "rate_limited", "permanent")
 OUTCOMES = (*SENT_OUTCOMES, "deferred", "expired", "malformed", "abandoned")
@@ -78,10 +74,6 @@ BREAKER_TRANSITIONS = ("opened", "probe", "closed")
 
 # `_created` samples double the series count and no dashboard reads them.
 prometheus_client.disable_created_metrics()
-
-
-def _one_of(value: str | None, known: Sequence[str]) -> str:
-    return value if value is not None and value in known else OTHER
 
 
 class Metrics:
@@ -171,15 +163,15 @@ class Metrics:
             self.schedule_fires.labels(result)
         for transition in BREAKER_TRANSITIONS:
             self.breaker_transitions.labels(transition)
-        r.register(_ProcessGauges(self))
-        r.register(_StoreGauges(self))
+        r.register(ProcessGauges(in_flight, self.last_poll_age, clock))
+        r.register(StoreGauges(self.reader, clock, self.adapters))
 
     # -- feeding ---------------------------------------------------------------------
 
     def observe(self, result: AttemptResult, applied: bool) -> None:
         """The dispatcher's observer: one call per recorded (or fenced-off) attempt."""
-        adapter = _one_of(result.adapter, self.adapters)
-        outcome = _one_of(result.outcome, OUTCOMES)
+        adapter = one_of(result.adapter, self.adapters)
+        outcome = one_of(result.outcome, OUTCOMES)
         self.attempts.labels(adapter, outcome).inc()
         if outcome in SENT_OUTCOMES:
             seconds = max(0, result.finished_at - result.started_at) / 1000
@@ -189,7 +181,7 @@ class Metrics:
         elif result.status == "done":
             self.finished.labels("delivered").inc()
         elif result.status == "failed":
-            self.finished.labels(_one_of(result.terminal_reason, FINISH_REASONS)).inc()
+            self.finished.labels(one_of(result.terminal_reason, FINISH_REASONS)).inc()
 
     def rescued(self, count: int) -> None:
         if count > 0:
@@ -209,7 +201,7 @@ class Metrics:
                 self.schedule_fires.labels(result).inc(n)
 
     def breaker_moved(self, transition: str) -> None:
-        self.breaker_transitions.labels(_one_of(transition, BREAKER_TRANSITIONS)).inc()
+        self.breaker_transitions.labels(one_of(transition, BREAKER_TRANSITIONS)).inc()
 
     # -- answering -------------------------------------------------------------------
 
@@ -232,91 +224,6 @@ class Metrics:
         if not reading.up:
             return False, f"database unavailable: {reading.error}"
         return True, f"last poll {age:.1f}s ago"
-
-
-class _ProcessGauges(Collector):
-    """This daemon's own state, read at scrape time without the database."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.metrics
-        yield GaugeMetricFamily(
-            "renewald_in_flight",
-            "Deliveries this daemon has in flight now (sum across daemons).",
-            value=m._in_flight(),
-        )
-        age = m.last_poll_age()
-        if age is not None:
-            yield GaugeMetricFamily(
-                "renewald_last_successful_poll_timestamp_seconds",
-                "When this daemon's last poll of the database succeeded (Unix time).",
-                value=m.clock.now_ms() / 1000 - age,
-            )
-
-
-class _StoreGauges(Collector):
-    """Gauges from the `GaugeReader`'s last successful read: due and running jobs, the
-    oldest due job's age, paused targets; `renewald_store_up` says whether the database
-    answered the read this scrape asked for (or has been answering, when it is slow).
-    They describe the whole database: every daemon reports the same values."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        return []  # read the store at scrape time only, never at registration
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.metrics
-        reading = m.reader.current()
-        yield GaugeMetricFamily(
-            "renewald_store_up",
-            "1 when the database answered the latest gauge read in time.",
-            value=1 if reading.up else 0,
-        )
-        g = reading.gauges
-        if g is None or reading.read_at is None:
-            return
-        now = m.clock.now_ms()
-        whole = " Database-wide: the same on every daemon (use max(), not sum())."
-        yield GaugeMetricFamily(
-            "renewald_gauges_age_seconds",
-            "How old the database-derived gauges are (they keep their last values "
-            "while the database is away).",
-            value=max(0.0, time.monotonic() - reading.read_at),
-        )
-        yield GaugeMetricFamily("renewald_jobs_due", "Jobs due now." + whole, value=g.due)
-        yield GaugeMetricFamily(
-            "renewald_jobs_running",
-            "Jobs running now, held by any daemon." + whole + " This daemon's own: "
-            "renewald_in_flight.",
-            value=g.running,
-        )
-        oldest = 0.0 if g.oldest_due_at is None else max(0, now - g.oldest_due_at) / 1000
-        yield GaugeMetricFamily(
-            "renewald_oldest_due_age_seconds",
-            "How long the oldest due job has been due (0 when none is)." + whole,
-            value=oldest,
-        )
-        yield GaugeMetricFamily(
-            "renewald_targets_paused",
-            "Delivery targets the breaker has paused now." + whole,
-            value=len(g.paused_targets),
-        )
-        remaining = GaugeMetricFamily(
-            "renewald_target_pause_remaining_seconds",
-            "Seconds until the breaker lets a paused target be tried again." + whole,
-            labels=("target", "adapter"),
-        )
-        for p in g.paused_targets:
-            left = max(0, (p.paused_until or now) - now) / 1000
-            remaining.add_metric([p.target_key, _one_of(p.adapter, m.adapters)], left)
-        yield remaining
 
 
 def _split_listen(listen: str) -> tuple[str, int]:

@@ -281,7 +281,9 @@ class Throttle:
         self._lock = threading.Lock()
         self._said: dict[str, tuple[float, int]] = {}  # key -> (last said, suppressed since)
 
-    def warn(self, key: str, logger: Any, event: str, **fields: Any) -> bool:
+    def warn(
+        self, key: str, logger: Any, event: str, *, level: str = "warning", **fields: Any
+    ) -> bool:
         """Log `event` unless `key` was said within `every`; True when it was logged."""
         now = self._monotonic()
         with self._lock:
@@ -291,7 +293,7 @@ class Throttle:
                 return False
             self._said[key] = (now, 0)
         repeated = said[1] if said is not None else 0
-        logger.warning(event, **fields, **({"repeated": repeated} if repeated else {}))
+        getattr(logger, level)(event, **fields, **({"repeated": repeated} if repeated else {}))
         return True
 
     def clear(self, key: str) -> bool:

@@ -730,6 +730,7 @@ class Dispatcher:
                     "record.failed",
                     _log,
                     "record.failed",
+                    level="error",
                     count=len(batch),
                     error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
                     retry_in=f"{delay:.1f}s",

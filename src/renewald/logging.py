@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -32,7 +32,23 @@ from renewald.redact import redact_value
 COMPLAIN_EVERY = 60.0
 
 _REDACTED_FIELDS = ("error", "reason", "summary", "target", "url", "last_error")
-_ORDER = ("ts", "event", "job_id", "attempt_id", "attempt", "conversation", "adapter")
+# The event vocabulary (docs/operations.md): these keys, in this order, on the console and
+# in the job log alike. `reason` is always why the job is where it is now (the decision);
+# what went wrong is `error`.
+EVENT_KEYS = (
+    "ts",
+    "event",
+    "job_id",
+    "attempt_id",
+    "attempt",
+    "conversation",
+    "adapter",
+    "outcome",
+    "duration_ms",
+    "reason",
+    "owner",
+)
+_ORDER = EVENT_KEYS
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -48,14 +64,21 @@ def _ordered(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[
     return head
 
 
+def _stamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`ts` as in the job log; an event that carries its own (`emit`) keeps it."""
+    if "ts" not in event:
+        event["ts"] = iso_utc(time.time_ns() // 1_000_000)
+    return event
+
+
 def configure_console(
-    *, level: str = "info", console: str = "auto", stream: TextIO | None = None
+    *, level: str = "info", console: str = "auto", stream: TextIO | CurrentStderr | None = None
 ) -> None:
     """Console output: human on a TTY (or `console = "human"`), JSON lines otherwise."""
     stream = stream or sys.stderr
     human = console == "human" or (console == "auto" and stream.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty(), timestamp_key="ts")
         if human
         else structlog.processors.JSONRenderer()
     )
@@ -67,15 +90,16 @@ def configure_console(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _stamp,
             _redact,
             structlog.processors.format_exc_info,
+            _ordered,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, stream)),
         cache_logger_on_first_use=False,
     )
 
@@ -221,6 +245,75 @@ class JobLog:
     @property
     def last_error(self) -> str | None:
         return self._file.last_error
+
+
+def _events() -> Any:
+    return structlog.get_logger("renewald.events")
+
+
+def emit(
+    job_log: JobLog | None,
+    event: str,
+    *,
+    now_ms: int,
+    level: str = "info",
+    exc_info: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """One event, one dict: the job-log line (when `job_log` is given) and the console line
+    are rendered from the same keys and the same `ts`. Every job event goes through here.
+    A traceback (`exc_info`) goes to the console only."""
+    data = {k: v for k, v in fields.items() if v is not None}
+    if job_log is not None:
+        job_log.log(event, now_ms=now_ms, **data)
+    extra = {"exc_info": exc_info} if exc_info is not None else {}
+    getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra)
+
+
+class Throttle:
+    """Say a repeated warning at most once per `every` seconds per key, with how many
+    times it happened since it was last said (`repeated`): an outage of hours is a
+    line a minute, not one per tick, and the count says how busy it was."""
+
+    def __init__(self, every: float = COMPLAIN_EVERY, *, monotonic: Any = time.monotonic) -> None:
+        self.every = every
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._said: dict[str, tuple[float, int]] = {}  # key -> (last said, suppressed since)
+
+    def warn(
+        self, key: str, logger: Any, event: str, *, level: str = "warning", **fields: Any
+    ) -> bool:
+        """Log `event` unless `key` was said within `every`; True when it was logged."""
+        now = self._monotonic()
+        with self._lock:
+            said = self._said.get(key)
+            if said is not None and now - said[0] < self.every:
+                self._said[key] = (said[0], said[1] + 1)
+                return False
+            self._said[key] = (now, 0)
+        repeated = said[1] if said is not None else 0
+        getattr(logger, level)(event, **fields, **({"repeated": repeated} if repeated else {}))
+        return True
+
+    def clear(self, key: str) -> bool:
+        """Forget `key` (the condition ended); True when it had been said."""
+        with self._lock:
+            return self._said.pop(key, None) is not None
+
+
+class CurrentStderr:
+    """Whatever `sys.stderr` is at the time of each write: a live progress display that
+    redirects stderr (rich) then prints the console lines above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[Mapping[str, Any]]:

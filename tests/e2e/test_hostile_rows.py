@@ -78,9 +78,18 @@ def _hostile(store: Store) -> list[Hostile]:
 def _add_rows(store: Store, url: str, *, prefix: str) -> tuple[list[str], list[Hostile]]:
     good = [f"{prefix}good-{n}" for n in range(4)]
     hostile = _hostile(store)
-    add_webhook_jobs(store, url, good + [f"{prefix}{h.name}" for h in hostile])
+    ids = good + [f"{prefix}{h.name}" for h in hostile]
+    # Not due until the hostile values are in: a running daemon must never claim a row
+    # between the two transactions (it would deliver it before it became hostile).
+    later = time.time_ns() // 1_000_000 + 3_600_000
+    add_webhook_jobs(store, url, ids, due=later)
 
     def tx(conn: Any) -> None:
+        conn.execute(
+            renewal_jobs.update()
+            .where(renewal_jobs.c.job_id.in_(ids))
+            .values(next_attempt_at=later - 3_600_000)
+        )
         for h in hostile:
             job_id = f"{prefix}{h.name}"
             if h.link:

@@ -12,6 +12,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,21 @@ def test_enqueue_refuses_an_unknown_target_kind(renewald: Renewald, e2e_store: S
         "(known: browser.proxy_delivery, command, http.webhook, log)"
     )
     assert e2e_store.list_jobs() == []
+
+
+def test_schedules_add_refuses_an_unknown_target_kind(renewald: Renewald, e2e_store: Store) -> None:
+    out = renewald.run(
+        "schedules", "add", "--conversation", "c", "--every", "1h", "--payload", "p",
+        "--target-kind", "nosuch",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out) == (
+        "renewald: --target-kind: unknown kind 'nosuch' "
+        "(known: browser.proxy_delivery, command, http.webhook, log)"
+    )
+    assert e2e_store.list_schedules() == []
+    ok(renewald.run("schedules", "add", "--conversation", "c", "--every", "1h", "--payload", "p",
+                    "--target-kind", "log"))  # fmt: skip
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -219,30 +235,58 @@ class LineReader:
 def test_logs_follow_one_job_through_a_retry(
     renewald: Renewald, e2e_store: Store, hook_target: HookTarget
 ) -> None:
-    # The first attempt of `flaky` gets a 503, the second a 200; `other` is delivered at
-    # once and must not appear in `logs flaky`.
+    """One job from `enqueue` through a retry to delivery, seen step by step in `logs JOB
+    --follow`, in `logs JOB`, and on the daemon's console: the same events, the same keys,
+    the database's attempt ids. `other` is delivered at once and must not appear."""
     hook_target.status = lambda job_id, attempt: 503 if attempt == 1 else 200
-    add_webhook_jobs(e2e_store, hook_target.url, ["flaky"])
+    target = json.dumps({"url": hook_target.url})
     with following(renewald, "flaky", "--follow", "--interval", "50ms") as (follower, reader):
         daemon = renewald.start()
+        renewald.enqueue(
+            "conv-flaky", "hello", "--job-id", "flaky", "--target-kind", "http.webhook",
+            "--target", target,
+        )  # fmt: skip
         renewald.enqueue("other", "hello", "--job-id", "other", "--target-kind", "log")
 
-        def finished_attempts() -> list[dict]:
+        def delivered() -> list[dict]:
             lines = [json.loads(line) for line in reader.drain()]
             done = [x for x in lines if x["event"] == "attempt.finished"]
-            return done if any(x["outcome"] == "delivered" for x in done) else []
+            return lines if any(x["outcome"] == "delivered" for x in done) else []
 
-        seen = wait_for(finished_attempts, timeout=60, what="flaky delivered in `logs --follow`")
+        followed = wait_for(delivered, timeout=60, what="flaky delivered in `logs --follow`")
         renewald.stop(daemon)
-        lines = [json.loads(line) for line in reader.drain()]
-        assert {x["job_id"] for x in lines} == {"flaky"}
-        assert [x["outcome"] for x in seen] == ["retry", "delivered"]
+        assert {x["job_id"] for x in followed} == {"flaky"}
         rows = attempt_rows(e2e_store, "flaky")
-        assert [x["attempt_id"] for x in seen] == [r["attempt_id"] for r in rows]
+        ids = [r["attempt_id"] for r in rows]
+        steps = [
+            (x["event"], x.get("outcome"), x.get("attempt_id"), x.get("attempt"))
+            for x in followed
+            if x["event"].startswith("attempt.")
+        ]
+        assert steps == [
+            ("attempt.started", None, ids[0], 1),
+            ("attempt.finished", "retry", ids[0], 1),
+            ("attempt.started", None, ids[1], 2),
+            ("attempt.finished", "delivered", ids[1], 2),
+        ]
+        finished = [x for x in followed if x["event"] == "attempt.finished"]
+        assert [x["reason"] for x in finished][1] == "delivered"
+        assert finished[0]["error"] and "503" in finished[0]["error"]
 
         follower.send_signal(signal.SIGINT)  # Ctrl-C
         assert follower.wait(timeout=20) == 0
         assert follower.stderr is not None and follower.stderr.read() == ""
+
+    # The console says the same things with the same keys (a delivery at info too).
+    console = [json.loads(x) for x in renewald.stderr(daemon).splitlines() if x.startswith("{")]
+    mine = [x for x in console if x.get("job_id") == "flaky"]
+    assert [(x["event"], x.get("attempt_id")) for x in mine] == [
+        (x["event"], x.get("attempt_id")) for x in followed
+    ]
+    for on_console, in_log in zip(mine, followed, strict=True):
+        assert {k: v for k, v in on_console.items() if k != "level"} == in_log
+    assert [x["level"] for x in mine if x["event"] == "attempt.finished"] == ["info", "info"]
+    assert [json.loads(x) for x in ok(renewald.run("logs", "flaky")).splitlines()] == followed
 
     # Without --follow: everything, or one job's lines, then exit.
     everything = [json.loads(line) for line in ok(renewald.run("logs")).splitlines()]
@@ -287,3 +331,38 @@ def test_logs_needs_no_database(renewald: Renewald) -> None:
     (renewald.log_dir / "2026-01-01.jsonl").write_text('{"job_id": "x"}\n')
     assert ok(renewald.run("logs", "x")) == '{"job_id": "x"}\n'
     assert not os.path.exists(renewald.dir / "artifact.db")
+
+
+def test_a_job_cancelled_while_running_ends_on_job_cancelled(
+    renewald: Renewald, e2e_store: Store, tmp_path: Path
+) -> None:
+    script = 'touch "$GATE/started"; while [ ! -e "$GATE/release" ]; do sleep 0.02; done'
+    renewald.write_config(
+        extra="\n".join(
+            [
+                "[adapters.command]",
+                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
+                'timeout = "60s"',
+                f"env = {{ GATE = {json.dumps(str(tmp_path))} }}",
+            ]
+        )
+    )
+    renewald.enqueue("c", "first", "--job-id", "a", "--target-kind", "command")
+    proc = renewald.start()
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), what="job a started")
+        # The send is in the job log while it runs.
+        started = [x for x in renewald.log_lines() if x["event"] == "attempt.started"]
+        assert [x["job_id"] for x in started] == ["a"]
+        ok(renewald.run("cancel", "a"))
+        (tmp_path / "release").touch()
+        wait_for(lambda: e2e_store.get_job("a").status == "failed", what="a ends")
+    finally:
+        (tmp_path / "release").touch()
+        code, err = renewald.stop(proc)
+    assert code == 0, err
+    events = [x["event"] for x in renewald.log_lines() if x["job_id"] == "a"]
+    assert events[-2:] == ["attempt.finished", "job.cancelled"]
+    [row] = attempt_rows(e2e_store, "a")
+    last = renewald.log_lines()[-1]
+    assert (last["attempt_id"], last["status"]) == (row["attempt_id"], "failed")

@@ -398,7 +398,8 @@ def test_metrics_and_healthz(renewald: Renewald, e2e_store: Store) -> None:
         assert sample(text, "renewald_targets_paused") == 1.0
         assert sample(text, "renewald_rescues_total") == 0.0
         assert sample(text, "renewald_lease_losses_total") == 0.0
-        assert 'renewald_delivery_duration_seconds_count{adapter="log"} 1.0' in text
+        count = 'renewald_delivery_duration_seconds_count{adapter="log",outcome="delivered"}'
+        assert f"{count} 1.0" in text
         assert 'target="browser:firefox"' in text
         assert "python_gc_objects_collected_total" not in text  # a registry of our own
         assert get(f"{base}/nope")[0] == 404

@@ -509,7 +509,13 @@ def test_metrics_gauges_and_health(store: Store) -> None:
     add_pause(store, "log:x", until=T0 + 30_000)
     clock = FixedClock(T0, monotonic=100.0)
     last_poll: list[float | None] = [None]
-    metrics = Metrics(store=store, clock=clock, last_poll=lambda: last_poll[0], healthy_within=8)
+    metrics = Metrics(
+        store=store,
+        clock=clock,
+        adapters=("log",),
+        last_poll=lambda: last_poll[0],
+        healthy_within=8,
+    )
     text = metrics.exposition().decode()
     assert sample(text, "renewald_store_up") == 1.0
     assert sample(text, "renewald_jobs_due") == 1.0
@@ -534,7 +540,9 @@ def test_metrics_gauges_and_health(store: Store) -> None:
     metrics.rescued(2)
     text = metrics.exposition().decode()
     assert 'renewald_attempts_total{adapter="log",outcome="delivered"} 2.0' in text
-    assert 'renewald_delivery_duration_seconds_bucket{adapter="log",le="0.25"} 2.0' in text
+    labels = 'adapter="log",le="0.25",outcome="delivered"'
+    assert f"renewald_delivery_duration_seconds_bucket{{{labels}}} 2.0" in text
+    assert 'renewald_jobs_finished_total{reason="delivered"} 1.0' in text
     assert sample(text, "renewald_lease_losses_total") == 1.0
     assert sample(text, "renewald_rescues_total") == 2.0
 

@@ -12,6 +12,7 @@ import click
 
 from renewald import render
 from renewald.cli.app import Context, _json_or_text, check_payload, cli, parse_target, pass_ctx
+from renewald.cli.jobs import _check_target_kind as check_target_kind
 from renewald.clock import iso_utc
 from renewald.daemon.schedules import (
     DEFAULT_MISFIRE_GRACE_MS,
@@ -105,6 +106,8 @@ def add_cmd(
     if every is not None and timezone is not None:
         raise UsageError("--tz: only applies to --cron (an interval is the same in every zone)")
     check_payload(payload, payload_kind)
+    if target_kind is not None:
+        check_target_kind(ctx, target_kind)  # as `enqueue` does: not at the first fire
     if schedule_id is not None and not schedule_id.strip():
         raise UsageError("--id: must not be empty")
     tz = timezone or "UTC"

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from renewald.adapters import Outcome, OutcomeKind
 from renewald.clock import iso_utc
 from renewald.controls import escape_controls
-from renewald.logging import JobLog
+from renewald.logging import JobLog, emit
 from renewald.store import Store
 from renewald.store.models import TargetPause
 
@@ -195,6 +197,8 @@ class Breakers:
         self._refreshed_at: int | None = None
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
+        # Called with each transition this daemon makes ("opened", "probe", "closed").
+        self.observers: list[Callable[[str], None]] = []
 
     def cached(self, key: str) -> TargetPause | None:
         with self._lock:
@@ -405,19 +409,21 @@ class Breakers:
         job_id: str,
         attempt_id: str,
         level: str = "info",
-        **fields: object,
+        **fields: Any,
     ) -> None:
-        present = {name: value for name, value in fields.items() if value is not None}
-        self.job_log.log(
+        emit(
+            self.job_log,
             event,
             now_ms=now,
+            level=level,
             job_id=job_id,
             attempt_id=attempt_id,
             adapter=adapter,
             target_key=key,
-            **present,
+            **fields,
         )
-        getattr(_log, level)(event, target_key=key, adapter=adapter, job_id=job_id, **present)
+        for observer in self.observers:
+            observer(event.removeprefix("breaker."))
 
     def _store_error(self, during: str, key: str, exc: SQLAlchemyError) -> None:
         _log.error(

@@ -21,6 +21,7 @@ clock, and every periodic duty takes `now`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import random
@@ -41,7 +42,7 @@ from renewald.daemon.sendgate import SendGate
 from renewald.daemon.summary import Summary
 from renewald.daemon.target import build_delivery, target_kind_of
 from renewald.errors import ConfigError
-from renewald.logging import JobLog
+from renewald.logging import JobLog, Throttle, emit
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob, Store
 
@@ -140,6 +141,7 @@ class Dispatcher:
         self._claimed_total = 0
         self._threads: list[threading.Thread] = []
         self._observers: list[Callable[[AttemptResult, bool], None]] = []
+        self._throttle = Throttle()
         self.fatal: BaseException | None = None
 
     def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
@@ -290,14 +292,16 @@ class Dispatcher:
             # Finished by our own recorder meanwhile (or about to be): not lost.
             lost = [j for j in lost if self._held.get(j) == tokens[j] and j not in self._finishing]
         for job_id in lost:
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "lease.lost",
                 now_ms=now,
+                level="warning",
                 job_id=job_id,
                 owner=self.owner,
                 reason="lease could not be extended: the job was taken away",
+                during="heartbeat",
             )
-            _log.warning("lease.lost", job_id=job_id, owner=self.owner, during="heartbeat")
         return lost
 
     def release_unstarted(self, *, now: int) -> list[str]:
@@ -311,7 +315,8 @@ class Dispatcher:
         flags = self.store.release_jobs(owner=self.owner, held=unstarted, now=now)
         released = [j for (j, _), ok in zip(unstarted, flags, strict=True) if ok]
         for job_id in released:
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "job.released",
                 now_ms=now,
                 job_id=job_id,
@@ -493,14 +498,16 @@ class Dispatcher:
             self._forget(job.job_id, job.lease_token)
             return False
         if not ok:
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "lease.lost",
                 now_ms=self.clock.now_ms(),
+                level="warning",
                 job_id=job.job_id,
                 owner=self.owner,
                 reason="the job was taken away before its send began; not sent",
+                during="send",
             )
-            _log.warning("lease.lost", job_id=job.job_id, owner=self.owner, during="send")
             self._forget(job.job_id, job.lease_token)
         return ok
 
@@ -532,6 +539,18 @@ class Dispatcher:
         if not self._begin_send(planned.claimed):
             return None
         started = self.clock.now_ms()
+        emit(
+            self.job_log,
+            "attempt.started",
+            now_ms=started,
+            job_id=job.job_id,
+            attempt_id=planned.attempt_id,
+            attempt=job.attempt_count,
+            conversation=job.local_conversation_id,
+            adapter=planned.kind,
+            owner=self.owner,
+        )
+        self.job_log.flush()  # a long delivery is visible in the job log while it runs
         outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
         self.breakers.record(
@@ -707,16 +726,23 @@ class Dispatcher:
                 )
                 break
             except Exception as exc:
-                _log.error(
+                self._throttle.warn(
                     "record.failed",
+                    _log,
+                    "record.failed",
+                    level="error",
                     count=len(batch),
                     error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
                     retry_in=f"{delay:.1f}s",
                 )
                 threading.Event().wait(delay)
                 delay = min(delay * 2, 5.0)
+        self._throttle.clear("record.failed")
+        cancelled = self._cancelled(batch, applied)
         for result, ok in zip(batch, applied, strict=True):
-            self._log_result(result, ok, now)
+            self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
+            if result.job_id in cancelled:  # what the database holds now
+                result = dataclasses.replace(result, status="failed", terminal_reason="cancelled")
             for observer in self._observers:
                 observer(result, ok)
         self.job_log.flush()
@@ -740,53 +766,71 @@ class Dispatcher:
         if self._on_capacity:
             self._on_capacity()
 
-    def _log_result(self, r: AttemptResult, applied: bool, now: int) -> None:
+    def _cancelled(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> set[str]:
+        """The jobs of this batch that an operator cancelled while they ran."""
+        ids = [r.job_id for r, ok in zip(batch, applied, strict=True) if ok]
+        try:
+            return self.store.cancelled_among(ids)
+        except Exception as exc:  # only the log line depends on it; the record is made
+            _log.warning("record.cancel_check_failed", error=f"{type(exc).__name__}: {exc}")
+            return set()
+
+    def _log_result(self, r: AttemptResult, applied: bool, now: int, *, cancelled: bool) -> None:
         if not applied:
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "lease.lost",
                 now_ms=now,
+                level="warning",
                 job_id=r.job_id,
                 attempt_id=r.attempt_id,
                 attempt=r.attempt_no,
-                owner=r.lease_owner,
+                conversation=r.local_conversation_id,
+                adapter=r.adapter,
                 outcome=r.outcome,
                 reason="the job was taken away before its result was recorded",
-            )
-            _log.warning(
-                "lease.lost", job_id=r.job_id, attempt_id=r.attempt_id, owner=r.lease_owner
+                owner=r.lease_owner,
             )
             self.summary.count("lost", "lease_lost")
             return
-        self.job_log.log(
+        deferred = r.outcome == "deferred"
+        emit(
+            self.job_log,
             "attempt.finished",
             now_ms=r.finished_at,
+            level="warning" if r.status == "failed" and not cancelled else "info",
             job_id=r.job_id,
             attempt_id=r.attempt_id,
+            # A deferral hands its attempt back: it carries the number the next real
+            # attempt will have, as its database row does.
             attempt=r.attempt_no,
             conversation=r.local_conversation_id,
             adapter=r.adapter,
             outcome=r.outcome,
             duration_ms=r.finished_at - r.started_at,
-            status=r.status,
-            next_attempt_at=r.next_attempt_at,
-            decision=r.decision,
             reason=r.decision_reason,
+            owner=r.lease_owner,
+            status=r.status,
+            decision=r.decision,
+            next_attempt_at=r.next_attempt_at,
             error=r.error_message,
             summary=r.response_summary,
-            owner=r.lease_owner,
         )
+        if cancelled:
+            emit(
+                self.job_log,
+                "job.cancelled",
+                now_ms=now,
+                job_id=r.job_id,
+                attempt_id=r.attempt_id,
+                conversation=r.local_conversation_id,
+                reason=f"cancelled by operator while running (the attempt was {r.outcome})",
+                owner=r.lease_owner,
+                status="failed",
+            )
+            self.summary.count("failed", "cancelled")
+            return
         reason = r.terminal_reason or r.decision_reason or ""
-        if r.outcome == "deferred" and r.status == "pending":
+        if deferred and r.status == "pending":
             reason = "deferred"
         self.summary.count(r.status, reason)
-        log = _log.debug if r.status == "done" else _log.info
-        log(
-            "attempt.finished",
-            job_id=r.job_id,
-            attempt=r.attempt_no,
-            adapter=r.adapter,
-            outcome=r.outcome,
-            status=r.status,
-            reason=r.decision_reason,
-            error=r.error_message,
-        )

@@ -7,17 +7,23 @@ down as soon as a read fails or has been running longer than `IN_FLIGHT_LIMIT`: 
 database that hangs (a dropped network, a full pool) is as down as one that refuses.
 Between scrapes the reader refreshes every `interval`, so `/healthz` notices an outage
 without being scraped first.
+
+`StoreGauges` turns the reader's gauges into Prometheus families at scrape time;
+`ProcessGauges` does the same for this daemon's own state (in flight, last poll).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from renewald.clock import Clock
 from renewald.store.engine import describe
 from renewald.store.ops import Gauges
 
@@ -132,3 +138,101 @@ class GaugeReader:
                 up = False
                 error = f"the database did not answer within {self.in_flight_limit:g}s"
             return Reading(self._gauges, up, None if up else error, self._read_at)
+
+
+OTHER = "other"
+
+
+def one_of(value: str | None, known: Sequence[str]) -> str:
+    """`value` when it is one of `known`, else `other`: a label's values stay bounded
+    whatever the database holds."""
+    return value if value is not None and value in known else OTHER
+
+
+class ProcessGauges(Collector):
+    """This daemon's own state, read at scrape time without the database."""
+
+    def __init__(
+        self, in_flight: Callable[[], int], poll_age: Callable[[], float | None], clock: Clock
+    ) -> None:
+        self.in_flight = in_flight
+        self.poll_age = poll_age
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "renewald_in_flight",
+            "Deliveries this daemon has in flight now (sum across daemons).",
+            value=self.in_flight(),
+        )
+        age = self.poll_age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "renewald_last_successful_poll_timestamp_seconds",
+                "When this daemon's last poll of the database succeeded (Unix time).",
+                value=self.clock.now_ms() / 1000 - age,
+            )
+
+
+class StoreGauges(Collector):
+    """Gauges from the `GaugeReader`'s last successful read: due and running jobs, the
+    oldest due job's age, paused targets; `renewald_store_up` says whether the database
+    answered the read this scrape asked for (or has been answering, when it is slow).
+    They describe the whole database: every daemon reports the same values."""
+
+    def __init__(self, reader: GaugeReader, clock: Clock, adapters: Sequence[str]) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.adapters = adapters
+
+    def describe(self) -> list[Metric]:
+        return []  # read the store at scrape time only, never at registration
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self.reader.current()
+        yield GaugeMetricFamily(
+            "renewald_store_up",
+            "1 when the database answered the latest gauge read in time.",
+            value=1 if reading.up else 0,
+        )
+        g = reading.gauges
+        if g is None or reading.read_at is None:
+            return
+        now = self.clock.now_ms()
+        whole = " Database-wide: the same on every daemon (use max(), not sum())."
+        yield GaugeMetricFamily(
+            "renewald_gauges_age_seconds",
+            "How old the database-derived gauges are (they keep their last values "
+            "while the database is away).",
+            value=max(0.0, time.monotonic() - reading.read_at),
+        )
+        yield GaugeMetricFamily("renewald_jobs_due", "Jobs due now." + whole, value=g.due)
+        yield GaugeMetricFamily(
+            "renewald_jobs_running",
+            "Jobs running now, held by any daemon." + whole + " This daemon's own: "
+            "renewald_in_flight.",
+            value=g.running,
+        )
+        oldest = 0.0 if g.oldest_due_at is None else max(0, now - g.oldest_due_at) / 1000
+        yield GaugeMetricFamily(
+            "renewald_oldest_due_age_seconds",
+            "How long the oldest due job has been due (0 when none is)." + whole,
+            value=oldest,
+        )
+        yield GaugeMetricFamily(
+            "renewald_targets_paused",
+            "Delivery targets the breaker has paused now." + whole,
+            value=len(g.paused_targets),
+        )
+        remaining = GaugeMetricFamily(
+            "renewald_target_pause_remaining_seconds",
+            "Seconds until the breaker lets a paused target be tried again." + whole,
+            labels=("target", "adapter"),
+        )
+        for p in g.paused_targets:
+            left = max(0, (p.paused_until or now) - now) / 1000
+            remaining.add_metric([p.target_key, one_of(p.adapter, self.adapters)], left)
+        yield remaining

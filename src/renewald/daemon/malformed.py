@@ -13,7 +13,7 @@ import uuid
 import structlog
 
 from renewald.controls import escape_controls
-from renewald.logging import JobLog
+from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
 from renewald.store.sweep import Swept
@@ -64,16 +64,12 @@ def handling_failed(
 ) -> AttemptResult:
     """Log an unexpected error in one job's handling; the result that ends that job."""
     error = escape_controls(f"{type(exc).__name__}: {exc}")
-    _log.error(
-        "job.handling_failed",
-        job_id=claimed.job.job_id,
-        owner=owner,
-        error=error,
-        exc_info=exc,
-    )
-    job_log.log(
+    emit(
+        job_log,
         "job.handling_failed",
         now_ms=now,
+        level="error",
+        exc_info=exc,
         job_id=claimed.job.job_id,
         conversation=claimed.job.local_conversation_id,
         owner=owner,
@@ -97,11 +93,13 @@ def sweep(*, store: Store, job_log: JobLog, owner: str, now: int) -> int:
 
 
 def log_ended(swept: list[Swept], *, job_log: JobLog, owner: str, now: int) -> None:
-    """One `attempt.finished` line per job a sweep or rescue ended failed/malformed."""
+    """One `job.malformed` line per job a sweep or rescue ended failed/malformed."""
     for s in swept:
-        job_log.log(
-            "attempt.finished",
+        emit(
+            job_log,
+            "job.malformed",
             now_ms=now,
+            level="warning",
             job_id=s.job_id,
             attempt_id=s.attempt_id,
             attempt=s.attempt_no,
@@ -113,6 +111,5 @@ def log_ended(swept: list[Swept], *, job_log: JobLog, owner: str, now: int) -> N
             error=s.error,
             owner=owner,
         )
-        _log.warning("job.malformed", job_id=s.job_id, error=s.error)
     if swept:
         job_log.flush()

@@ -1,12 +1,20 @@
 """Prometheus `/metrics` and `/healthz` over HTTP (optional: `[http] listen`, off by default).
 
-Counters and the duration histogram are fed by the dispatcher's observer hook (every
-recorded attempt) and by the rescuer; gauges come from a few cheap count queries that
-describe the whole database, not one daemon, read by a `GaugeReader` (daemon/gauges.py)
-on a thread of its own: a scrape never waits on the database for more than a second, and
-answers `renewald_store_up 0` with the last values while the database is away.
-Everything lives in a dedicated `CollectorRegistry`: nothing leaks into (or from) the
-global one.
+Two kinds of series (docs/operations.md lists them all):
+
+- *This process*: counters and histograms fed by hooks — the dispatcher's observer (every
+  recorded attempt), the rescuer's, the breaker's and the schedule tick's observers —
+  plus gauges read from the process at scrape time (`renewald_in_flight`, the last
+  successful poll, `renewald_build_info`, `process_*`). Sum these across daemons.
+- *The whole database*: due and running jobs, the oldest due job's age, paused targets
+  (their help says "Database-wide"). Every daemon reports the same values; use `max()`,
+  not `sum()`. They come from a `GaugeReader` (daemon/gauges.py) on a thread of
+  its own: a scrape never waits on the database for more than a second, and answers
+  `renewald_store_up 0` with the last values while the database is away.
+
+Every label takes a bounded set of values: adapters are the configured kinds, anything
+else (a tracker's typo, a missing kind) is `other`; outcomes and reasons are the daemon's
+own words. No `_created` series. Everything lives in a dedicated `CollectorRegistry`.
 
 `/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
 (the watchdog's own limit) and the store answers, else 503.
@@ -17,34 +25,59 @@ by `Service.run()` and shut down when it returns.
 
 from __future__ import annotations
 
+import platform
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import prometheus_client
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
+from renewald import __version__
 from renewald.clock import Clock
-from renewald.daemon.gauges import READ_BUDGET, GaugeReader
+from renewald.daemon.gauges import READ_BUDGET, GaugeReader, ProcessGauges, StoreGauges, one_of
 from renewald.errors import ConfigError
 from renewald.store import AttemptResult, Store
 
 if TYPE_CHECKING:
+    from renewald.daemon.schedules import TickResult
     from renewald.daemon.service import Service
 
 _log = structlog.get_logger("renewald.metrics")
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Outcomes of attempts that reached a target (or tried to): the latency histogram's.
+SENT_OUTCOMES = ("delivered", "retry", "rate_limited", "permanent")
+OUTCOMES = (*SENT_OUTCOMES, "deferred", "expired", "malformed", "abandoned")
+FINISH_REASONS = (
+    "delivered",
+    "exhausted",
+    "permanent",
+    "expired",
+    "cancelled",
+    "abandoned",
+    "malformed",
+)
+SCHEDULE_RESULTS = ("created", "existing", "skipped", "raced", "invalid", "dropped")
+BREAKER_TRANSITIONS = ("opened", "probe", "closed")
+
+# `_created` samples double the series count and no dashboard reads them.
+prometheus_client.disable_created_metrics()
 
 
 class Metrics:
-    """The daemon's metrics: counters it updates, gauges it reads from the store."""
+    """The daemon's metrics: counters it updates, gauges it reads from itself and the store."""
 
     def __init__(
         self,
@@ -52,14 +85,18 @@ class Metrics:
         store: Store,
         clock: Clock,
         dispatch_statuses: Sequence[str] = ("auto",),
+        adapters: Sequence[str] = (),
         last_poll: Callable[[], float | None] = lambda: None,
+        in_flight: Callable[[], int] = lambda: 0,
         healthy_within: float = 8.0,
         refresh_every: float = 5.0,
     ) -> None:
         self.store = store.with_budget(READ_BUDGET)
         self.clock = clock
         self.dispatch_statuses = tuple(dispatch_statuses)
+        self.adapters = tuple(adapters)
         self._last_poll = last_poll
+        self._in_flight = in_flight
         self.healthy_within = healthy_within
         self.reader = GaugeReader(
             lambda: self.store.gauges(
@@ -68,116 +105,125 @@ class Metrics:
             interval=refresh_every,
         )
         self.registry = CollectorRegistry()
+        r = self.registry
         self.attempts = Counter(
             "renewald_attempts",
             "Delivery attempts finished by this daemon, by adapter and outcome.",
             ("adapter", "outcome"),
-            registry=self.registry,
+            registry=r,
         )
         self.duration = Histogram(
             "renewald_delivery_duration_seconds",
-            "How long delivery attempts took, by adapter.",
-            ("adapter",),
+            "How long the deliveries this daemon sent took, by adapter and outcome "
+            "(deferrals and attempts never sent are not in it).",
+            ("adapter", "outcome"),
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            registry=r,
+        )
+        self.finished = Counter(
+            "renewald_jobs_finished",
+            "Jobs this daemon's attempts ended, by terminal reason (delivered for done).",
+            ("reason",),
+            registry=r,
         )
         self.rescues = Counter(
             "renewald_rescues",
             "Abandoned running jobs this daemon took back (lease expired or owner dead).",
-            registry=self.registry,
+            registry=r,
         )
         self.lease_losses = Counter(
             "renewald_lease_losses",
             "Attempt results not recorded because the job was taken away first.",
-            registry=self.registry,
+            registry=r,
         )
-        self.registry.register(_StoreGauges(self))
+        self.schedule_fires = Counter(
+            "renewald_schedule_fires",
+            "Schedule fires this daemon handled, by result (created: a job; existing: "
+            "the job was there; skipped: gated; raced: another daemon fired it; invalid: "
+            "an unreadable schedule parked; dropped: by the misfire policy).",
+            ("result",),
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "renewald_breaker_transitions",
+            "Circuit-breaker transitions this daemon made (opened, probe, closed).",
+            ("transition",),
+            registry=r,
+        )
+        Info("renewald_build", "The running renewald.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        ProcessCollector(registry=r)
+        for outcome in OUTCOMES:  # the common series exist from the start (rate() needs them)
+            for adapter in self.adapters:
+                self.attempts.labels(adapter, outcome)
+        for reason in FINISH_REASONS:
+            self.finished.labels(reason)
+        for result in SCHEDULE_RESULTS:
+            self.schedule_fires.labels(result)
+        for transition in BREAKER_TRANSITIONS:
+            self.breaker_transitions.labels(transition)
+        r.register(ProcessGauges(in_flight, self.last_poll_age, clock))
+        r.register(StoreGauges(self.reader, clock, self.adapters))
 
     # -- feeding ---------------------------------------------------------------------
 
     def observe(self, result: AttemptResult, applied: bool) -> None:
         """The dispatcher's observer: one call per recorded (or fenced-off) attempt."""
-        adapter = result.adapter or "none"
-        self.attempts.labels(adapter, result.outcome).inc()
-        self.duration.labels(adapter).observe(max(0, result.finished_at - result.started_at) / 1000)
+        adapter = one_of(result.adapter, self.adapters)
+        outcome = one_of(result.outcome, OUTCOMES)
+        self.attempts.labels(adapter, outcome).inc()
+        if outcome in SENT_OUTCOMES:
+            seconds = max(0, result.finished_at - result.started_at) / 1000
+            self.duration.labels(adapter, outcome).observe(seconds)
         if not applied:
             self.lease_losses.inc()
+        elif result.status == "done":
+            self.finished.labels("delivered").inc()
+        elif result.status == "failed":
+            self.finished.labels(one_of(result.terminal_reason, FINISH_REASONS)).inc()
 
     def rescued(self, count: int) -> None:
         if count > 0:
             self.rescues.inc(count)
+
+    def scheduled(self, tick: TickResult) -> None:
+        counts = {
+            "created": len(tick.created),
+            "existing": len(tick.existing),
+            "skipped": tick.skipped,
+            "raced": tick.raced,
+            "invalid": tick.invalid,
+            "dropped": tick.dropped,
+        }
+        for result, n in counts.items():
+            if n:
+                self.schedule_fires.labels(result).inc(n)
+
+    def breaker_moved(self, transition: str) -> None:
+        self.breaker_transitions.labels(one_of(transition, BREAKER_TRANSITIONS)).inc()
 
     # -- answering -------------------------------------------------------------------
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def last_poll_age(self) -> float | None:
+        last = self._last_poll()
+        return None if last is None else self.clock.monotonic() - last
+
     def health(self) -> tuple[bool, str]:
         """(healthy, one line saying why) from the age of the last successful poll and
         whether the store answers now."""
-        last = self._last_poll()
-        if last is None:
+        age = self.last_poll_age()
+        if age is None:
             return False, "no successful poll yet"
-        age = self.clock.monotonic() - last
         if age > self.healthy_within:
             return False, f"no successful poll for {age:.1f}s (limit {self.healthy_within:g}s)"
         reading = self.reader.current()
         if not reading.up:
             return False, f"database unavailable: {reading.error}"
         return True, f"last poll {age:.1f}s ago"
-
-
-class _StoreGauges(Collector):
-    """Gauges from the `GaugeReader`'s last successful read: due and running jobs, the
-    oldest due job's age, paused targets; `renewald_store_up` says whether the database
-    answered the read this scrape asked for (or has been answering, when it is slow)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        return []  # read the store at scrape time only, never at registration
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.metrics
-        reading = m.reader.current()
-        yield GaugeMetricFamily(
-            "renewald_store_up",
-            "1 when the database answered the latest gauge read in time.",
-            value=1 if reading.up else 0,
-        )
-        g = reading.gauges
-        if g is None or reading.read_at is None:
-            return
-        now = m.clock.now_ms()
-        yield GaugeMetricFamily(
-            "renewald_gauges_age_seconds",
-            "How old the database-derived gauges below are (they keep their last values "
-            "while the database is away).",
-            value=max(0.0, time.monotonic() - reading.read_at),
-        )
-        yield GaugeMetricFamily("renewald_jobs_due", "Jobs due now (dispatchable).", value=g.due)
-        yield GaugeMetricFamily("renewald_jobs_running", "Jobs running now.", value=g.running)
-        oldest = 0.0 if g.oldest_due_at is None else max(0, now - g.oldest_due_at) / 1000
-        yield GaugeMetricFamily(
-            "renewald_oldest_due_age_seconds",
-            "How long the oldest due job has been due (0 when none is).",
-            value=oldest,
-        )
-        yield GaugeMetricFamily(
-            "renewald_targets_paused",
-            "Delivery targets the breaker has paused now.",
-            value=len(g.paused_targets),
-        )
-        remaining = GaugeMetricFamily(
-            "renewald_target_pause_remaining_seconds",
-            "Seconds until the breaker lets a paused target be tried again.",
-            labels=("target", "adapter"),
-        )
-        for p in g.paused_targets:
-            left = max(0, (p.paused_until or now) - now) / 1000
-            remaining.add_metric([p.target_key, p.adapter or ""], left)
-        yield remaining
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -250,26 +296,22 @@ class MetricsServer:
 
 
 def start_metrics(service: Service) -> MetricsServer:
-    """Attach metrics to a service (observer, rescue counts) and start serving them."""
+    """Attach metrics to a service (its observers) and start serving them."""
     d = service.config.daemon
     metrics = Metrics(
         store=service.store,
         clock=service.clock,
         dispatch_statuses=d.dispatch_statuses,
+        adapters=service.adapters.kinds(),
         last_poll=lambda: service.polled_ok_at,
+        in_flight=service.dispatcher.in_flight,
         healthy_within=3 * d.poll_interval + 5,
     )
     server = MetricsServer(metrics, service.config.http.listen)  # bind first: fail early
     service.dispatcher.add_observer(metrics.observe)
-    # The rescuer has no observer hook; count what each of its runs took back.
-    rescue = service.rescuer.run_once
-
-    def counted_rescue(now: int) -> int:
-        rescued = rescue(now)
-        metrics.rescued(rescued)
-        return rescued
-
-    service.rescuer.run_once = counted_rescue  # type: ignore[method-assign]
+    service.dispatcher.breakers.observers.append(metrics.breaker_moved)
+    service.rescuer.observers.append(metrics.rescued)
+    service.schedule_observers.append(metrics.scheduled)
     metrics.reader.start()
     server.start()
     _log.info("http.listening", address=server.address, paths="/metrics /healthz")

@@ -25,7 +25,7 @@ import structlog
 from renewald.clock import iso_utc
 from renewald.daemon.backoff import RetryPolicy, decide
 from renewald.daemon.malformed import log_ended
-from renewald.logging import JobLog
+from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, Job, Store
 from renewald.store.attempts import CANCELLED
 
@@ -58,6 +58,8 @@ class Rescuer:
         self.gap_ms = gap_ms if gap_ms is not None else settle_ms
         self._last_ok: int | None = None
         self._blind: tuple[int, int] | None = None  # (outage began, rescue saw it end)
+        # Called with each pass's count of jobs that changed hands (metrics).
+        self.observers: list[Callable[[int], None]] = []
 
     def run_once(self, now: int) -> int:
         """Take back what is abandoned now; returns how many jobs changed hands.
@@ -73,6 +75,8 @@ class Rescuer:
             self._blind = (began, now)
         changed = self._pass(now, expired_by=self._cutoff(now))
         self._last_ok = now
+        for observer in self.observers:
+            observer(changed)
         return changed
 
     def _cutoff(self, now: int) -> int:
@@ -127,9 +131,11 @@ class Rescuer:
         for job, d in found:
             if not applied.get(job.job_id):
                 continue
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "job.reconciled",
                 now_ms=now,
+                level="warning",
                 job_id=job.job_id,
                 attempt_id=d.attempt_id,
                 conversation=job.local_conversation_id,
@@ -137,9 +143,7 @@ class Rescuer:
                 reason=f"the ledger records a delivered attempt; the row said {job.status}",
                 owner=self.owner,
                 previous_owner=job.lease_owner,
-            )
-            _log.warning(
-                "job.reconciled", job_id=job.job_id, was=job.status, attempt_id=d.attempt_id
+                was=job.status,
             )
         return sum(1 for ok in applied.values() if ok)
 
@@ -155,7 +159,8 @@ class Rescuer:
                 if job.lease_owner
                 else f"the row said {job.status} but no daemon held it"
             )
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "job.released",
                 now_ms=now,
                 job_id=job.job_id,
@@ -166,7 +171,6 @@ class Rescuer:
                 owner=self.owner,
                 previous_owner=job.lease_owner,
             )
-            _log.info("job.released", job_id=job.job_id, previous_owner=job.lease_owner)
         return sum(1 for ok in applied.values() if ok)
 
     def _abandon(self, found: list[Job], now: int) -> int:
@@ -181,9 +185,11 @@ class Rescuer:
             logged.append(result.attempt_id)
             if result.next_attempt_at is not None:
                 self.retries_at.append(result.next_attempt_at)
-            self.job_log.log(
+            emit(
+                self.job_log,
                 "job.rescued",
                 now_ms=now,
+                level="warning",
                 job_id=result.job_id,
                 attempt_id=result.attempt_id,
                 attempt=result.attempt_no,
@@ -195,13 +201,6 @@ class Rescuer:
                 error=result.error_message,
                 owner=self.owner,
                 previous_owner=result.lease_owner,
-            )
-            _log.warning(
-                "job.rescued",
-                job_id=result.job_id,
-                previous_owner=result.lease_owner,
-                status=result.status,
-                reason=result.error_message,
             )
         self.job_log.flush()
         self.store.mark_logged(logged)

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -34,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from renewald.clock import iso_utc
 from renewald.durations import format_duration
-from renewald.logging import JobLog
+from renewald.logging import JobLog, emit
 from renewald.store import NewJob, Store
 from renewald.store.models import Schedule
 
@@ -444,6 +445,8 @@ class TickResult:
     existing: list[str] = field(default_factory=list)
     skipped: int = 0
     raced: int = 0
+    invalid: int = 0
+    dropped: int = 0  # fires a misfire policy dropped
     earliest_job_at: int | None = None
 
 
@@ -492,19 +495,21 @@ def _fire_one(
             last_fire_at=schedule.last_fire_at,
             now=now,
         ):
-            job_log.log(
+            result.invalid += 1
+            emit(
+                job_log,
                 "schedule.invalid",
                 now_ms=now,
+                level="error",
                 job_id=fire_job_id(sid, schedule.next_fire_at),
                 schedule=sid,
                 error=str(exc),
                 owner=owner,
             )
-            _log.error("schedule.invalid", schedule=sid, error=str(exc))
         return
     decision = plan.decision
     latest_id = fire_job_id(sid, plan.last_fire_at)
-    common = {
+    common: dict[str, Any] = {
         "schedule": sid,
         "conversation": schedule.local_conversation_id,
         "next_fire_at": plan.next_fire_at,
@@ -519,6 +524,7 @@ def _fire_one(
             now=now,
         ):
             _log_misfire(job_log, plan, latest_id, now, common)
+            result.dropped += plan.decision.dropped
         else:
             result.raced += 1
         return
@@ -536,7 +542,8 @@ def _fire_one(
         return
     if outcome.status == "skipped":
         result.skipped += 1
-        job_log.log(
+        emit(
+            job_log,
             "schedule.skipped",
             now_ms=now,
             job_id=latest_id,
@@ -544,9 +551,9 @@ def _fire_one(
             reason=outcome.reason,
             **common,
         )
-        _log.info("schedule.skipped", schedule=sid, fires=plan.due.total, reason=outcome.reason)
         return
     _log_misfire(job_log, plan, latest_id, now, common)
+    result.dropped += decision.dropped
     for fire_ms, job in zip(decision.fire, plan.jobs, strict=True):
         assert job.next_attempt_at is not None
         fire_at = iso_utc(fire_ms)
@@ -554,48 +561,48 @@ def _fire_one(
             result.created.append(job.job_id)
             if result.earliest_job_at is None or job.next_attempt_at < result.earliest_job_at:
                 result.earliest_job_at = job.next_attempt_at
-            job_log.log(
+            emit(
+                job_log,
                 "schedule.fired",
                 now_ms=now,
+                level="debug",
                 job_id=job.job_id,
                 fire_at=fire_at,
                 next_attempt_at=job.next_attempt_at,
                 **common,
             )
-            _log.debug("schedule.fired", schedule=sid, job_id=job.job_id, fire_at=fire_at)
         else:
             result.existing.append(job.job_id)
-            job_log.log(
+            emit(
+                job_log,
                 "schedule.duplicate",
                 now_ms=now,
+                level="warning",
                 job_id=job.job_id,
                 fire_at=fire_at,
                 reason="a job for this fire time already exists",
                 **common,
             )
-            _log.warning("schedule.duplicate", schedule=sid, job_id=job.job_id, fire_at=fire_at)
 
 
 def _log_misfire(
-    job_log: JobLog, plan: FirePlan, latest_id: str, now: int, common: Mapping[str, object]
+    job_log: JobLog, plan: FirePlan, latest_id: str, now: int, common: Mapping[str, Any]
 ) -> None:
     decision = plan.decision
     if decision.reason is None:
         return
-    counts = {
+    counts: dict[str, Any] = {
         "policy": plan.schedule.misfire,
         "missed": plan.due.total,
         "fired": len(decision.fire),
         "dropped": decision.dropped,
     }
-    job_log.log(
+    emit(
+        job_log,
         "schedule.misfire",
         now_ms=now,
         job_id=latest_id,
         reason=decision.reason,
         **counts,
         **common,
-    )
-    _log.info(
-        "schedule.misfire", schedule=plan.schedule.schedule_id, reason=decision.reason, **counts
     )

@@ -41,11 +41,11 @@ from renewald.daemon.malformed import sweep as sweep_malformed
 from renewald.daemon.owner import looks_gone, make_owner_id
 from renewald.daemon.recovery import recover_lost_lines
 from renewald.daemon.rescuer import Rescuer
-from renewald.daemon.schedules import fire_due_schedules
+from renewald.daemon.schedules import TickResult, fire_due_schedules
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
 from renewald.daemon.summary import Summary
 from renewald.errors import DatabaseError
-from renewald.logging import JobLog
+from renewald.logging import JobLog, Throttle
 from renewald.store.changes import ChangeWatcher
 from renewald.store.engine import describe, is_transient
 
@@ -173,7 +173,11 @@ class Service:
         # When a poll last succeeded (monotonic): /healthz. The watchdog gate is marked
         # also when a tick ends in a database error (see `_guarded`).
         self.polled_ok_at: float | None = None
-        self._tick_failing: dict[str, float] = {}  # tick -> when its error was last logged
+        # Repeated warnings (a tick failing every second through an outage): one line a
+        # minute per tick, with how many were not said.
+        self._throttle = Throttle(TICK_ERROR_LOG_EVERY, monotonic=self.clock.monotonic)
+        # Called with what each schedule tick did (metrics).
+        self.schedule_observers: list[Callable[[TickResult], None]] = []
 
     # -- signals ---------------------------------------------------------------------
 
@@ -292,6 +296,8 @@ class Service:
             owner=self.owner,
             dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
         )
+        for observer in self.schedule_observers:
+            observer(fired)
         if fired.earliest_job_at is not None:
             self.wake_at(fired.earliest_job_at)
 
@@ -422,15 +428,17 @@ class Service:
                 tick()
             except (SQLAlchemyError, DatabaseError) as exc:
                 now = self.clock.monotonic()
-                # An outage of hours is one line per tick and minute, not one per tick.
-                logged = self._tick_failing.get(name)
-                if logged is None or now - logged >= TICK_ERROR_LOG_EVERY:
-                    self._tick_failing[name] = now
-                    _log.warning("tick.database_error", tick=tick.__name__, error=describe(exc))
+                self._throttle.warn(
+                    f"tick:{name}",
+                    _log,
+                    "tick.database_error",
+                    tick=tick.__name__,
+                    error=describe(exc),
+                )
                 if name in self.gate.required:
                     self.gate.mark(name, now)
             else:
-                if self._tick_failing.pop(name, None) is not None:
+                if self._throttle.clear(f"tick:{name}"):
                     _log.info("tick.database_recovered", tick=tick.__name__)
 
         run.__name__ = tick.__name__
@@ -507,7 +515,9 @@ class Service:
             except SQLAlchemyError as exc:
                 if not is_transient(exc) or time.monotonic() > until or self._stop.is_set():
                     raise
-                _log.warning("start.retrying", error=describe(exc), retry_in="0.2s")
+                self._throttle.warn(
+                    "start.retrying", _log, "start.retrying", error=describe(exc), retry_in="0.2s"
+                )
                 self._stop.wait(0.2)
 
     def _drain(self) -> None:
@@ -523,7 +533,9 @@ class Service:
                 # A busy or briefly unreachable database is waited out, as at start-up.
                 if not is_transient(exc) or time.monotonic() > waited_until:
                     raise
-                _log.warning("poll.failed", error=describe(exc), retry_in="0.2s")
+                self._throttle.warn(
+                    "poll.failed", _log, "poll.failed", error=describe(exc), retry_in="0.2s"
+                )
                 self._stop.wait(0.2)
                 continue
             self._polled()

@@ -205,6 +205,9 @@ class Store:
             )
         )
 
+    def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        return self.read(lambda conn: jobs.cancelled_among(conn, job_ids))
+
     def list_attempts(self, job_id: str) -> list[Attempt]:
         return self.read(lambda conn: jobs.list_attempts(conn, job_id))
 

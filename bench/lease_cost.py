@@ -108,13 +108,13 @@ def main() -> int:
             summary = json.loads(path.read_text())
         else:  # a run stopped early: its steps from the records' names (NN-side-stamp.json)
             names = sorted(f.name for f in args.resummarize.glob("[0-9][0-9]-*.json"))
-            sides = [n.split("-")[1] for n in names]
+            order = [n.split("-")[1] for n in names]
             summary = {
                 "timestamp": args.resummarize.name,
                 "stopped_early": True,
                 "pairs": len(names) // 2,
-                "order": sides,
-                "steps": [{"side": sd, "record": n} for sd, n in zip(sides, names, strict=True)],
+                "order": order,
+                "steps": [{"side": sd, "record": n} for sd, n in zip(order, names, strict=True)],
             }
         for step in summary["steps"]:
             record = json.loads((args.resummarize / step["record"]).read_text())

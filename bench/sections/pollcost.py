@@ -170,9 +170,9 @@ def _pg(ctx: Ctx, ds: DataSet, reps: int, n: dict[str, int]) -> dict[str, Any]:
             # FOR UPDATE SKIP LOCKED in its own implicit transaction: the locks go at its end
             auto.execute(bare.PG_DUE, params).fetchall()
 
-        (first_due,) = auto.execute(
-            "SELECT min(next_attempt_at) FROM renewal_jobs WHERE status = 'pending'"
-        ).fetchone()
+        first_due = _one(
+            auto.execute("SELECT min(next_attempt_at) FROM renewal_jobs WHERE status = 'pending'")
+        )
         quiet = dict(params, now=first_due - 1)
 
         def due_empty() -> None:
@@ -189,7 +189,7 @@ def _pg(ctx: Ctx, ds: DataSet, reps: int, n: dict[str, int]) -> dict[str, Any]:
             assert len(rows) == BATCH, len(rows)
 
         timings = _measure(due, due_empty, next_due, claim, reps, n)
-        (size,) = auto.execute("SELECT pg_total_relation_size('renewal_jobs')").fetchone()
+        size = _one(auto.execute("SELECT pg_total_relation_size('renewal_jobs')"))
     finally:
         conn.close()
         auto.close()
@@ -246,3 +246,9 @@ def run(ctx: Ctx) -> dict[str, Any]:
             f", renewald claim {t['claim_renewald']['ms']['median']:.2f} ms"
         )
     return out
+
+
+def _one(cursor: Any) -> Any:
+    row = cursor.fetchone()
+    assert row is not None
+    return row[0]

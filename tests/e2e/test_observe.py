@@ -200,9 +200,12 @@ class LineReader:
         self.seen: list[str] = []
         assert proc.stdout is not None
         stream = proc.stdout
-        self._thread = threading.Thread(
-            target=lambda: [self.lines.put(line) for line in stream], daemon=True
-        )
+
+        def pump() -> None:
+            for line in stream:
+                self.lines.put(line)
+
+        self._thread = threading.Thread(target=pump, daemon=True)
         self._thread.start()
 
     def join(self) -> None:

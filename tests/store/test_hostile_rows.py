@@ -8,6 +8,8 @@ range, negative counts, invalid JSON, unknown statuses.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from renewald.daemon.service import Service
 from renewald.store import Store
 from renewald.store.decode import MAX_EPOCH_MS
 from renewald.store.schema import renewal_job_attempts
-from tests.store.factories import T0, make_conversation, make_job, make_link
+from tests.store.factories import T0, job_of, make_conversation, make_job, make_link
 
 FAR = 100_000_000_000_000_000  # 1e17 ms: year ~3 million
 
@@ -163,12 +165,11 @@ def test_sweep_ends_unclaimable_rows_and_nothing_else(store: Store) -> None:
     swept = store.sweep_malformed(now=T0, owner="o1", log_path="logs/x.jsonl")
     assert sorted(s.job_id for s in swept) == sorted(hostile)
     for job_id in hostile:
-        job = store.get_job(job_id)
-        assert job is not None
-        assert (job.status, job.terminal_reason) == ("failed", "malformed")
-        assert job.last_error is not None
-        assert job.last_error.startswith("malformed: renewal_jobs.next_attempt_at ")
-        assert job.finished_at == T0 and job.log_path == "logs/x.jsonl"
+        failed = job_of(store, job_id)
+        assert (failed.status, failed.terminal_reason) == ("failed", "malformed")
+        assert failed.last_error is not None
+        assert failed.last_error.startswith("malformed: renewal_jobs.next_attempt_at ")
+        assert failed.finished_at == T0 and failed.log_path == "logs/x.jsonl"
         [attempt] = attempts(store, job_id)
         assert (attempt["outcome"], attempt["decision"]) == ("malformed", "failed")
     for job_id in (good.job_id, unscheduled.job_id, later.job_id):
@@ -192,11 +193,11 @@ class Clock:
 
 
 @pytest.fixture
-def service(store: Store, tmp_path) -> Service:
+def service(store: Store, tmp_path: Path) -> Iterator[Service]:
     config = Config(daemon=DaemonConfig(workers=2), logging=LoggingConfig(dir=tmp_path / "logs"))
     svc = Service(config, store, clock=Clock(T0))
     svc.dispatcher.start()
-    yield svc  # type: ignore[misc]
+    yield svc
     svc.dispatcher.close(now=T0)
     svc.job_log.close()
 

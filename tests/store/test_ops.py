@@ -14,7 +14,7 @@ from renewald.daemon.metrics import Metrics
 from renewald.daemon.rescuer import Rescuer
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Store
-from renewald.store.ops import OperatorAction
+from renewald.store.ops import Conversation, OperatorAction
 from renewald.store.schema import (
     local_conversations,
     renewal_job_attempts,
@@ -352,17 +352,23 @@ def test_rescued_cancelled_job_ends_cancelled(store: Store, tmp_path: Path) -> N
 # -- conversations ---------------------------------------------------------------------
 
 
+def set_status(store: Store, status: str, *, now: int) -> tuple[Conversation, Conversation]:
+    changed = store.set_automation_status("c", status=status, now=now)
+    assert changed is not None
+    return changed
+
+
 def test_pause_and_resume_like_the_tracker(store: Store) -> None:
     make_conversation(store, "c", status="auto")
     make_job(store, conversation="c", job_id="j")
-    before, after = store.set_automation_status("c", status="paused", now=T0 + 1)
+    before, after = set_status(store, "paused", now=T0 + 1)
     assert before.automation_status == "auto"
     assert (after.automation_status, after.paused_at) == ("paused", T0 + 1)
     assert after.updated_at == T0 + 1
     assert claim(store, now=T0 + 2) == []
-    _, again = store.set_automation_status("c", status="paused", now=T0 + 5)
+    _, again = set_status(store, "paused", now=T0 + 5)
     assert again.paused_at == T0 + 1  # pausing twice keeps when it was paused
-    _, resumed = store.set_automation_status("c", status="auto", now=T0 + 6)
+    _, resumed = set_status(store, "auto", now=T0 + 6)
     assert (resumed.automation_status, resumed.paused_at, resumed.updated_at) == (
         "auto",
         None,

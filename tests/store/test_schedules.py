@@ -17,7 +17,7 @@ from renewald.store import Store
 from renewald.store.models import Schedule
 from renewald.store.schedules import ScheduleExists
 from renewald.store.schema import local_conversations, renewal_jobs, renewal_schedules
-from tests.store.factories import T0, make_conversation, make_job, set_conversation
+from tests.store.factories import T0, checked_out, make_conversation, make_job, set_conversation
 
 HOUR = 3_600_000
 OWNER = "host:1:boot"
@@ -372,7 +372,7 @@ def test_concurrent_firers_create_each_fire_exactly_once(
         for t in threads:
             t.join(timeout=60)
     for s in stores:
-        assert s.engine.pool.checkedout() == 0
+        assert checked_out(s) == 0
         s.close()
     assert errors == []
     # Fires first + k hours, first = T0 - 4h - n s. At T0 fires k = 0..4 are due, at

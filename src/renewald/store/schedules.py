@@ -19,12 +19,12 @@ are read in the same transaction; a gated fire still advances the schedule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from renewald.errors import RenewaldError
+from renewald.store.backend import Backend
 from renewald.store.jobs import ensure_conversation
 from renewald.store.models import FireOutcome, NewJob, Schedule
 from renewald.store.schema import local_conversations, renewal_jobs, renewal_schedules
@@ -199,39 +199,10 @@ def _job_rows(new_jobs: Sequence[NewJob], now: int) -> list[dict[str, object]]:
     ]
 
 
-def insert_fire_jobs_sqlite(conn: Connection, new_jobs: Sequence[NewJob], *, now: int) -> set[str]:
-    """Insert the jobs, skipping any whose job_id or message_id exists; returns the ids made."""
-    stmt = (
-        sqlite.insert(jobs)
-        .values(_job_rows(new_jobs, now))
-        .on_conflict_do_nothing()
-        .returning(jobs.c.job_id)
-    )
-    return set(conn.execute(stmt).scalars())
-
-
-def insert_fire_jobs_postgresql(
-    conn: Connection, new_jobs: Sequence[NewJob], *, now: int
-) -> set[str]:
-    """Insert the jobs, skipping any whose job_id or message_id exists; returns the ids made."""
-    stmt = (
-        postgresql.insert(jobs)
-        .values(_job_rows(new_jobs, now))
-        .on_conflict_do_nothing()
-        .returning(jobs.c.job_id)
-    )
-    return set(conn.execute(stmt).scalars())
-
-
-INSERT_FIRE_JOBS: dict[str, Callable[..., set[str]]] = {
-    "sqlite": insert_fire_jobs_sqlite,
-    "postgresql": insert_fire_jobs_postgresql,
-}
-
-
 def fire_schedule(
     conn: Connection,
     *,
+    backend: Backend,
     schedule: Schedule,
     new_jobs: Sequence[NewJob],
     next_fire_at: int | None,
@@ -258,7 +229,8 @@ def fire_schedule(
         return FireOutcome("raced")
     if reason:
         return FireOutcome("skipped", reason=reason)
-    created = INSERT_FIRE_JOBS[conn.dialect.name](conn, new_jobs, now=now)
+    insert = backend.insert_ignoring_conflicts(jobs, _job_rows(new_jobs, now), key=())
+    created = set(conn.execute(insert.returning(jobs.c.job_id)).scalars())
     ids = [j.job_id for j in new_jobs]
     return FireOutcome(
         "fired",

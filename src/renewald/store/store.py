@@ -24,6 +24,9 @@ from renewald.errors import DatabaseError, DatabaseUnavailable
 from renewald.store import attempts, claim, daemons, jobs, leases, ops, sweep, targets, unlogged
 from renewald.store.engine import (
     READ_ONLY,
+    Backend,
+    backend_for,
+    backend_of,
     describe,
     is_transient,
     is_unavailable,
@@ -50,21 +53,18 @@ class Store:
         *,
         retry_for: float = RETRY_FOR,
         sleep: Callable[[float], None] = time.sleep,
+        backend: Backend | None = None,
     ) -> None:
         self.engine = engine
-        self.dialect = engine.dialect.name
+        self.backend = backend or backend_of(engine)
+        self.dialect = self.backend.name
         self.retry_for = retry_for
         self._sleep = sleep
-        self._claim = (
-            claim.claim_due_jobs_postgresql
-            if self.dialect == "postgresql"
-            else claim.claim_due_jobs_sqlite
-        )
 
     def with_budget(self, retry_for: float) -> Store:
         """The same database (same engine and pool) with another retry budget per call.
         Close only the store the engine was opened with."""
-        return Store(self.engine, retry_for=retry_for, sleep=self._sleep)
+        return Store(self.engine, retry_for=retry_for, sleep=self._sleep, backend=self.backend)
 
     @classmethod
     def open(
@@ -80,6 +80,7 @@ class Store:
         """Open the database at `url` and check that it answers. Without `create`, a SQLite
         file that does not exist is an error rather than a new empty database. A database
         that stays unreachable for `retry_for` raises `DatabaseUnavailable`."""
+        backend = backend_for(url)
         path = sqlite_path(url)
         if path is not None:
             if create:
@@ -89,7 +90,7 @@ class Store:
         engine = make_engine(
             url, busy_timeout=busy_timeout, synchronous=synchronous, pool_size=pool_size
         )
-        store = cls(engine, retry_for=retry_for)
+        store = cls(engine, retry_for=retry_for, backend=backend)
         try:
             store.ping()
         except BaseException:
@@ -233,8 +234,9 @@ class Store:
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
 
         def tx(conn: Connection) -> list[ClaimedJob]:
-            claimed = self._claim(
+            claimed = claim.claim_due_jobs(
                 conn,
+                backend=self.backend,
                 owner=owner,
                 clock=clock,
                 lease_ms=lease_ms,
@@ -666,6 +668,7 @@ class Store:
         return self.write(
             lambda conn: schedule_sql.fire_schedule(
                 conn,
+                backend=self.backend,
                 schedule=schedule,
                 new_jobs=new_jobs,
                 next_fire_at=next_fire_at,
@@ -727,7 +730,12 @@ class Store:
         """Apply a pure `change` to the target's row, locked; returns (before, after)."""
         return self.write(
             lambda conn: targets.change_target_pause(
-                conn, target_key=target_key, adapter=adapter, now=now, change=change
+                conn,
+                backend=self.backend,
+                target_key=target_key,
+                adapter=adapter,
+                now=now,
+                change=change,
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +45,26 @@ def ensure_conversation(
     return True
 
 
+def new_job_row(job: NewJob, now: int) -> dict[str, Any]:
+    """The `renewal_jobs` row of a job renewald creates: pending, never attempted."""
+    return {
+        "job_id": job.job_id,
+        "local_conversation_id": job.local_conversation_id,
+        "message_id": job.message_id,
+        "status": "pending",
+        "payload": job.payload,
+        "payload_kind": job.payload_kind,
+        "target_snapshot": job.target_snapshot,
+        "target_kind": job.target_kind,
+        "attempt_count": 0,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": job.next_attempt_at,
+        "deadline_at": job.deadline_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def insert_job(conn: Connection, *, job: NewJob, now: int) -> None:
     clash = conn.execute(
         select(jobs.c.job_id, jobs.c.message_id).where(
@@ -54,24 +75,7 @@ def insert_job(conn: Connection, *, job: NewJob, now: int) -> None:
         what = f"job id {job.job_id}" if clash.job_id == job.job_id else f"message {job.message_id}"
         raise DuplicateJob(f"{what} already has a job ({clash.job_id})")
     try:
-        conn.execute(
-            insert(jobs).values(
-                job_id=job.job_id,
-                local_conversation_id=job.local_conversation_id,
-                message_id=job.message_id,
-                status="pending",
-                payload=job.payload,
-                payload_kind=job.payload_kind,
-                target_snapshot=job.target_snapshot,
-                target_kind=job.target_kind,
-                attempt_count=0,
-                max_attempts=job.max_attempts,
-                next_attempt_at=job.next_attempt_at,
-                deadline_at=job.deadline_at,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        conn.execute(insert(jobs).values(new_job_row(job, now)))
     except IntegrityError as exc:  # lost a race with another writer of the same ids
         raise DuplicateJob(f"job {job.job_id} or message {job.message_id} already exists") from exc
 

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from renewald.errors import RenewaldError
 from renewald.store.backend import Backend
-from renewald.store.jobs import ensure_conversation
+from renewald.store.jobs import ensure_conversation, new_job_row
 from renewald.store.models import FireOutcome, NewJob, Schedule
 from renewald.store.schema import local_conversations, renewal_jobs, renewal_schedules
 
@@ -177,28 +177,6 @@ def skip_reason(
     return None
 
 
-def _job_rows(new_jobs: Sequence[NewJob], now: int) -> list[dict[str, object]]:
-    return [
-        {
-            "job_id": j.job_id,
-            "local_conversation_id": j.local_conversation_id,
-            "message_id": j.message_id,
-            "status": "pending",
-            "payload": j.payload,
-            "payload_kind": j.payload_kind,
-            "target_snapshot": j.target_snapshot,
-            "target_kind": j.target_kind,
-            "attempt_count": 0,
-            "max_attempts": j.max_attempts,
-            "next_attempt_at": j.next_attempt_at,
-            "deadline_at": j.deadline_at,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for j in new_jobs
-    ]
-
-
 def fire_schedule(
     conn: Connection,
     *,
@@ -229,7 +207,9 @@ def fire_schedule(
         return FireOutcome("raced")
     if reason:
         return FireOutcome("skipped", reason=reason)
-    insert = backend.insert_ignoring_conflicts(jobs, _job_rows(new_jobs, now), key=())
+    insert = backend.insert_ignoring_conflicts(
+        jobs, [new_job_row(j, now) for j in new_jobs], key=()
+    )
     created = set(conn.execute(insert.returning(jobs.c.job_id)).scalars())
     ids = [j.job_id for j in new_jobs]
     return FireOutcome(

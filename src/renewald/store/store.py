@@ -19,9 +19,24 @@ import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+import renewald.store.facts as facts_sql
 import renewald.store.schedules as schedule_sql
+import renewald.store.stats as stats_sql
 from renewald.errors import DatabaseError, DatabaseUnavailable
-from renewald.store import attempts, claim, daemons, jobs, leases, ops, sweep, targets, unlogged
+from renewald.store import (
+    attempts,
+    claim,
+    conversations,
+    daemons,
+    explain,
+    jobs,
+    leases,
+    ops,
+    retention,
+    sweep,
+    targets,
+    unlogged,
+)
 from renewald.store.engine import (
     READ_ONLY,
     Backend,
@@ -34,7 +49,7 @@ from renewald.store.engine import (
     sqlite_path,
 )
 from renewald.store.migrate import check_schema
-from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
+from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob, TargetPause
 
 T = TypeVar("T")
 _log = structlog.get_logger("renewald.store")
@@ -404,14 +419,16 @@ class Store:
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
         gone: Callable[[daemons.DaemonRow], bool] | None = None,
-    ) -> tuple[ops.JobFacts, ops.Explanation] | None:
+    ) -> tuple[facts_sql.JobFacts, explain.Explanation] | None:
         """The job, the rows that decide whether it is due, and the rule that applies.
         `gone` tells a registered daemon whose process is known not to run any more."""
-        facts = self.read(lambda conn: ops.job_facts(conn, job_id, now=now, target_of=target_of))
+        facts = self.read(
+            lambda conn: facts_sql.job_facts(conn, job_id, now=now, target_of=target_of)
+        )
         if facts is None:
             return None
         facts = facts.with_gone_owners(gone)
-        why = ops.explain(
+        why = explain.explain(
             facts,
             now=now,
             dispatch_statuses=dispatch_statuses,
@@ -433,11 +450,11 @@ class Store:
         target_kinds: Sequence[str] = (),
         limit: int | None = 50,
         gone: Callable[[daemons.DaemonRow], bool] | None = None,
-    ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
+    ) -> tuple[list[tuple[facts_sql.JobFacts, explain.Explanation]], int]:
         """`list_jobs` with the rule that applies to each job (the same `explain` as
         `explain_job`), and how many jobs match in all; one transaction."""
 
-        def tx(conn: Connection) -> tuple[list[ops.JobFacts], int]:
+        def tx(conn: Connection) -> tuple[list[facts_sql.JobFacts], int]:
             found = jobs.list_jobs(
                 conn,
                 statuses=statuses,
@@ -457,7 +474,7 @@ class Store:
                     reasons=reasons,
                     target_kinds=target_kinds,
                 )
-            return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
+            return facts_sql.jobs_facts(conn, found, now=now, target_of=target_of), total
 
         all_facts, total = self.read(tx)
         all_facts = [f.with_gone_owners(gone) for f in all_facts]
@@ -465,7 +482,7 @@ class Store:
         explained = [
             (
                 facts,
-                ops.explain(
+                explain.explain(
                     facts,
                     now=now,
                     dispatch_statuses=dispatch_statuses,
@@ -555,18 +572,18 @@ class Store:
 
     def set_automation_status(
         self, conversation_id: str, *, status: str, now: int
-    ) -> tuple[ops.Conversation, ops.Conversation] | None:
+    ) -> tuple[conversations.Conversation, conversations.Conversation] | None:
         return self.write(
-            lambda conn: ops.set_automation_status(
+            lambda conn: conversations.set_automation_status(
                 conn, conversation_id=conversation_id, status=status, now=now
             )
         )
 
     def list_conversations(
         self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 100
-    ) -> list[ops.ConversationSummary]:
+    ) -> list[conversations.ConversationSummary]:
         return self.read(
-            lambda conn: ops.list_conversations(
+            lambda conn: conversations.list_conversations(
                 conn, statuses=statuses, conversation=conversation, limit=limit
             )
         )
@@ -578,9 +595,9 @@ class Store:
         dispatch_statuses: Sequence[str] = ("auto",),
         overdue_before: int,
         failures_since: int,
-    ) -> ops.Stats:
+    ) -> stats_sql.Stats:
         return self.read(
-            lambda conn: ops.stats(
+            lambda conn: stats_sql.stats(
                 conn,
                 now=now,
                 dispatch_statuses=dispatch_statuses,
@@ -589,16 +606,16 @@ class Store:
             )
         )
 
-    def gauges(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> ops.Gauges:
+    def gauges(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> stats_sql.Gauges:
         return self.read(
-            lambda conn: ops.gauges(conn, now=now, dispatch_statuses=dispatch_statuses)
+            lambda conn: stats_sql.gauges(conn, now=now, dispatch_statuses=dispatch_statuses)
         )
 
-    def paused_targets(self, *, now: int) -> list[ops.TargetPause]:
-        return self.read(lambda conn: ops.paused_targets(conn, now=now))
+    def paused_targets(self, *, now: int) -> list[TargetPause]:
+        return self.read(lambda conn: stats_sql.paused_targets(conn, now=now))
 
     def count_prunable(self, *, before: int) -> tuple[int, int]:
-        return self.read(lambda conn: ops.count_prunable(conn, before=before))
+        return self.read(lambda conn: retention.count_prunable(conn, before=before))
 
     def prune_finished(
         self, *, before: int, batch: int = 500, max_batches: int | None = None
@@ -609,7 +626,7 @@ class Store:
         total_jobs = total_attempts = batches = 0
         while max_batches is None or batches < max_batches:
             n_jobs, n_attempts = self.write(
-                lambda conn: ops.prune_batch(conn, before=before, limit=batch)
+                lambda conn: retention.prune_batch(conn, before=before, limit=batch)
             )
             batches += 1
             total_jobs += n_jobs
@@ -717,16 +734,16 @@ class Store:
 
     # -- delivery targets (the breaker's shared state) -------------------------------
 
-    def list_target_pauses(self) -> list[targets.TargetPause]:
+    def list_target_pauses(self) -> list[TargetPause]:
         """Every target whose breaker counts failures or is open."""
         return self.read(targets.list_target_pauses)
 
-    def get_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
+    def get_target_pause(self, *, target_key: str) -> TargetPause | None:
         return self.read(lambda conn: targets.get_target_pause(conn, target_key))
 
     def change_target_pause(
         self, *, target_key: str, adapter: str | None, now: int, change: targets.Change
-    ) -> tuple[targets.TargetPause | None, targets.TargetPause | None]:
+    ) -> tuple[TargetPause | None, TargetPause | None]:
         """Apply a pure `change` to the target's row, locked; returns (before, after)."""
         return self.write(
             lambda conn: targets.change_target_pause(
@@ -753,7 +770,7 @@ class Store:
             )
         )
 
-    def clear_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
+    def clear_target_pause(self, *, target_key: str) -> TargetPause | None:
         """Delete the target's row (it accepted a delivery); returns what it was."""
         return self.write(lambda conn: targets.clear_target_pause(conn, target_key=target_key))
 

@@ -7,8 +7,7 @@ library), the top functions by self time and the renewald functions by inclusive
 
 py-spy's default mode samples every thread that is not idle: a thread waiting for the GIL
 counts as active. `gil` profiles sample only the thread holding the GIL, i.e. where the
-process's one core of Python time goes. Also here: SQL variants of the due query on the
-1,000,000-row data set (bench/experiments.py), to size the fixes proposed in results.md.
+process's one core of Python time goes.
 """
 
 from __future__ import annotations
@@ -444,11 +443,6 @@ def run(ctx: Ctx, stamp: str) -> None:
                 note="1000 Hz, attached by pid after start-up.",
             ),
         )
-
-    # 7: SQL variants of the due query / claim at 1,000,000 rows
-    from bench import experiments
-
-    save("sql-variants", experiments.run(ctx))
 
     (out_dir / "README.md").write_text(
         "# Profiles\n\n" + "\n".join(f"- [{n}]({n}.md)" for n in index) + "\n"

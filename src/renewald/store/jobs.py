@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from renewald.errors import DuplicateJob
@@ -236,9 +248,14 @@ def next_due_at(conn: Connection, *, now: int) -> int | None:
     The upper bound keeps out what no claim will take (SQLite sorts text and BLOBs after
     every number, and a time past year 9999 is no time): the sweep ends those rows.
     """
-    query = select(func.min(jobs.c.next_attempt_at)).where(
+    return epoch_ms_or_none(conn.execute(next_due_query(), {"now": now}).scalar())
+
+
+def next_due_query() -> Select[tuple[Any]]:
+    """`next_due_at`'s statement; its one parameter is `now`."""
+    now = bindparam("now", type_=BigInteger)
+    return select(func.min(jobs.c.next_attempt_at)).where(
         jobs.c.status == "pending",
         jobs.c.next_attempt_at > now,
         jobs.c.next_attempt_at <= MAX_EPOCH_MS,
     )
-    return epoch_ms_or_none(conn.execute(query).scalar())

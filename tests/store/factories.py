@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, insert, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
 from renewald.store import Job, NewJob, Store
@@ -13,6 +15,11 @@ from renewald.store.schema import conversation_links, local_conversations
 
 T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
 _seq = itertools.count(1)
+
+
+def locked(conn: Connection) -> None:
+    """A transaction body that fails the way a SQLite file held by another writer does."""
+    raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
 
 
 def checked_out(store: Store) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -97,18 +98,37 @@ def get_job(conn: Connection, job_id: str) -> Job | None:
     return Job.from_row(row) if row else None
 
 
-def _job_filters(
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True)
+class JobFilter:
     """What `renewald jobs` selects by: status, conversation, `updated_at >= since`,
     reason (the terminal reason, or the start of its latest attempt's decision reason:
     `backoff`, `retry_after`, `breaker`), and the target kind the daemon would use (the
-    job's own, else its conversation's active link's)."""
+    job's own, else its conversation's active link's). Empty: every job."""
+
+    statuses: Sequence[str] = ()
+    conversation: str | None = None
+    since: int | None = None
+    reasons: Sequence[str] = ()
+    target_kinds: Sequence[str] = ()
+
+    def where(self) -> list[ColumnElement[bool]]:
+        return _job_filters(
+            statuses=self.statuses,
+            conversation=self.conversation,
+            since=self.since,
+            reasons=self.reasons,
+            target_kinds=self.target_kinds,
+        )
+
+
+def _job_filters(
+    *,
+    statuses: Sequence[str],
+    conversation: str | None,
+    since: int | None,
+    reasons: Sequence[str],
+    target_kinds: Sequence[str],
+) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if statuses:
         where.append(jobs.c.status.in_(list(statuses)))
@@ -148,55 +168,18 @@ def _job_filters(
     return where
 
 
-def list_jobs(
-    conn: Connection,
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-    limit: int | None = 50,
-) -> list[Job]:
+def list_jobs(conn: Connection, where: JobFilter, *, limit: int | None = 50) -> list[Job]:
     """Jobs, newest first (`limit` None: all of them)."""
-    query = select(jobs).where(
-        *_job_filters(
-            statuses=statuses,
-            conversation=conversation,
-            since=since,
-            reasons=reasons,
-            target_kinds=target_kinds,
-        )
-    )
+    query = select(jobs).where(*where.where())
     query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id)
     if limit is not None:
         query = query.limit(limit)
     return [Job.from_row(r) for r in conn.execute(query).mappings()]
 
 
-def count_jobs(
-    conn: Connection,
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-) -> int:
+def count_jobs(conn: Connection, where: JobFilter) -> int:
     """How many jobs `list_jobs` would return without a limit."""
-    query = (
-        select(func.count())
-        .select_from(jobs)
-        .where(
-            *_job_filters(
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-            )
-        )
-    )
+    query = select(func.count()).select_from(jobs).where(*where.where())
     return int(conn.execute(query).scalar_one())
 
 

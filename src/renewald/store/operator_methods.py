@@ -18,7 +18,7 @@ from renewald.store import (
     retention,
 )
 from renewald.store.models import ClaimedJob, TargetPause
-from renewald.store.transactions import Transactions
+from renewald.store.transactions import T, Transactions
 
 
 class OperatorMethods(Transactions):
@@ -68,26 +68,13 @@ class OperatorMethods(Transactions):
         """`list_jobs` with the rule that applies to each job (the same `explain` as
         `explain_job`), and how many jobs match in all; one transaction."""
 
+        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
+
         def tx(conn: Connection) -> tuple[list[facts_sql.JobFacts], int]:
-            found = jobs.list_jobs(
-                conn,
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-                limit=limit,
-            )
+            found = jobs.list_jobs(conn, where, limit=limit)
             total = len(found)
             if limit is not None and total >= limit:
-                total = jobs.count_jobs(
-                    conn,
-                    statuses=statuses,
-                    conversation=conversation,
-                    since=since,
-                    reasons=reasons,
-                    target_kinds=target_kinds,
-                )
+                total = jobs.count_jobs(conn, where)
             return facts_sql.jobs_facts(conn, found, now=now, target_of=target_of), total
 
         all_facts, total = self.read(tx)
@@ -111,9 +98,19 @@ class OperatorMethods(Transactions):
         self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
     ) -> ops.Retried | None:
         """A failed job back to pending, due now, with a fresh budget; None if not failed."""
+        return self._operator_write(ops.retry_job, job_id, now, action, attempt_id)
+
+    def _operator_write(
+        self,
+        change: Callable[..., T],
+        job_id: str,
+        now: int,
+        action: ops.OperatorAction,
+        attempt_id: str | None,
+    ) -> T:
         aid = attempt_id or uuid.uuid4().hex
         return self.write(
-            lambda conn: ops.retry_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
+            lambda conn: change(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
         )
 
     def failed_job_ids(
@@ -179,10 +176,7 @@ class OperatorMethods(Transactions):
     def cancel_job(
         self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
     ) -> ops.Cancelled | None:
-        aid = attempt_id or uuid.uuid4().hex
-        return self.write(
-            lambda conn: ops.cancel_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
-        )
+        return self._operator_write(ops.cancel_job, job_id, now, action, attempt_id)
 
     def set_automation_status(
         self, conversation_id: str, *, status: str, now: int

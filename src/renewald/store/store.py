@@ -110,17 +110,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         target_kinds: Sequence[str] = (),
         limit: int | None = 50,
     ) -> list[Job]:
-        return self.read(
-            lambda conn: jobs.list_jobs(
-                conn,
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-                limit=limit,
-            )
-        )
+        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
+        return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
     def list_attempts(self, job_id: str) -> list[Attempt]:
         return self.read(lambda conn: jobs.list_attempts(conn, job_id))

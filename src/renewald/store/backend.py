@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
+OnChange = Callable[[], None]
+
 # Execution option of a read-only transaction (SQLite opens it DEFERRED, not IMMEDIATE).
 READ_ONLY = "renewald_read_only"
 
@@ -55,12 +57,7 @@ class Backend(Protocol):
         ...
 
     def changes_watch(
-        self,
-        url: str,
-        on_change: Callable[[], None],
-        *,
-        stop: threading.Event,
-        interval: float,
+        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
     ) -> None:
         """Call `on_change()` once connected and whenever another process may have written
         new work, until `stop` is set; raise when the connection fails."""

@@ -12,7 +12,7 @@ becomes pending).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -20,6 +20,8 @@ from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
+
+from renewald.store.backend import OnChange
 
 CHANNEL = "renewald_jobs"
 
@@ -76,12 +78,7 @@ class PostgresqlBackend:
         )
 
     def changes_watch(
-        self,
-        url: str,
-        on_change: Callable[[], None],
-        *,
-        stop: threading.Event,
-        interval: float,
+        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
     ) -> None:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(dsn, autocommit=True) as conn:

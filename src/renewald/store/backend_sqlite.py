@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
-from renewald.store.backend import READ_ONLY
+from renewald.store.backend import READ_ONLY, OnChange
 from renewald.store.decode import sqlite_text
 
 
@@ -87,12 +87,7 @@ class SqliteBackend:
         return sqlite.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
 
     def changes_watch(
-        self,
-        url: str,
-        on_change: Callable[[], None],
-        *,
-        stop: threading.Event,
-        interval: float,
+        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
     ) -> None:
         path = sqlite_path(url)
         if path is None:

@@ -263,8 +263,9 @@ def _limit(sec: dict[str, Any] | None) -> list[str]:
     L.append(
         "Claim → no-op → fenced job update + attempt insert → one JSONL line per attempt, in "
         "plain `sqlite3` (WAL, synchronous=NORMAL, BEGIN IMMEDIATE) and plain psycopg "
-        "(`FOR UPDATE SKIP LOCKED`, no advisory lock), renewald's statements written out by "
-        "hand (bench/bare.py). Two transactions per claim. Data: the drain's set (due jobs, "
+        "(`FOR UPDATE SKIP LOCKED`, no advisory lock), renewald's own statements compiled to "
+        "SQL text (bench/statements.py, bench/bare.py). Two transactions per claim. Data: the "
+        "drain's set (due jobs, "
         "two per conversation); each run stops after the job count shown."
     )
     L.append("")

@@ -22,6 +22,7 @@ from renewald.store import (
     sweep,
     unlogged,
 )
+from renewald.store.changes import ChangeWatcher
 from renewald.store.engine import make_engine, sqlite_path
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
 from renewald.store.operator_methods import OperatorMethods
@@ -38,6 +39,14 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         """The same database (same engine and pool) with another retry budget per call.
         Close only the store the engine was opened with."""
         return Store(self.engine, retry_for=retry_for, sleep=self._sleep, backend=self.backend)
+
+    def change_watcher(
+        self, on_change: Callable[[], None], *, interval: float = 0.05
+    ) -> ChangeWatcher:
+        """A watcher of work other processes write to this database, through this store's
+        backend (LISTEN/NOTIFY where `backend.listen_notify`, else a polled counter)."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        return ChangeWatcher(url, on_change, interval=interval, backend=self.backend)
 
     @classmethod
     def open(

@@ -27,8 +27,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
     p.add_argument(
         "--only",
-        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)}; "
-        "with --whatif: throughput,pickup,idle)",
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)}; )",
     )
     p.add_argument(
         "--pg-url",
@@ -44,9 +43,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (bench/work/)")
     p.add_argument("--profile", action="store_true", help="run the py-spy profiles instead")
-    p.add_argument(
-        "--whatif", action="store_true", help="measure the proposed fixes (bench/whatif.py)"
-    )
     return p.parse_args(argv)
 
 
@@ -68,15 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         sqlite=SqliteDBs(work),
         pg=pg,
     )
-    if args.profile or args.whatif:
+    if args.profile:
         from bench import profile
 
         try:
-            if args.profile:
-                profile.run(ctx, stamp)
-            if args.whatif:
-                parts = tuple(args.only.split(",")) if args.only else profile.WHATIF_PARTS
-                profile.whatif(ctx, stamp, parts)
+            profile.run(ctx, stamp)
         finally:
             stop_started()
             if pg is not None:

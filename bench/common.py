@@ -247,19 +247,12 @@ def spawn(
     cwd: Path,
     console: Path,
     sample_rss: bool = True,
-    patches: Sequence[str] = (),
 ) -> Proc:
-    """Start `renewald <args>`, stdout and stderr into `console` (never a TTY).
-
-    With `patches`, renewald runs through `python -m bench.whatif` with those patches."""
-    exe = [RENEWALD]
-    if patches:
-        exe = [sys.executable, "-m", "bench.whatif", "--patch", ",".join(patches), "--"]
-        env = dict(env, PYTHONPATH=str(BENCH_DIR.parent))
+    """Start `renewald <args>`, stdout and stderr into `console` (never a TTY)."""
     fh = open(console, "wb")  # noqa: SIM115 - handed to the child, closed below
     started = time.perf_counter()
     popen = subprocess.Popen(
-        [*exe, *args],
+        [RENEWALD, *args],
         env=env,
         cwd=cwd,
         stdout=fh,
@@ -329,3 +322,8 @@ def importtime_top(stderr: str, n: int = 15) -> list[dict[str, Any]]:
     total = max((r["cumulative_us"] for r in rows if r["depth"] == 0), default=0)
     top = sorted(rows, key=lambda r: r["cumulative_us"], reverse=True)
     return [{"total_top_level_us": total}, *top[:n]]
+
+
+def registered(db: Any) -> bool:
+    """A renewald daemon has registered in `db`."""
+    return bool(db.query("SELECT count(*) FROM renewald_daemons")[0][0] > 0)

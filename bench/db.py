@@ -401,14 +401,14 @@ class RunDB:
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self.backend == "sqlite":
             assert self.path is not None
-            conn = sqlite_connect(self.path)
+            lite = sqlite_connect(self.path)
             try:
-                return conn.execute(sql, params).fetchall()
+                return lite.execute(sql, params).fetchall()
             finally:
-                conn.close()
+                lite.close()
         assert self.pg is not None and self.schema is not None
-        with self.pg.connect(self.schema) as conn:
-            return conn.execute(sql.replace("?", "%s"), params).fetchall()
+        with self.pg.connect(self.schema) as pg:
+            return pg.execute(sql.replace("?", "%s"), params).fetchall()
 
     def status_counts(self) -> dict[str, int]:
         return status_counts(self.query("SELECT status, count(*) FROM renewal_jobs GROUP BY 1"))

@@ -7,12 +7,12 @@ library), the top functions by self time and the renewald functions by inclusive
 
 py-spy's default mode samples every thread that is not idle: a thread waiting for the GIL
 counts as active. `gil` profiles sample only the thread holding the GIL, i.e. where the
-process's one core of Python time goes. Also here: SQL variants of the due query on the
-1,000,000-row data set (bench/experiments.py), to size the fixes proposed in results.md.
+process's one core of Python time goes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -20,9 +20,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-from bench.common import BENCH_DIR, RENEWALD, now_ms, renewald_env, say, spawn, wait_until
+from bench.common import (
+    BENCH_DIR,
+    RENEWALD,
+    now_ms,
+    registered,
+    renewald_env,
+    say,
+    spawn,
+    wait_until,
+)
 from bench.context import Ctx
 from bench.db import DataSet, empty_db, fresh_db
 from bench.sections.iobound import WORKERS, Target
@@ -395,7 +403,7 @@ def run(ctx: Ctx, stamp: str) -> None:
         )
         try:
             wait_until(
-                lambda db=db: db.query("SELECT count(*) FROM renewald_daemons")[0][0] > 0,
+                functools.partial(registered, db),
                 timeout=30,
                 what="the daemon to register",
             )
@@ -436,169 +444,7 @@ def run(ctx: Ctx, stamp: str) -> None:
             ),
         )
 
-    # 7: SQL variants of the due query / claim at 1,000,000 rows
-    from bench import experiments
-
-    save("sql-variants", experiments.run(ctx))
-
     (out_dir / "README.md").write_text(
         "# Profiles\n\n" + "\n".join(f"- [{n}]({n}.md)" for n in index) + "\n"
     )
     say(f"profiles in {out_dir.relative_to(BENCH_DIR.parent)}")
-
-
-ALL_PATCHES = ("pkclaim", "sqlitelock", "hysteresis", "batchupdate")
-WHATIF_SCENARIOS: dict[str, list[tuple[str, ...]]] = {
-    "drain-sqlite": [
-        (),
-        ("prebuilt",),
-        ("pkclaim",),
-        ("sqlitelock",),
-        ("batchupdate",),
-        ALL_PATCHES,
-    ],
-    "drain-postgresql": [
-        (),
-        ("prebuilt",),
-        ("batchupdate",),
-        ALL_PATCHES,
-    ],
-    "io-sqlite": [(), ("prebuilt",), ("hysteresis",), ALL_PATCHES],
-}
-
-
-WHATIF_PARTS = ("throughput", "pickup", "idle")
-
-
-def whatif(ctx: Ctx, stamp: str, parts: tuple[str, ...] = WHATIF_PARTS) -> None:
-    """The proposed fixes, patched in (bench/whatif.py), against the same runs unpatched."""
-    from bench.common import spread
-
-    out_dir = BENCH_DIR / "results" / "profiles" / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = ctx.pick(10_000, 2_000)
-    m = ctx.pick(3_200, 640)
-    target = Target()
-    results: dict[str, dict[str, list[float]]] = {}
-    try:
-        ds_drain = DataSet(jobs=n, conversations=n // 2)
-        ds_io = DataSet(
-            jobs=m,
-            conversations=m,
-            target_kind="http.webhook",
-            target_snapshot=json.dumps({"url": target.url}),
-        )
-        for rep in range(ctx.reps if "throughput" in parts else 0):
-            for scenario, combos in WHATIF_SCENARIOS.items():
-                backend = scenario.split("-", 1)[1]
-                if backend not in ctx.backends:
-                    continue
-                io = scenario.startswith("io")
-                for combo in combos:
-                    ds = ds_io if io else ds_drain
-                    db = fresh_db(backend, ds, now_ms(), ctx.sqlite, ctx.pg)
-                    run_dir = ctx.run_dir(f"whatif-{scenario}")
-                    if io:
-                        config = ctx.config(
-                            run_dir,
-                            daemon={"workers": WORKERS},
-                            extra='[adapters."http.webhook"]\nmax_in_flight_per_target = 16',
-                        )
-                        args = ["run", "--once", "--workers", str(WORKERS)]
-                    else:
-                        config, args = ctx.config(run_dir), ["run", "--once"]
-                    proc = spawn(
-                        args,
-                        env=renewald_env(db.url, config),
-                        cwd=run_dir,
-                        console=run_dir / "console.txt",
-                        patches=combo,
-                    )
-                    code = proc.wait(timeout=900)
-                    (span_ms,) = db.query(
-                        "SELECT max(finished_at) - min(started_at) FROM renewal_job_attempts"
-                    )[0]
-                    counts = db.status_counts()
-                    db.discard(ctx.sqlite)
-                    label = "+".join(combo) or "baseline"
-                    if code or counts.get("done") != ds.jobs:
-                        raise RuntimeError(
-                            f"{scenario} {label}: exit {code}, {counts}: {proc.console_tail(3)}"
-                        )
-                    rate = ds.jobs / proc.wall if not io else ds.jobs / (span_ms / 1000)
-                    results.setdefault(scenario, {}).setdefault(label, []).append(rate)
-                    say(f"what-if {scenario} {label} rep {rep + 1}: {rate:.0f}/s")
-    finally:
-        target.stop()
-
-    from bench.sections.footprint import idle_cpu
-    from bench.sections.pickup import pickup_backend
-
-    pickups: dict[str, Any] = {}
-    for backend in ctx.backends if "pickup" in parts else ():
-        for combo in ((), ("datawatch",), ("prebuilt", "datawatch")):
-            label = "+".join(combo) or "baseline"
-            r = pickup_backend(ctx, backend, patches=combo, kinds=("due", "scheduled"), windows=1)
-            pickups[f"{backend} {label}"] = {
-                k: r["summary"][k]["pooled"] for k in ("due", "scheduled")
-            }
-    idle_specs = [
-        (f"{b} {'+'.join(c) or 'baseline'}", b, c)
-        for b in ctx.backends
-        for c in ((), ("prebuilt",), ("datawatch",), ("prebuilt", "datawatch"))
-    ]
-    idle = (
-        idle_cpu(ctx, idle_specs, seconds=ctx.pick(30.0, 6.0), settle=ctx.pick(5.0, 2.0))
-        if "idle" in parts
-        else {}
-    )
-    L = [
-        "# What-if: the proposed fixes, patched in",
-        "",
-        "Each fix patched into renewald at start-up by `python -m bench.whatif` (see that "
-        "module's docstring), nothing changed under src/. Drains: jobs / process wall time "
-        f"({n:,} log jobs, two per conversation, default config). I/O: deliveries/s from the "
-        f"attempt rows ({m:,} webhook jobs, 50 ms target, 16 workers, ideal 320/s). "
-        f"Median of {ctx.reps} (min-max), configurations interleaved.",
-        "",
-        "| scenario | patches | rate | vs baseline |",
-        "|---|---|---|---|",
-    ]
-    record: dict[str, Any] = {}
-    for scenario, by_label in results.items():
-        base = spread(by_label.get("baseline", []))["median"]
-        for label, rates in by_label.items():
-            s = spread(rates)
-            record.setdefault(scenario, {})[label] = s
-            rng = f" ({s['min']:,.0f}-{s['max']:,.0f})" if s["n"] > 1 else ""
-            ratio = f"{s['median'] / base:.2f}x" if base else "-"
-            L.append(f"| {scenario} | {label} | {s['median']:,.0f}{rng} | {ratio} |")
-    L += [
-        "",
-        "Pickup latency (ms, `started_at - next_attempt_at`; one window of "
-        f"{ctx.pick(6, 2)} s at 50 jobs/s per kind; default poll_interval 1 s):",
-        "",
-        "| backend + patches | due: p50 / p95 / p99 / max | scheduled: p50 / p95 / p99 / max |",
-        "|---|---|---|",
-    ]
-    for label, r in pickups.items():
-        cells = [
-            " / ".join(f"{r[k].get(p, 0):.0f}" for p in ("p50", "p95", "p99", "max"))
-            for k in ("due", "scheduled")
-        ]
-        L.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    L += [
-        "",
-        f"Idle `renewald run` on an empty database, all started together, CPU over "
-        f"{ctx.pick(30, 6)} s:",
-        "",
-        "| backend + patches | CPU % of a core | RSS MB |",
-        "|---|---|---|",
-    ]
-    for label, r in idle.items():
-        L.append(f"| {label} | {r['cpu_pct_of_core']:.2f}% | {r['rss_mb']:.1f} |")
-    record["pickup"] = pickups
-    record["idle"] = idle
-    (out_dir / "whatif.md").write_text("\n".join(L) + "\n")
-    (out_dir / "whatif.json").write_text(json.dumps(record, indent=1) + "\n")
-    say(f"what-if results in {(out_dir / 'whatif.md').relative_to(BENCH_DIR.parent)}")

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from renewald.store import Store, migrate
+from tests.store.factories import checked_out
 
 PG_URL = os.environ.get("RENEWALD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -78,5 +79,19 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store.open(db_url, create=True)
     migrate(s.engine)
     yield s
-    assert s.engine.pool.checkedout() == 0, "a connection was left checked out"
+    assert checked_out(s) == 0, "a connection was left checked out"
     s.close()
+
+
+# -- slow tests run only when asked for ------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (long crash runs) run with `-m slow` or RENEWALD_SLOW=1, not by default."""
+    wanted = "slow" in (config.getoption("markexpr") or "").replace("not slow", "")
+    if wanted or os.environ.get("RENEWALD_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or RENEWALD_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)

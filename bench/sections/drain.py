@@ -46,7 +46,7 @@ def drain_once(
             for i in range(daemons)
         ]
         codes = [p.wait(timeout=900) for p in procs]
-        wall = max(p.ended for p in procs) - min(p.started for p in procs)  # type: ignore[type-var]
+        wall = max(p.ended or p.started for p in procs) - min(p.started for p in procs)
         counts = db.status_counts()
         (span_ms, attempts) = db.query(
             "SELECT max(finished_at) - min(started_at), count(*) FROM renewal_job_attempts"

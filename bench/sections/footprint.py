@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import psutil
 from bench.common import (
     RENEWALD,
     importtime_top,
+    registered,
     renewald_env,
     say,
     spawn,
@@ -34,14 +36,14 @@ from bench.db import empty_db
 
 
 def idle_cpu(
-    ctx: Ctx, specs: list[tuple[str, str, tuple[str, ...]]], *, seconds: float, settle: float
+    ctx: Ctx, specs: list[tuple[str, str]], *, seconds: float, settle: float
 ) -> dict[str, Any]:
-    """Start one `renewald run` per (label, backend, patches) on an empty database, all at
+    """Start one `renewald run` per (label, backend) on an empty database, all at
     once; after `settle`, CPU over `seconds` (as % of one core) and memory at the end."""
-    dbs = {label: empty_db(backend, ctx.sqlite, ctx.pg) for label, backend, _ in specs}
+    dbs = {label: empty_db(backend, ctx.sqlite, ctx.pg) for label, backend in specs}
     procs = {}
     try:
-        for label, _backend, patches in specs:
+        for label, _backend in specs:
             run_dir = ctx.run_dir(f"idle-{label}")
             procs[label] = spawn(
                 ["run"],
@@ -49,11 +51,10 @@ def idle_cpu(
                 cwd=run_dir,
                 console=run_dir / "console.txt",
                 sample_rss=False,
-                patches=patches,
             )
         for label, db in dbs.items():
             wait_until(
-                lambda db=db: db.query("SELECT count(*) FROM renewald_daemons")[0][0] > 0,
+                functools.partial(registered, db),
                 timeout=30,
                 what=f"the {label} daemon to register",
             )
@@ -94,7 +95,7 @@ def idle_cpu(
 def _idle(ctx: Ctx) -> dict[str, Any]:
     return idle_cpu(
         ctx,
-        [(b, b, ()) for b in ctx.backends],
+        [(b, b) for b in ctx.backends],
         seconds=ctx.pick(30.0, 5.0),
         settle=ctx.pick(5.0, 2.0),
     )

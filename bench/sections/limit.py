@@ -28,23 +28,6 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
             "max_jobs": ctx.pick(10_000, 1_000),
         },
         {"key": "sqlite-100", "backend": "sqlite", "batch": 100, "procs": 1, "max_jobs": n},
-        # not renewald's statement: the claim re-check as `+status` (primary-key lookups)
-        {
-            "key": "sqlite-job-pk",
-            "backend": "sqlite",
-            "batch": 1,
-            "procs": 1,
-            "max_jobs": ctx.pick(10_000, 1_000),
-            "pk_claim": True,
-        },
-        {
-            "key": "sqlite-100-pk",
-            "backend": "sqlite",
-            "batch": 100,
-            "procs": 1,
-            "max_jobs": n,
-            "pk_claim": True,
-        },
     ]
     if ctx.pg is not None:
         out += [
@@ -92,7 +75,6 @@ def once(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
                 batch=c["batch"],
                 jsonl=run_dir / "bare.jsonl",
                 max_jobs=c["max_jobs"],
-                pk_claim=c.get("pk_claim", False),
             )
         elif c["procs"] == 1:
             assert ctx.pg is not None and db.schema is not None

@@ -10,6 +10,7 @@ latency is bounded by `poll_interval`, 1 s by default). Latency per job =
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -22,12 +23,20 @@ LEAD_MS = 2_000
 KINDS = ("scheduled", "due")
 
 
+def _done_at_least(db: Any, like: str, n: int) -> bool:
+    done = db.query(
+        "SELECT count(*) FROM renewal_jobs WHERE job_id LIKE ? AND status = 'done'", (like,)
+    )
+    return bool(done[0][0] >= n)
+
+
 def _inserter(ctx: Ctx, db: Any):  # type: ignore[no-untyped-def]
     if db.backend == "sqlite":
-        conn = sqlite_connect(db.path)
-        return conn, lambda **kw: insert_job_sqlite(conn, kind="log", **kw)
-    conn = ctx.pg.connect(db.schema)  # type: ignore[union-attr]
-    return conn, lambda **kw: insert_job_pg(conn, kind="log", **kw)
+        lite = sqlite_connect(db.path)
+        return lite, lambda **kw: insert_job_sqlite(lite, kind="log", **kw)
+    assert ctx.pg is not None
+    pg = ctx.pg.connect(db.schema)
+    return pg, lambda **kw: insert_job_pg(pg, kind="log", **kw)
 
 
 def _window(insert, *, kind: str, prefix: str, seconds: float, first_conv: int) -> dict:  # type: ignore[no-untyped-def]
@@ -51,7 +60,6 @@ def pickup_backend(
     ctx: Ctx,
     backend: str,
     *,
-    patches: tuple[str, ...] = (),
     kinds: tuple[str, ...] = KINDS,
     windows: int | None = None,
 ) -> dict[str, Any]:
@@ -67,7 +75,6 @@ def pickup_backend(
         env=renewald_env(db.url, config),
         cwd=run_dir,
         console=run_dir / "console.txt",
-        patches=patches,
     )
     conn = None
     try:
@@ -93,14 +100,7 @@ def pickup_backend(
                 conv += per_window
                 like = prefix + "%"
                 wait_until(
-                    lambda like=like: (
-                        db.query(
-                            "SELECT count(*) FROM renewal_jobs"
-                            " WHERE job_id LIKE ? AND status = 'done'",
-                            (like,),
-                        )[0][0]
-                        >= per_window
-                    ),
+                    functools.partial(_done_at_least, db, like, per_window),
                     timeout=LEAD_MS / 1000 + 30,
                     what=f"{kind} window {w} to be delivered",
                     every=0.1,

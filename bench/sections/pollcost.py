@@ -27,10 +27,10 @@ import statistics
 import time
 from typing import Any
 
-from bench import bare
 from bench.common import now_ms, percentiles, say, spread
 from bench.context import Ctx
 from bench.db import DataSet, sqlite_connect
+from bench.statements import SCAN_FACTOR, statements
 from renewald.store import Store
 
 BATCH = 32
@@ -89,25 +89,22 @@ def _sqlite(ctx: Ctx, ds: DataSet, reps: int, n: dict[str, int]) -> dict[str, An
     conn = sqlite_connect(path)
     try:
         now = now_ms()
+        sql = statements("sqlite")
         params = {
             "now": now,
             "owner": "bench",
             "lease_until": now + 60_000,
-            "scan": BATCH * bare.SCAN_FACTOR,
+            "scan_limit": BATCH * SCAN_FACTOR,
             "limit": BATCH,
         }
         plans = {}
-        for name, sql in (
-            ("due", bare.SQLITE_DUE),
-            ("claim", bare.SQLITE_CLAIM),
-            ("next_due", bare.SQLITE_NEXT_DUE),
-        ):
-            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+        for name, stmt in (("due", sql.due), ("claim", sql.claim), ("next_due", sql.next_due)):
+            rows = conn.execute("EXPLAIN QUERY PLAN " + stmt.text, stmt.params(**params)).fetchall()
             text = "\n".join(f"{r[0]}|{r[1]}|{r[3]}" for r in rows)
             plans[name] = {"plan": text, **_plan_check(text, "sqlite")}
 
         def due() -> None:
-            conn.execute(bare.SQLITE_DUE, params).fetchall()
+            conn.execute(sql.due.text, sql.due.params(**params)).fetchall()
 
         (first_due,) = conn.execute(
             "SELECT min(next_attempt_at) FROM renewal_jobs WHERE status = 'pending'"
@@ -115,15 +112,15 @@ def _sqlite(ctx: Ctx, ds: DataSet, reps: int, n: dict[str, int]) -> dict[str, An
         quiet = dict(params, now=first_due - 1)
 
         def due_empty() -> None:
-            assert not conn.execute(bare.SQLITE_DUE, quiet).fetchall()
+            assert not conn.execute(sql.due.text, sql.due.params(**quiet)).fetchall()
 
         def next_due() -> None:
-            conn.execute(bare.SQLITE_NEXT_DUE, params).fetchall()
+            conn.execute(sql.next_due.text, sql.next_due.params(**params)).fetchall()
 
         def claim() -> None:
             p = dict(params, now=now_ms())
             conn.execute("BEGIN IMMEDIATE")
-            rows = conn.execute(bare.SQLITE_CLAIM, p).fetchall()
+            rows = conn.execute(sql.claim.text, sql.claim.params(**p)).fetchall()
             conn.execute("COMMIT")
             assert len(rows) == BATCH, len(rows)
 
@@ -148,48 +145,47 @@ def _pg(ctx: Ctx, ds: DataSet, reps: int, n: dict[str, int]) -> dict[str, Any]:
     auto = ctx.pg.connect(schema, autocommit=True)  # one statement, no BEGIN round trip
     try:
         now = now_ms()
+        sql = statements("postgresql")
         params = {
             "now": now,
             "owner": "bench",
             "lease_until": now + 60_000,
-            "scan": BATCH * bare.SCAN_FACTOR,
+            "scan_limit": BATCH * SCAN_FACTOR,
             "limit": BATCH,
         }
         plans = {}
-        for name, sql in (
-            ("due", bare.PG_DUE),
-            ("claim", bare.PG_CLAIM),
-            ("next_due", bare.PG_NEXT_DUE),
-        ):
-            rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()
+        for name, stmt in (("due", sql.due), ("claim", sql.claim), ("next_due", sql.next_due)):
+            rows = conn.execute(
+                "EXPLAIN (ANALYZE, BUFFERS) " + stmt.text, stmt.params(**params)
+            ).fetchall()
             conn.rollback()
             text = "\n".join(r[0] for r in rows)
             plans[name] = {"plan": text, **_plan_check(text, "postgresql")}
 
         def due() -> None:
             # FOR UPDATE SKIP LOCKED in its own implicit transaction: the locks go at its end
-            auto.execute(bare.PG_DUE, params).fetchall()
+            auto.execute(sql.due.text, sql.due.params(**params)).fetchall()
 
-        (first_due,) = auto.execute(
-            "SELECT min(next_attempt_at) FROM renewal_jobs WHERE status = 'pending'"
-        ).fetchone()
+        first_due = _one(
+            auto.execute("SELECT min(next_attempt_at) FROM renewal_jobs WHERE status = 'pending'")
+        )
         quiet = dict(params, now=first_due - 1)
 
         def due_empty() -> None:
-            assert not auto.execute(bare.PG_DUE, quiet).fetchall()
+            assert not auto.execute(sql.due.text, sql.due.params(**quiet)).fetchall()
 
         def next_due() -> None:
-            auto.execute(bare.PG_NEXT_DUE, params).fetchall()
+            auto.execute(sql.next_due.text, sql.next_due.params(**params)).fetchall()
 
         def claim() -> None:
             p = dict(params, now=now_ms())
             conn.execute("SELECT pg_advisory_xact_lock(1668047213)")
-            rows = conn.execute(bare.PG_CLAIM, p).fetchall()
+            rows = conn.execute(sql.claim.text, sql.claim.params(**p)).fetchall()
             conn.commit()
             assert len(rows) == BATCH, len(rows)
 
         timings = _measure(due, due_empty, next_due, claim, reps, n)
-        (size,) = auto.execute("SELECT pg_total_relation_size('renewal_jobs')").fetchone()
+        size = _one(auto.execute("SELECT pg_total_relation_size('renewal_jobs')"))
     finally:
         conn.close()
         auto.close()
@@ -246,3 +242,9 @@ def run(ctx: Ctx) -> dict[str, Any]:
             f", renewald claim {t['claim_renewald']['ms']['median']:.2f} ms"
         )
     return out
+
+
+def _one(cursor: Any) -> Any:
+    row = cursor.fetchone()
+    assert row is not None
+    return row[0]

@@ -49,13 +49,5 @@ class SchemaTooNew(DatabaseError):
     """The database schema is newer than this renewald: upgrade renewald."""
 
 
-class JobNotFound(RenewaldError):
-    """No such job."""
-
-
 class DuplicateJob(RenewaldError):
     """A job with this job id or message id already exists."""
-
-
-class LeaseLost(RenewaldError):
-    """The job's lease was taken away: the write matched nothing and changed nothing."""

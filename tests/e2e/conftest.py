@@ -296,17 +296,3 @@ def terminate_sessions(store: Store, application_name: str) -> tuple[int, int]:
     )
     row = store.write(lambda c: c.execute(query, {"app": application_name}).one())
     return int(row[0]), int(row[1])
-
-
-# -- slow tests run only when asked for ------------------------------------------------
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`slow` tests (long crash runs) run with `-m slow` or RENEWALD_SLOW=1, not by default."""
-    wanted = "slow" in (config.getoption("markexpr") or "").replace("not slow", "")
-    if wanted or os.environ.get("RENEWALD_SLOW"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow or RENEWALD_SLOW=1")
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(skip)

@@ -116,6 +116,12 @@ def test_bad_config_and_db(renewald: Renewald, e2e_store: Store, tmp_path) -> No
     assert "nope.toml" in one_line_error(missing)
 
 
+def test_an_unknown_database_fails_at_start(renewald: Renewald) -> None:
+    for args in (("run", "--once"), ("migrate",)):
+        line = one_line_error(renewald.run("--db", "mssql+pyodbc://x/y", *args))
+        assert "only sqlite:/// and postgresql+psycopg:// are supported" in line
+
+
 def test_schema_newer_than_code(renewald: Renewald, e2e_store: Store) -> None:
     from sqlalchemy import text
 

@@ -19,6 +19,7 @@ import random
 import signal
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from tests.waiting import wait_for
 
 # One daemon at a time; a dead one's jobs come back after the lease (and its heartbeat
 # going stale, three heartbeats = the lease).
-CRASH_CONFIG = {
+CRASH_CONFIG: dict[str, Any] = {
     "workers": 4,
     "batch": 8,
     "poll_interval": "100ms",
@@ -83,8 +84,12 @@ def crash_run(
             # recorded yet, after a few deliveries went through.
             where["mid-delivery"] += 1
             k = rng.randint(0, 4)
+
+            def in_flight(before: int = before, k: int = k) -> bool:
+                return target.count() > before + k and bool(target.busy())
+
             wait_for(
-                lambda k=k, before=before: target.count() > before + k and target.busy(),
+                in_flight,
                 timeout=30,
                 what=f"kill {n}: a delivery in flight",
             )

@@ -19,6 +19,7 @@ from renewald.store.schema import (
     renewal_jobs,
 )
 from tests.e2e.conftest import RENEWALD, Renewald
+from tests.store.factories import job_of
 from tests.waiting import wait_for
 
 
@@ -141,9 +142,10 @@ def test_daemon_picks_up_scheduled_job_and_stops_cleanly(
     proc = renewald.start()
     wait_for(lambda: e2e_store.list_daemons(), what="daemon registered")
     job_id = renewald.enqueue("c1", "hello", "--at", "+1s", "--target-kind", "log")
-    wait_for(lambda: e2e_store.get_job(job_id).status == "done", what="job delivered")
-    job = e2e_store.get_job(job_id)
-    assert job is not None and job.started_at >= job.next_attempt_at
+    wait_for(lambda: job_of(e2e_store, job_id).status == "done", what="job delivered")
+    job = job_of(e2e_store, job_id)
+    assert job.started_at is not None and job.next_attempt_at is not None
+    assert job.started_at >= job.next_attempt_at
     code, err = renewald.stop(proc)
     assert code == 0, err
     assert "Traceback" not in err
@@ -246,7 +248,7 @@ def test_job_written_by_another_process_wakes_the_daemon(
     wait_for(lambda: e2e_store.list_daemons(), what="daemon registered")
     add_conversations(e2e_store, {"woken": "auto"})
     add_jobs(e2e_store, [("woken-1", "woken")])
-    wait_for(lambda: e2e_store.get_job("woken-1").status == "done", what="job delivered")
+    wait_for(lambda: job_of(e2e_store, "woken-1").status == "done", what="job delivered")
     code, err = renewald.stop(proc)
     assert code == 0, err
 

@@ -130,7 +130,9 @@ def _check_ends(store: Store, good: list[str], hostile: list[Hostile], prefix: s
 def _check_show(renewald: Renewald, hostile: list[Hostile], prefix: str, shown: set[str]) -> None:
     """`show` on the rows named in `shown` (some with --json), `jobs` and `stats`: side by
     side, since each start of the CLI costs a second or two."""
-    commands = [("show", f"{prefix}{h.name}") for h in hostile if h.name in shown]
+    commands: list[tuple[str, ...]] = [
+        ("show", f"{prefix}{h.name}") for h in hostile if h.name in shown
+    ]
     commands += [
         ("show", f"{prefix}{h.name}", "--json") for h in hostile if h.name in AS_JSON & shown
     ]

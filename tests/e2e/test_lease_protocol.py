@@ -173,7 +173,7 @@ def add_bridge_jobs(
         conn.execute(insert(renewal_jobs), jobs)
 
     store.write(tx)
-    return [j["job_id"] for j in jobs]
+    return [str(j["job_id"]) for j in jobs]
 
 
 def bridge_config(renewald: Renewald, bridge: Bridge, **daemon: Any) -> None:
@@ -234,8 +234,12 @@ def crash_loop(
     for _ in range(kills):
         before = bridge.count()
         k = rng.randint(1, 6)
+
+        def in_flight(before: int = before, k: int = k) -> bool:
+            return bridge.count() >= before + k and bool(bridge.busy())
+
         wait_for(
-            lambda k=k, before=before: bridge.count() >= before + k and bridge.busy(),
+            in_flight,
             timeout=60,
             what="deliveries in flight",
         )

@@ -216,9 +216,12 @@ class LineReader:
         self.seen: list[str] = []
         assert proc.stdout is not None
         stream = proc.stdout
-        self._thread = threading.Thread(
-            target=lambda: [self.lines.put(line) for line in stream], daemon=True
-        )
+
+        def pump() -> None:
+            for line in stream:
+                self.lines.put(line)
+
+        self._thread = threading.Thread(target=pump, daemon=True)
         self._thread.start()
 
     def join(self) -> None:
@@ -356,7 +359,7 @@ def test_a_job_cancelled_while_running_ends_on_job_cancelled(
         assert [x["job_id"] for x in started] == ["a"]
         ok(renewald.run("cancel", "a"))
         (tmp_path / "release").touch()
-        wait_for(lambda: e2e_store.get_job("a").status == "failed", what="a ends")
+        wait_for(lambda: getattr(e2e_store.get_job("a"), "status", None) == "failed", what="a ends")
     finally:
         (tmp_path / "release").touch()
         code, err = renewald.stop(proc)

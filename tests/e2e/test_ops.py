@@ -26,6 +26,7 @@ from renewald.store.schema import (
     renewal_target_pauses,
 )
 from tests.e2e.conftest import RENEWALD, Renewald
+from tests.store.factories import job_of
 from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
@@ -84,7 +85,7 @@ def test_pause_explain_resume(renewald: Renewald, e2e_store: Store) -> None:
     assert show(renewald, "now")["explain"]["rule"] == "due"
     later = show(renewald, "later")["explain"]
     assert (later["state"], later["rule"]) == ("waiting", "not_due")
-    assert later["until"] == e2e_store.get_job("later").next_attempt_at
+    assert later["until"] == job_of(e2e_store, "later").next_attempt_at
 
     assert "conversation c1 paused" in ok(renewald.run("conversations", "pause", "c1"))
     why = show(renewald, "now")["explain"]
@@ -100,7 +101,7 @@ def test_pause_explain_resume(renewald: Renewald, e2e_store: Store) -> None:
     assert table.splitlines()[0].split() == [
         "CONVERSATION", "PLATFORM", "STATUS", "PENDING", "RUNNING", "COOLDOWN"
     ]  # fmt: skip
-    assert ok(renewald.run("run", "--once")) and e2e_store.get_job("now").status == "pending"
+    assert ok(renewald.run("run", "--once")) and job_of(e2e_store, "now").status == "pending"
 
     assert "resumed" in ok(renewald.run("conversations", "resume", "c1"))
     row = e2e_store.read(
@@ -134,10 +135,10 @@ def test_retry_and_cancel(renewald: Renewald, e2e_store: Store) -> None:
     assert "no target" in why["detail"]
 
     assert "job j retried" in ok(renewald.run("retry", "j"))
-    job = e2e_store.get_job("j")
+    job = job_of(e2e_store, "j")
     assert (job.status, job.attempt_count, job.max_attempts) == ("pending", 0, 4)
     assert (job.terminal_reason, job.finished_at) == (None, None)
-    assert job.next_attempt_at <= now_ms()
+    assert job.next_attempt_at is not None and job.next_attempt_at <= now_ms()
     op = attempt_rows(e2e_store, "j")[-1]
     assert (op["outcome"], op["decision_reason"]) == ("operator_retry", "retried by operator")
     [line] = [x for x in renewald.log_lines() if x["event"] == "job.retried"]
@@ -146,7 +147,7 @@ def test_retry_and_cancel(renewald: Renewald, e2e_store: Store) -> None:
     assert "is pending, not failed" in one_line_error(renewald.run("retry", "j"))
 
     assert "job j cancelled" in ok(renewald.run("cancel", "j"))
-    job = e2e_store.get_job("j")
+    job = job_of(e2e_store, "j")
     assert (job.status, job.terminal_reason) == ("failed", "cancelled")
     assert attempt_rows(e2e_store, "j")[-1]["outcome"] == "cancelled"
     assert [x["event"] for x in renewald.log_lines()][-1] == "job.cancelled"
@@ -161,7 +162,7 @@ def test_retry_and_cancel(renewald: Renewald, e2e_store: Store) -> None:
     assert dry == {"dry_run": True, "count": 0, "job_ids": []}
     named = ok(renewald.run("retry", "--failed", "--reason", "cancelled", "--since", "1h"))
     assert named.strip() == "retried 1 failed job"
-    assert e2e_store.get_job("j").status == "pending"
+    assert job_of(e2e_store, "j").status == "pending"
 
 
 @pytest.mark.parametrize(
@@ -211,13 +212,13 @@ def test_cancel_running_job(renewald: Renewald, e2e_store: Store, tmp_path: Path
         assert show(renewald, "a")["explain"]["rule"] == "cancelling"
         assert "already being cancelled" in ok(renewald.run("cancel", "a"))
         (tmp_path / "release").touch()
-        wait_for(lambda: e2e_store.get_job("a").status == "failed", what="a ends")
-        wait_for(lambda: e2e_store.get_job("b").status == "done", what="b delivered")
+        wait_for(lambda: job_of(e2e_store, "a").status == "failed", what="a ends")
+        wait_for(lambda: job_of(e2e_store, "b").status == "done", what="b delivered")
     finally:
         (tmp_path / "release").touch()
         code, err = renewald.stop(proc)
     assert code == 0, err
-    job = e2e_store.get_job("a")
+    job = job_of(e2e_store, "a")
     assert (job.terminal_reason, job.lease_owner) == ("cancelled", None)
     [row] = attempt_rows(e2e_store, "a")
     assert (row["outcome"], row["decision"]) == ("delivered", "failed")
@@ -373,7 +374,7 @@ def test_metrics_and_healthz(renewald: Renewald, e2e_store: Store) -> None:
         assert get(f"{base}/healthz")[1].startswith("ok: last poll")
 
         job_id = renewald.enqueue("c1", "hello", "--target-kind", "log")
-        wait_for(lambda: e2e_store.get_job(job_id).status == "done", what="delivered")
+        wait_for(lambda: job_of(e2e_store, job_id).status == "done", what="delivered")
         renewald.enqueue("c2", "later", "--at", "+1h", "--target-kind", "log")
         t = now_ms()
         e2e_store.write(

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from renewald.store import Store
 from tests.e2e.conftest import RENEWALD, Renewald
 from tests.e2e.test_service import FakeSystemd
+from tests.store.factories import job_of
 from tests.waiting import wait_for
 
 EX_UNAVAILABLE = 69
@@ -217,7 +218,7 @@ def test_down_at_start_migrate_and_run_wait_then_work(
     daemon = renewald.start()
     wait_for(lambda: '"database.waiting"' in renewald.stderr(daemon), what="run waiting")
     outage.up()
-    wait_for(lambda: e2e_store.get_job(job_id).status == "done", what="delivered once it is back")
+    wait_for(lambda: job_of(e2e_store, job_id).status == "done", what="delivered once it is back")
     code, err = renewald.stop(daemon)
     assert code == 0, err[-3000:]
     assert '"database.available"' in err
@@ -307,7 +308,7 @@ def test_a_running_daemon_rides_out_an_outage(
         assert proc.poll() is None
 
         outage.up()
-        wait_for(lambda: e2e_store.get_job(job_id).status == "done", what="delivered after")
+        wait_for(lambda: job_of(e2e_store, job_id).status == "done", what="delivered after")
         wait_for(lambda: store_up(base) == 1.0, what="renewald_store_up 1 again")
         wait_for(lambda: get(f"{base}/healthz")[0] == 200, what="healthz 200 again")
         code, err = renewald.stop(proc)

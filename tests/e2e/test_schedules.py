@@ -147,7 +147,8 @@ def test_run_once_fires_what_is_due_before_draining(renewald: Renewald, e2e_stor
         "--target-kind", "log", "--id", "cronjob")  # fmt: skip
     added = e2e_store.get_schedule("cronjob")
     assert added is not None and added.next_fire_at is not None
-    wait_for(lambda: now_ms() > added.next_fire_at + 2000, what="three fire times to pass")
+    first_fire = added.next_fire_at
+    wait_for(lambda: now_ms() > first_fire + 2000, what="three fire times to pass")
     out = renewald.run("run", "--once")
     assert out.returncode == 0, out.stderr
     assert "delivered 1," in out.stdout

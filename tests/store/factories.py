@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, insert, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 
 from renewald.store import Job, NewJob, Store
 from renewald.store.schema import conversation_links, local_conversations
 
 T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
 _seq = itertools.count(1)
+
+
+def locked(conn: Connection) -> None:
+    """A transaction body that fails the way a SQLite file held by another writer does."""
+    raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+
+
+def checked_out(store: Store) -> int:
+    """Connections the store's pool has handed out and not taken back."""
+    pool = store.engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
+def job_of(store: Store, job_id: str) -> Job:
+    """The job that must exist: a missing row fails the test here, not as an AttributeError."""
+    job = store.get_job(job_id)
+    assert job is not None, f"job {job_id} is missing"
+    return job
 
 
 def make_conversation(

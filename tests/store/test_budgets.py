@@ -10,15 +10,10 @@ import pytest
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from renewald.config import Config, LoggingConfig
-from renewald.daemon.service import Service
 from renewald.store import Store
+from tests.store.factories import locked
 
 T0 = 1_800_000_000_000
-
-
-def locked(conn: Connection) -> None:
-    raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
 
 
 class Counter:
@@ -53,29 +48,3 @@ def test_an_error_a_person_must_fix_is_not_retried(store: Store) -> None:
     with pytest.raises(ProgrammingError):
         store.read(broken)
     assert calls == [1]
-
-
-class Clock:
-    def now_ms(self) -> int:
-        return T0
-
-    def monotonic(self) -> float:
-        return 1000.0
-
-
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_tick_ending_in_a_database_error_still_marks_the_watchdog(store: Store, tmp_path) -> None:
-    service = Service(Config(logging=LoggingConfig(dir=tmp_path / "logs")), store, clock=Clock())
-
-    def poll_tick() -> None:
-        store.with_budget(0.05).read(locked)
-
-    service._guarded(poll_tick)()  # logged, not raised
-    assert service.gate.last("poll") == 1000.0
-    assert service.polled_ok_at is None  # /healthz still sees no successful poll
-
-    def rescue_tick() -> None:
-        raise RuntimeError("a bug in the duty")
-
-    with pytest.raises(RuntimeError):
-        service._guarded(rescue_tick)()  # a bug still ends the duty (and the process)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from renewald.store import Store
 from renewald.store.changes import ChangeWatcher
 from tests.store.factories import make_job
 
 
-def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str) -> None:
+@pytest.mark.parametrize("made_by", ["url", "store"])
+def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made_by: str) -> None:
     changed = threading.Event()
-    watcher = ChangeWatcher(db_url, changed.set, interval=0.01)
+    if made_by == "url":
+        watcher = ChangeWatcher(db_url, changed.set, interval=0.01)
+    else:
+        watcher = store.change_watcher(changed.set, interval=0.01)
+    assert watcher.backend is store.backend
     watcher.start()
     try:
         # Let the watcher settle (LISTEN issued / first data_version read), then write.

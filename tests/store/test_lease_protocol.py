@@ -7,16 +7,8 @@ never writes the lease columns, so those (and the attempt ledger) decide.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import text
 
-from renewald.daemon.backoff import RetryPolicy
-from renewald.daemon.rescuer import Rescuer
-from renewald.logging import JobLog, read_lines
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.schema import TRACKER_JOB_COLUMNS
 from tests.store.factories import T0, make_job
@@ -31,13 +23,6 @@ UPSERT = text(
     "ON CONFLICT(job_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in TRACKER_JOB_COLUMNS if c != "job_id")
 )
-
-
-@pytest.fixture
-def job_log(tmp_path: Path) -> Iterator[JobLog]:
-    log = JobLog(tmp_path / "logs")
-    yield log
-    log.close()
 
 
 def tracker_upsert(store: Store, job_id: str, **changes: object) -> None:
@@ -78,12 +63,6 @@ def delivered(c: ClaimedJob, *, now: int, owner: str = OWNER) -> AttemptResult:
     )
 
 
-def rescuer(store: Store, job_log: JobLog) -> Rescuer:
-    return Rescuer(
-        store=store, job_log=job_log, policy=RetryPolicy(), owner=OTHER, rand=random.Random(1)
-    )
-
-
 def test_pending_written_over_a_held_job_is_not_claimable(store: Store) -> None:
     make_job(store, job_id="j", conversation="c")
     make_job(store, job_id="k", conversation="c", next_attempt_at=T0 + 1)
@@ -96,33 +75,6 @@ def test_pending_written_over_a_held_job_is_not_claimable(store: Store) -> None:
     assert job is not None and (job.status, job.lease_owner) == ("done", None)
     [k] = claim(store, now=T0 + 4, owner=OTHER)
     assert k.job.job_id == "k"
-
-
-def test_rewound_delivered_job_is_reconciled_not_resent(store: Store, job_log: JobLog) -> None:
-    make_job(store, job_id="j")
-    [c] = claim(store)
-    assert send(store, c)
-    assert store.record_results([delivered(c, now=T0 + 1)], now=T0 + 1) == [True]
-    for stale in ("pending", "running"):
-        tracker_upsert(store, "j", status=stale, finished_at=None, attempt_count=0)
-        assert claim(store, now=T0 + 2, owner=OTHER) == []
-        assert rescuer(store, job_log).run_once(T0 + 3) == 1
-        job = store.get_job("j")
-        assert job is not None
-        assert (job.status, job.terminal_reason, job.finished_at) == ("done", "delivered", T0 + 1)
-        assert [a.outcome for a in store.list_attempts("j")] == ["delivered"]
-    lines = [x for x in read_lines(job_log.path_for(T0 + 3)) if x["event"] == "job.reconciled"]
-    assert [x["job_id"] for x in lines] == ["j", "j"]
-
-
-def test_a_fresh_claim_is_not_taken_for_a_rewound_one(store: Store, job_log: JobLog) -> None:
-    """A held job rewound to 'running' by the tracker is still held: rescue waits."""
-    make_job(store, job_id="j")
-    [c] = claim(store)
-    assert send(store, c)
-    tracker_upsert(store, "j", status="running")
-    assert rescuer(store, job_log).run_once(T0 + LEASE - 1) == 0
-    assert store.record_results([delivered(c, now=T0 + 5)], now=T0 + 5) == [True]
 
 
 def test_claim_reads_now_after_its_lock(store: Store) -> None:

@@ -7,7 +7,7 @@ from sqlalchemy import update
 
 from renewald.store import ClaimedJob, Store
 from renewald.store.daemons import running_by_owner
-from renewald.store.ops import Explanation, Hold, deciding_first
+from renewald.store.explain import Explanation, Hold, deciding_first
 from renewald.store.schema import renewal_jobs
 from tests.store.factories import T0, make_conversation, make_job, make_link
 from tests.store.test_ops import LEASE, OWNER, STALE, add_pause, claim, explain, finish

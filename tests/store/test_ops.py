@@ -3,18 +3,11 @@ run against SQLite and PostgreSQL alike, with explicit times on both sides of ea
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 import pytest
 from sqlalchemy import insert, select, update
 
-from renewald.daemon.backoff import RetryPolicy
-from renewald.daemon.metrics import Metrics
-from renewald.daemon.rescuer import Rescuer
-from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Store
-from renewald.store.ops import OperatorAction
+from renewald.store.ops import Conversation, OperatorAction
 from renewald.store.schema import (
     local_conversations,
     renewal_job_attempts,
@@ -327,42 +320,26 @@ def test_cancelled_result_with_a_stale_token_still_changes_nothing(store: Store)
     assert job is not None and (job.status, job.terminal_reason) == ("running", "cancelled")
 
 
-def test_rescued_cancelled_job_ends_cancelled(store: Store, tmp_path: Path) -> None:
-    make_job(store, job_id="j", max_attempts=3)
-    claim(store)
-    store.cancel_job("j", now=T0 + 1, action=OPERATOR)
-    job_log = JobLog(tmp_path)
-    rescuer = Rescuer(
-        store=store,
-        job_log=job_log,
-        policy=RetryPolicy(),
-        owner="rescuer",
-        rand=random.Random(1),
-    )
-    try:
-        assert rescuer.run_once(T0 + LEASE) == 1
-    finally:
-        job_log.close()
-    job = store.get_job("j")
-    assert job is not None and (job.status, job.terminal_reason) == ("failed", "cancelled")
-    [row] = attempt_rows(store, "j")
-    assert row["outcome"] == "abandoned" and row["decision"] == "failed"
-
-
 # -- conversations ---------------------------------------------------------------------
+
+
+def set_status(store: Store, status: str, *, now: int) -> tuple[Conversation, Conversation]:
+    changed = store.set_automation_status("c", status=status, now=now)
+    assert changed is not None
+    return changed
 
 
 def test_pause_and_resume_like_the_tracker(store: Store) -> None:
     make_conversation(store, "c", status="auto")
     make_job(store, conversation="c", job_id="j")
-    before, after = store.set_automation_status("c", status="paused", now=T0 + 1)
+    before, after = set_status(store, "paused", now=T0 + 1)
     assert before.automation_status == "auto"
     assert (after.automation_status, after.paused_at) == ("paused", T0 + 1)
     assert after.updated_at == T0 + 1
     assert claim(store, now=T0 + 2) == []
-    _, again = store.set_automation_status("c", status="paused", now=T0 + 5)
+    _, again = set_status(store, "paused", now=T0 + 5)
     assert again.paused_at == T0 + 1  # pausing twice keeps when it was paused
-    _, resumed = store.set_automation_status("c", status="auto", now=T0 + 6)
+    _, resumed = set_status(store, "auto", now=T0 + 6)
     assert (resumed.automation_status, resumed.paused_at, resumed.updated_at) == (
         "auto",
         None,
@@ -481,74 +458,3 @@ def test_conversation_rows_are_the_trackers(store: Store) -> None:
 
 
 # -- metrics read at scrape time -------------------------------------------------------
-
-
-class FixedClock:
-    def __init__(self, now_ms: int, monotonic: float) -> None:
-        self.now = now_ms
-        self.mono = monotonic
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-
-def sample(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split(" ")[1])
-    return None
-
-
-def test_metrics_gauges_and_health(store: Store) -> None:
-    make_job(store, job_id="running", conversation="c", next_attempt_at=T0 - 100_000)
-    [c] = claim(store, now=T0)
-    make_job(store, job_id="due", conversation="c", next_attempt_at=T0 - 90_000)
-    add_pause(store, "log:x", until=T0 + 30_000)
-    clock = FixedClock(T0, monotonic=100.0)
-    last_poll: list[float | None] = [None]
-    metrics = Metrics(
-        store=store,
-        clock=clock,
-        adapters=("log",),
-        last_poll=lambda: last_poll[0],
-        healthy_within=8,
-    )
-    text = metrics.exposition().decode()
-    assert sample(text, "renewald_store_up") == 1.0
-    assert sample(text, "renewald_jobs_due") == 1.0
-    assert sample(text, "renewald_jobs_running") == 1.0
-    assert sample(text, "renewald_targets_paused") == 1.0
-    assert 'renewald_target_pause_remaining_seconds{adapter="log",target="log:x"} 30.0' in text
-
-    finish(store, c, status="done", now=T0)
-    make_job(store, job_id="other", next_attempt_at=T0 - 30_000)
-    text = metrics.exposition().decode()
-    assert sample(text, "renewald_jobs_due") == 2.0
-    assert sample(text, "renewald_jobs_running") == 0.0
-    assert sample(text, "renewald_oldest_due_age_seconds") == 90.0
-
-    result = AttemptResult(
-        attempt_id="a", job_id="x", attempt_no=1, lease_owner=OWNER, lease_token=1,
-        adapter="log", target=None, started_at=T0, finished_at=T0 + 250,
-        outcome="delivered", status="done",
-    )  # fmt: skip
-    metrics.observe(result, True)
-    metrics.observe(result, False)
-    metrics.rescued(2)
-    text = metrics.exposition().decode()
-    assert 'renewald_attempts_total{adapter="log",outcome="delivered"} 2.0' in text
-    labels = 'adapter="log",le="0.25",outcome="delivered"'
-    assert f"renewald_delivery_duration_seconds_bucket{{{labels}}} 2.0" in text
-    assert 'renewald_jobs_finished_total{reason="delivered"} 1.0' in text
-    assert sample(text, "renewald_lease_losses_total") == 1.0
-    assert sample(text, "renewald_rescues_total") == 2.0
-
-    assert metrics.health() == (False, "no successful poll yet")
-    last_poll[0] = 92.0
-    assert metrics.health()[0] is True  # 8s: the boundary is still healthy
-    clock.mono = 100.001
-    healthy, why = metrics.health()
-    assert not healthy and "no successful poll for 8.0s" in why

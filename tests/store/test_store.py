@@ -311,7 +311,10 @@ def test_attempt_rows_only_for_matched_results(store: Store) -> None:
     )
     assert count == 1
     statuses = store.read(
-        lambda c: dict(c.execute(select(renewal_jobs.c.job_id, renewal_jobs.c.status)).all())
+        lambda c: {
+            job_id: status
+            for job_id, status in c.execute(select(renewal_jobs.c.job_id, renewal_jobs.c.status))
+        }
     )
     assert statuses == {"a": "done", "b": "running"}
 

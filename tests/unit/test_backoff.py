@@ -31,6 +31,7 @@ def test_a_job_retried_to_exhaustion_under_a_frozen_clock() -> None:
     schedule = []
     for attempt in (1, 2):
         d = decide(NO_JITTER, outcome="retry", attempt_no=attempt, max_attempts=3, now=start)
+        assert d.next_attempt_at is not None
         schedule.append((d.status, d.next_attempt_at - start, d.reason))
     last = decide(NO_JITTER, outcome="retry", attempt_no=3, max_attempts=3, now=start)
     assert schedule == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -39,12 +40,13 @@ def ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def utc(ms_: int) -> str:
+def utc(ms_: int | None) -> str:
+    assert ms_ is not None
     return datetime.fromtimestamp(ms_ / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_schedule(**overrides) -> Schedule:
-    values = {
+    values: dict[str, Any] = {
         "schedule_id": "s1",
         "local_conversation_id": "c1",
         "trigger_kind": "every",
@@ -313,7 +315,7 @@ def test_jobs_are_deterministic_and_jitter_is_bounded() -> None:
     assert job.job_id == fire_job_id("s1", T) == f"schedule:s1:{T}"
     assert job.message_id == fire_message_id("s1", T) == f"renewald:schedule:s1:{T}"
     assert (job.target_kind, job.target_snapshot, job.max_attempts) == ("log", '{"a":1}', 5)
-    offsets = [j.next_attempt_at - f for j, f in zip(first, fires, strict=True)]
+    offsets = [(j.next_attempt_at or 0) - f for j, f in zip(first, fires, strict=True)]
     assert all(0 <= o <= 5 * MINUTE for o in offsets)
     assert len(set(offsets)) > 40  # spread, not one constant delay
     assert jitter_offset("s1", T, 0) == 0

@@ -23,6 +23,7 @@ def test_ruff_check_and_format() -> None:
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def test_mypy_on_src() -> None:
+def test_mypy_on_src_tests_and_bench() -> None:
+    """`[tool.mypy] files` in pyproject.toml names them."""
     result = run("mypy", "--no-error-summary", "--cache-dir", "/tmp/renewald-mypy-cache")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,7 @@ Adapters know nothing about the database. The daemon turns a claimed job into a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -104,7 +104,6 @@ class Delivery:
     payload: str
     payload_kind: str
     conversation: Conversation
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Adapter(Protocol):

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from renewald import __version__
 from renewald.cli.startup import wait_for_database
 from renewald.clock import SystemClock, datetime_to_ms
-from renewald.config import Config, load_config
+from renewald.config import Config, Timings, load_config
 from renewald.daemon.sdnotify import Notifier
 from renewald.durations import parse_duration
 from renewald.errors import EX_USAGE, DatabaseUnavailable, UsageError
@@ -240,4 +240,4 @@ def operator_id() -> str:
 
 def stale_after_ms(config: Config) -> int:
     """A daemon whose heartbeat is older than this is dead: the rescuer's own threshold."""
-    return round(3 * config.daemon.heartbeat_interval * 1000)
+    return Timings.of(config).stale_after_ms

@@ -31,10 +31,6 @@ class Decision:
     decision: str
     reason: str
 
-    @property
-    def is_final(self) -> bool:
-        return self.status in ("done", "failed")
-
 
 DELIVERED = Decision("done", None, "delivered", "done", "delivered")
 

@@ -1,4 +1,4 @@
-"""Claiming due jobs: one UPDATE … RETURNING per batch, in two dialect twins.
+"""Claiming due jobs: one UPDATE … RETURNING per batch.
 
 Both pick at most one job per conversation in a batch and none for a conversation that
 already has a running job ("one at a time per conversation", across all daemons).
@@ -9,10 +9,11 @@ check sees every earlier claim.
 PostgreSQL runs claims concurrently, and READ COMMITTED gives each statement a snapshot
 taken when it starts: two daemons claiming at the same moment would each miss the
 other's fresh claim and could both start a job of the same conversation. SKIP LOCKED only
-keeps them off the same *row*. So each claim first takes a transaction-level advisory
-lock: claims (a few milliseconds each) queue behind each other, and the UPDATE's
-snapshot, taken after the lock, sees every committed claim. SKIP LOCKED still keeps a
-claim from waiting on rows that a finishing or rescuing transaction holds.
+keeps them off the same *row*. So each claim first takes the backend's transaction lock
+(`CLAIM_LOCK`): claims (a few milliseconds each) queue behind each other, and the
+UPDATE's snapshot, taken after the lock, sees every committed claim. SKIP LOCKED (where
+the backend has it) still keeps a claim from waiting on rows that a finishing or
+rescuing transaction holds.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from sqlalchemy import (
     exists,
     func,
     select,
-    text,
     update,
 )
 
+from renewald.store.backend import Backend
 from renewald.store.decode import conversation_gate
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
@@ -43,7 +44,7 @@ from renewald.store.schema import (
 )
 
 jobs = renewal_jobs
-_PG_CLAIM_LOCK = 0x636C616D  # "clam"
+CLAIM_LOCK = 0x636C616D  # "clam"
 
 # How many due rows one claim looks at to fill a batch with distinct conversations.
 SCAN_FACTOR = 4
@@ -133,17 +134,18 @@ def _claim_statement(dispatch_statuses: tuple[str, ...], *, skip_locked: bool): 
     )
 
 
-def _claim(
+def claim_due_jobs(
     conn: Connection,
     *,
+    backend: Backend,
     owner: str,
     clock: Callable[[], int],
     lease_ms: int,
     limit: int,
     dispatch_statuses: Sequence[str],
-    skip_locked: bool,
 ) -> list[Job]:
-    statement = _claim_statement(tuple(dispatch_statuses), skip_locked=skip_locked)
+    backend.lock_transaction(conn, CLAIM_LOCK)
+    statement = _claim_statement(tuple(dispatch_statuses), skip_locked=backend.skip_locked)
     # Read once the write lock is held, so a claim that waited (a busy SQLite file, the
     # claim lock, a retried transaction) still hands out a full lease.
     now = clock()
@@ -155,47 +157,6 @@ def _claim(
         "scan_limit": limit * SCAN_FACTOR,
     }
     return [Job.from_row(r) for r in conn.execute(statement, params).mappings()]
-
-
-def claim_due_jobs_sqlite(
-    conn: Connection,
-    *,
-    owner: str,
-    clock: Callable[[], int],
-    lease_ms: int,
-    limit: int,
-    dispatch_statuses: Sequence[str],
-) -> list[Job]:
-    return _claim(
-        conn,
-        owner=owner,
-        clock=clock,
-        lease_ms=lease_ms,
-        limit=limit,
-        dispatch_statuses=dispatch_statuses,
-        skip_locked=False,
-    )
-
-
-def claim_due_jobs_postgresql(
-    conn: Connection,
-    *,
-    owner: str,
-    clock: Callable[[], int],
-    lease_ms: int,
-    limit: int,
-    dispatch_statuses: Sequence[str],
-) -> list[Job]:
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIM_LOCK})
-    return _claim(
-        conn,
-        owner=owner,
-        clock=clock,
-        lease_ms=lease_ms,
-        limit=limit,
-        dispatch_statuses=dispatch_statuses,
-        skip_locked=True,
-    )
 
 
 def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:

@@ -1,68 +1,65 @@
-"""Engines for SQLite and PostgreSQL, with every dialect setting settled here once.
+"""Where the engine is made, and with it the one choice of backend (`backend_for`).
 
-SQLite: WAL, `busy_timeout`, `synchronous`, foreign keys left off (renewald's own jobs
-carry a synthetic `message_id` with no row in the tracker's `messages`), and the
-driver's implicit transactions replaced by explicit ones (SQLAlchemy's documented
-recipe): writes open with `BEGIN IMMEDIATE` so the write lock is taken up front and a
-busy database shows up at BEGIN, never halfway through a transaction; read-only
-connections open with a deferred `BEGIN` so they never block the tracker's writers.
-
-Which errors mean "the database is not there right now" is decided here too
+Each backend module (`backend_sqlite.py`, `backend_postgresql.py`) settles its dialect's
+settings; this module picks one from the URL, refuses any other (exit 2), and decides
+from the backends' lists which errors mean "the database is not there right now"
 (`is_unavailable`, `is_transient`): the store retries them, the command line turns them
 into exit 69 instead of exit 2, and nowhere else guesses from error text.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
-import psycopg
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from renewald.errors import DatabaseError
-from renewald.store.decode import sqlite_text
+from renewald.store.backend import READ_ONLY, Backend
+from renewald.store.backend_postgresql import POSTGRESQL
+from renewald.store.backend_sqlite import SQLITE, sqlite_path
 
-READ_ONLY = "renewald_read_only"
+__all__ = [
+    "BACKENDS",
+    "READ_ONLY",
+    "Backend",
+    "backend_for",
+    "backend_of",
+    "describe",
+    "is_transient",
+    "is_unavailable",
+    "make_engine",
+    "sqlite_path",
+]
 
-# SQLSTATEs of a server that is going away, starting up, full or unreachable.
-_UNAVAILABLE_STATES = frozenset(
-    {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}
-)
-# A transaction that lost a race: running it again is safe and usually succeeds.
-_RACE_STATES = frozenset({"40001", "40P01"})
+BACKENDS: dict[str, Backend] = {SQLITE.name: SQLITE, POSTGRESQL.name: POSTGRESQL}
+
+_DRIVER_ERRORS = tuple(e for b in BACKENDS.values() for e in b.driver_errors)
+_UNAVAILABLE_STATES = frozenset().union(*(b.unavailable_states for b in BACKENDS.values()))
+_RACE_STATES = frozenset().union(*(b.race_states for b in BACKENDS.values()))
 # Connection failures carry no SQLSTATE (psycopg, sqlite3): their text is all there is.
-_UNAVAILABLE_TEXT = (
-    "database is locked",
-    "database is busy",
-    "database table is locked",
-    "connection refused",
-    "could not connect",
-    "server closed the connection",
-    "terminating connection",
-    "connection is closed",
-    "connection is lost",
-    "connection reset",
-    "connection timed out",
-    "timeout expired",
-    "no route to host",
-    "network is unreachable",
-    "consuming input failed",
-    "ssl connection has been closed",
-    "the database system is",  # starting up, shutting down, in recovery mode
-    "too many clients",
-    "temporary failure in name resolution",  # DNS not up yet at boot; a typo is EAI_NONAME
-)
+_UNAVAILABLE_TEXT = tuple(t for b in BACKENDS.values() for t in b.unavailable_text)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"database url {url!r} is not a SQLAlchemy URL") from None
+
+
+def backend_for(url: str) -> Backend:
+    """The backend of a database URL; any other database is the user's error (exit 2)."""
+    backend = BACKENDS.get(_parse(url).get_backend_name())
+    if backend is None:
+        raise DatabaseError(
+            f"database url {url!r}: only sqlite:/// and postgresql+psycopg:// are supported"
+        )
+    return backend
+
+
+def backend_of(bind: Engine | Connection) -> Backend:
+    """The backend of an engine `make_engine` made (it refuses every other dialect)."""
+    return BACKENDS[bind.dialect.name]
 
 
 def make_engine(
@@ -72,53 +69,9 @@ def make_engine(
     synchronous: str = "NORMAL",
     pool_size: int = 5,
 ) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseError(f"database url {url!r} is not a SQLAlchemy URL") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return _sqlite_engine(url, busy_timeout=busy_timeout, synchronous=synchronous)
-    if backend == "postgresql":
-        if parsed.get_driver_name() not in ("psycopg", "psycopg2") or parsed.drivername == (
-            "postgresql"
-        ):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(
-            parsed,
-            pool_pre_ping=True,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            connect_args={"connect_timeout": max(1, round(busy_timeout))},
-        )
-    raise DatabaseError(
-        f"database url {url!r}: only sqlite:/// and postgresql+psycopg:// are supported"
+    return backend_for(url).engine_create(
+        _parse(url), busy_timeout=busy_timeout, synchronous=synchronous, pool_size=pool_size
     )
-
-
-def _sqlite_engine(url: str, *, busy_timeout: float, synchronous: str) -> Engine:
-    if synchronous.upper() not in ("NORMAL", "FULL"):
-        raise DatabaseError(f"sqlite_synchronous must be NORMAL or FULL, got {synchronous!r}")
-    engine = create_engine(url, connect_args={"check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-        dbapi_connection.isolation_level = None
-        # Invalid UTF-8 in a TEXT value must fail one job (store/decode.py), not the read.
-        dbapi_connection.text_factory = sqlite_text
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        cursor.execute("PRAGMA foreign_keys = OFF")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # type: ignore[no-untyped-def]
-        mode = "DEFERRED" if conn.get_execution_options().get(READ_ONLY) else "IMMEDIATE"
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
 
 
 def _dbapi_error(exc: BaseException) -> BaseException:
@@ -134,7 +87,7 @@ def is_unavailable(exc: BaseException) -> bool:
     orig = _dbapi_error(exc)
     if getattr(orig, "sqlstate", None) in _UNAVAILABLE_STATES:
         return True
-    if not isinstance(exc, DBAPIError) and not _is_driver_error(orig):
+    if not isinstance(exc, DBAPIError) and not isinstance(orig, _DRIVER_ERRORS):
         return False
     message = str(orig).lower()
     return any(marker in message for marker in _UNAVAILABLE_TEXT)
@@ -151,7 +104,3 @@ def describe(exc: BaseException) -> str:
     orig = _dbapi_error(exc)
     lines = str(orig).strip().splitlines()
     return lines[0].strip() if lines else type(orig).__name__
-
-
-def _is_driver_error(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.Error | psycopg.Error)

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from renewald.errors import DuplicateJob
@@ -44,6 +58,26 @@ def ensure_conversation(
     return True
 
 
+def new_job_row(job: NewJob, now: int) -> dict[str, Any]:
+    """The `renewal_jobs` row of a job renewald creates: pending, never attempted."""
+    return {
+        "job_id": job.job_id,
+        "local_conversation_id": job.local_conversation_id,
+        "message_id": job.message_id,
+        "status": "pending",
+        "payload": job.payload,
+        "payload_kind": job.payload_kind,
+        "target_snapshot": job.target_snapshot,
+        "target_kind": job.target_kind,
+        "attempt_count": 0,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": job.next_attempt_at,
+        "deadline_at": job.deadline_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def insert_job(conn: Connection, *, job: NewJob, now: int) -> None:
     clash = conn.execute(
         select(jobs.c.job_id, jobs.c.message_id).where(
@@ -54,24 +88,7 @@ def insert_job(conn: Connection, *, job: NewJob, now: int) -> None:
         what = f"job id {job.job_id}" if clash.job_id == job.job_id else f"message {job.message_id}"
         raise DuplicateJob(f"{what} already has a job ({clash.job_id})")
     try:
-        conn.execute(
-            insert(jobs).values(
-                job_id=job.job_id,
-                local_conversation_id=job.local_conversation_id,
-                message_id=job.message_id,
-                status="pending",
-                payload=job.payload,
-                payload_kind=job.payload_kind,
-                target_snapshot=job.target_snapshot,
-                target_kind=job.target_kind,
-                attempt_count=0,
-                max_attempts=job.max_attempts,
-                next_attempt_at=job.next_attempt_at,
-                deadline_at=job.deadline_at,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        conn.execute(insert(jobs).values(new_job_row(job, now)))
     except IntegrityError as exc:  # lost a race with another writer of the same ids
         raise DuplicateJob(f"job {job.job_id} or message {job.message_id} already exists") from exc
 
@@ -95,18 +112,37 @@ def cancelled_among(conn: Connection, job_ids: Sequence[str]) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def _job_filters(
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True)
+class JobFilter:
     """What `renewald jobs` selects by: status, conversation, `updated_at >= since`,
     reason (the terminal reason, or the start of its latest attempt's decision reason:
     `backoff`, `retry_after`, `breaker`), and the target kind the daemon would use (the
-    job's own, else its conversation's active link's)."""
+    job's own, else its conversation's active link's). Empty: every job."""
+
+    statuses: Sequence[str] = ()
+    conversation: str | None = None
+    since: int | None = None
+    reasons: Sequence[str] = ()
+    target_kinds: Sequence[str] = ()
+
+    def where(self) -> list[ColumnElement[bool]]:
+        return _job_filters(
+            statuses=self.statuses,
+            conversation=self.conversation,
+            since=self.since,
+            reasons=self.reasons,
+            target_kinds=self.target_kinds,
+        )
+
+
+def _job_filters(
+    *,
+    statuses: Sequence[str],
+    conversation: str | None,
+    since: int | None,
+    reasons: Sequence[str],
+    target_kinds: Sequence[str],
+) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if statuses:
         where.append(jobs.c.status.in_(list(statuses)))
@@ -146,55 +182,18 @@ def _job_filters(
     return where
 
 
-def list_jobs(
-    conn: Connection,
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-    limit: int | None = 50,
-) -> list[Job]:
+def list_jobs(conn: Connection, where: JobFilter, *, limit: int | None = 50) -> list[Job]:
     """Jobs, newest first (`limit` None: all of them)."""
-    query = select(jobs).where(
-        *_job_filters(
-            statuses=statuses,
-            conversation=conversation,
-            since=since,
-            reasons=reasons,
-            target_kinds=target_kinds,
-        )
-    )
+    query = select(jobs).where(*where.where())
     query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id)
     if limit is not None:
         query = query.limit(limit)
     return [Job.from_row(r) for r in conn.execute(query).mappings()]
 
 
-def count_jobs(
-    conn: Connection,
-    *,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
-) -> int:
+def count_jobs(conn: Connection, where: JobFilter) -> int:
     """How many jobs `list_jobs` would return without a limit."""
-    query = (
-        select(func.count())
-        .select_from(jobs)
-        .where(
-            *_job_filters(
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-            )
-        )
-    )
+    query = select(func.count()).select_from(jobs).where(*where.where())
     return int(conn.execute(query).scalar_one())
 
 
@@ -246,9 +245,14 @@ def next_due_at(conn: Connection, *, now: int) -> int | None:
     The upper bound keeps out what no claim will take (SQLite sorts text and BLOBs after
     every number, and a time past year 9999 is no time): the sweep ends those rows.
     """
-    query = select(func.min(jobs.c.next_attempt_at)).where(
+    return epoch_ms_or_none(conn.execute(next_due_query(), {"now": now}).scalar())
+
+
+def next_due_query() -> Select[tuple[Any]]:
+    """`next_due_at`'s statement; its one parameter is `now`."""
+    now = bindparam("now", type_=BigInteger)
+    return select(func.min(jobs.c.next_attempt_at)).where(
         jobs.c.status == "pending",
         jobs.c.next_attempt_at > now,
         jobs.c.next_attempt_at <= MAX_EPOCH_MS,
     )
-    return epoch_ms_or_none(conn.execute(query).scalar())

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, inspect, text
 
 from renewald.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
+from renewald.store.engine import backend_of
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -21,7 +22,7 @@ VERSION_TABLE = "renewald_schema_version"
 REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 HEAD = REVISIONS[-1]
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
-_PG_MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs
+MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs
 
 
 def alembic_config() -> AlembicConfig:
@@ -41,8 +42,7 @@ def current_revision(conn: Connection) -> str | None:
 def migrate(engine: Engine) -> tuple[str | None, str]:
     """Create or upgrade the schema in one transaction; returns (before, after) revisions."""
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
+        backend_of(engine).lock_transaction(conn, MIGRATE_LOCK)
         before = current_revision(conn)
         if before is not None and before not in REVISIONS:
             raise SchemaTooNew(

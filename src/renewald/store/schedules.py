@@ -19,13 +19,13 @@ are read in the same transaction; a gated fire still advances the schedule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from renewald.errors import RenewaldError
-from renewald.store.jobs import ensure_conversation
+from renewald.store.backend import Backend
+from renewald.store.jobs import ensure_conversation, new_job_row
 from renewald.store.models import FireOutcome, NewJob, Schedule
 from renewald.store.schema import local_conversations, renewal_jobs, renewal_schedules
 
@@ -177,61 +177,10 @@ def skip_reason(
     return None
 
 
-def _job_rows(new_jobs: Sequence[NewJob], now: int) -> list[dict[str, object]]:
-    return [
-        {
-            "job_id": j.job_id,
-            "local_conversation_id": j.local_conversation_id,
-            "message_id": j.message_id,
-            "status": "pending",
-            "payload": j.payload,
-            "payload_kind": j.payload_kind,
-            "target_snapshot": j.target_snapshot,
-            "target_kind": j.target_kind,
-            "attempt_count": 0,
-            "max_attempts": j.max_attempts,
-            "next_attempt_at": j.next_attempt_at,
-            "deadline_at": j.deadline_at,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for j in new_jobs
-    ]
-
-
-def insert_fire_jobs_sqlite(conn: Connection, new_jobs: Sequence[NewJob], *, now: int) -> set[str]:
-    """Insert the jobs, skipping any whose job_id or message_id exists; returns the ids made."""
-    stmt = (
-        sqlite.insert(jobs)
-        .values(_job_rows(new_jobs, now))
-        .on_conflict_do_nothing()
-        .returning(jobs.c.job_id)
-    )
-    return set(conn.execute(stmt).scalars())
-
-
-def insert_fire_jobs_postgresql(
-    conn: Connection, new_jobs: Sequence[NewJob], *, now: int
-) -> set[str]:
-    """Insert the jobs, skipping any whose job_id or message_id exists; returns the ids made."""
-    stmt = (
-        postgresql.insert(jobs)
-        .values(_job_rows(new_jobs, now))
-        .on_conflict_do_nothing()
-        .returning(jobs.c.job_id)
-    )
-    return set(conn.execute(stmt).scalars())
-
-
-INSERT_FIRE_JOBS: dict[str, Callable[..., set[str]]] = {
-    "sqlite": insert_fire_jobs_sqlite,
-    "postgresql": insert_fire_jobs_postgresql,
-}
-
-
 def fire_schedule(
     conn: Connection,
     *,
+    backend: Backend,
     schedule: Schedule,
     new_jobs: Sequence[NewJob],
     next_fire_at: int | None,
@@ -258,7 +207,10 @@ def fire_schedule(
         return FireOutcome("raced")
     if reason:
         return FireOutcome("skipped", reason=reason)
-    created = INSERT_FIRE_JOBS[conn.dialect.name](conn, new_jobs, now=now)
+    insert = backend.insert_ignoring_conflicts(
+        jobs, [new_job_row(j, now) for j in new_jobs], key=()
+    )
+    created = set(conn.execute(insert.returning(jobs.c.job_id)).scalars())
     ids = [j.job_id for j in new_jobs]
     return FireOutcome(
         "fired",

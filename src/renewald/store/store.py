@@ -1,70 +1,52 @@
 """The store: every SQL statement renewald runs goes through here.
 
-Each public method is one transaction. Writes on SQLite open with `BEGIN IMMEDIATE`
-(see `engine.py`); a busy database (the tracker writing) or a dropped PostgreSQL
-connection is retried with short jittered backoff, because a transaction here is all or
-nothing and running it again is safe.
+Each public method is one transaction (transactions.py). This module holds opening the
+database, jobs, the daemon's writes and its registry; the operator, schedule and target
+methods are mixins in their own modules. The statements themselves live in the modules
+named after their nouns (claim.py, leases.py, schedules.py, ...).
 """
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
-import structlog
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection
 
-import renewald.store.schedules as schedule_sql
-from renewald.errors import DatabaseError, DatabaseUnavailable
-from renewald.store import attempts, claim, daemons, jobs, leases, ops, sweep, targets, unlogged
-from renewald.store.engine import (
-    READ_ONLY,
-    describe,
-    is_transient,
-    is_unavailable,
-    make_engine,
-    sqlite_path,
+from renewald.errors import DatabaseError
+from renewald.store import (
+    attempts,
+    claim,
+    daemons,
+    jobs,
+    leases,
+    sweep,
+    unlogged,
 )
-from renewald.store.migrate import check_schema
+from renewald.store.changes import ChangeWatcher
+from renewald.store.engine import make_engine, sqlite_path
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
-
-T = TypeVar("T")
-_log = structlog.get_logger("renewald.store")
-
-# How long a transaction keeps retrying a busy/locked database or a lost connection,
-# unless the caller gives its own budget (`Store(retry_for=...)`, `with_budget`): the
-# daemon's duties, the command line and the metrics reader each choose theirs.
-RETRY_FOR = 30.0
-SLOW_RETRY = 1.0
+from renewald.store.operator_methods import OperatorMethods
+from renewald.store.schedule_methods import ScheduleMethods
+from renewald.store.target_methods import TargetMethods
+from renewald.store.transactions import RETRY_FOR
 
 
-class Store:
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        retry_for: float = RETRY_FOR,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self.retry_for = retry_for
-        self._sleep = sleep
-        self._claim = (
-            claim.claim_due_jobs_postgresql
-            if self.dialect == "postgresql"
-            else claim.claim_due_jobs_sqlite
-        )
+class Store(OperatorMethods, ScheduleMethods, TargetMethods):
+    """Every query renewald runs, one transaction per method, grouped by noun in the
+    mixins (operator, schedule, target methods) over `Transactions`."""
 
     def with_budget(self, retry_for: float) -> Store:
         """The same database (same engine and pool) with another retry budget per call.
         Close only the store the engine was opened with."""
-        return Store(self.engine, retry_for=retry_for, sleep=self._sleep)
+        return Store(self.engine, retry_for=retry_for, sleep=self._sleep, backend=self.backend)
+
+    def change_watcher(
+        self, on_change: Callable[[], None], *, interval: float = 0.05
+    ) -> ChangeWatcher:
+        """A watcher of work other processes write to this database, through this store's
+        backend (LISTEN/NOTIFY where `backend.listen_notify`, else a polled counter)."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        return ChangeWatcher(url, on_change, interval=interval, backend=self.backend)
 
     @classmethod
     def open(
@@ -96,62 +78,6 @@ class Store:
             engine.dispose()
             raise
         return store
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    # -- transactions ----------------------------------------------------------------
-
-    def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
-        started = time.monotonic()
-        delay = 0.005
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                if write:
-                    with self.engine.begin() as conn:
-                        result = fn(conn)
-                else:
-                    with self.engine.connect() as conn:
-                        conn = conn.execution_options(**{READ_ONLY: True})
-                        with conn.begin():
-                            result = fn(conn)
-                waited = time.monotonic() - started
-                if tries > 1 and waited >= SLOW_RETRY:
-                    _log.warning("database.busy", tries=tries, waited=f"{waited:.1f}s")
-                return result
-            except DBAPIError as exc:
-                pause = delay * random.uniform(0.5, 1.5)
-                if not is_transient(exc) or time.monotonic() - started + pause > self.retry_for:
-                    raise
-                self._sleep(pause)
-                delay = min(delay * 2, 0.5)
-
-    def write(self, fn: Callable[[Connection], T]) -> T:
-        return self._run(fn, write=True)
-
-    def read(self, fn: Callable[[Connection], T]) -> T:
-        return self._run(fn, write=False)
-
-    @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A raw write transaction, for callers composing several store functions at once."""
-        with self.engine.begin() as conn:
-            yield conn
-
-    def ping(self) -> None:
-        """Raise `DatabaseUnavailable` when the database stays unreachable for the retry
-        budget, `DatabaseError` when it answers with something a person must fix."""
-        try:
-            self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
-        except DBAPIError as exc:
-            if is_unavailable(exc):
-                raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from None
-            raise DatabaseError(f"cannot use the database: {describe(exc)}") from None
-
-    def check_schema(self) -> None:
-        self.read(check_schema)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -193,17 +119,8 @@ class Store:
         target_kinds: Sequence[str] = (),
         limit: int | None = 50,
     ) -> list[Job]:
-        return self.read(
-            lambda conn: jobs.list_jobs(
-                conn,
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-                limit=limit,
-            )
-        )
+        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
+        return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
     def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
         return self.read(lambda conn: jobs.cancelled_among(conn, job_ids))
@@ -236,8 +153,9 @@ class Store:
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
 
         def tx(conn: Connection) -> list[ClaimedJob]:
-            claimed = self._claim(
+            claimed = claim.claim_due_jobs(
                 conn,
+                backend=self.backend,
                 owner=owner,
                 clock=clock,
                 lease_ms=lease_ms,
@@ -393,364 +311,6 @@ class Store:
 
     def list_daemons(self) -> list[daemons.DaemonRow]:
         return self.read(daemons.list_daemons)
-
-    # -- operating (renewald show/retry/cancel/conversations/stats/prune) --------------
-
-    def explain_job(
-        self,
-        job_id: str,
-        *,
-        now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
-        stale_after_ms: int,
-        target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
-        gone: Callable[[daemons.DaemonRow], bool] | None = None,
-    ) -> tuple[ops.JobFacts, ops.Explanation] | None:
-        """The job, the rows that decide whether it is due, and the rule that applies.
-        `gone` tells a registered daemon whose process is known not to run any more."""
-        facts = self.read(lambda conn: ops.job_facts(conn, job_id, now=now, target_of=target_of))
-        if facts is None:
-            return None
-        facts = facts.with_gone_owners(gone)
-        why = ops.explain(
-            facts,
-            now=now,
-            dispatch_statuses=dispatch_statuses,
-            stale_before=now - stale_after_ms,
-        )
-        return facts, why
-
-    def list_jobs_explained(
-        self,
-        *,
-        now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
-        stale_after_ms: int,
-        target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
-        statuses: Sequence[str] = (),
-        conversation: str | None = None,
-        since: int | None = None,
-        reasons: Sequence[str] = (),
-        target_kinds: Sequence[str] = (),
-        limit: int | None = 50,
-        gone: Callable[[daemons.DaemonRow], bool] | None = None,
-    ) -> tuple[list[tuple[ops.JobFacts, ops.Explanation]], int]:
-        """`list_jobs` with the rule that applies to each job (the same `explain` as
-        `explain_job`), and how many jobs match in all; one transaction."""
-
-        def tx(conn: Connection) -> tuple[list[ops.JobFacts], int]:
-            found = jobs.list_jobs(
-                conn,
-                statuses=statuses,
-                conversation=conversation,
-                since=since,
-                reasons=reasons,
-                target_kinds=target_kinds,
-                limit=limit,
-            )
-            total = len(found)
-            if limit is not None and total >= limit:
-                total = jobs.count_jobs(
-                    conn,
-                    statuses=statuses,
-                    conversation=conversation,
-                    since=since,
-                    reasons=reasons,
-                    target_kinds=target_kinds,
-                )
-            return ops.jobs_facts(conn, found, now=now, target_of=target_of), total
-
-        all_facts, total = self.read(tx)
-        all_facts = [f.with_gone_owners(gone) for f in all_facts]
-        stale_before = now - stale_after_ms
-        explained = [
-            (
-                facts,
-                ops.explain(
-                    facts,
-                    now=now,
-                    dispatch_statuses=dispatch_statuses,
-                    stale_before=stale_before,
-                ),
-            )
-            for facts in all_facts
-        ]
-        return explained, total
-
-    def retry_job(
-        self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
-    ) -> ops.Retried | None:
-        """A failed job back to pending, due now, with a fresh budget; None if not failed."""
-        aid = attempt_id or uuid.uuid4().hex
-        return self.write(
-            lambda conn: ops.retry_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
-        )
-
-    def failed_job_ids(
-        self,
-        *,
-        since: int | None = None,
-        conversation: str | None = None,
-        reasons: Sequence[str] = (),
-        exclude_reasons: Sequence[str] = (),
-        limit: int | None = None,
-    ) -> list[str]:
-        return self.read(
-            lambda conn: ops.failed_job_ids(
-                conn,
-                since=since,
-                conversation=conversation,
-                reasons=reasons,
-                exclude_reasons=exclude_reasons,
-                limit=limit,
-            )
-        )
-
-    def retry_failed(
-        self,
-        *,
-        now: int,
-        action: ops.OperatorAction,
-        since: int | None = None,
-        conversation: str | None = None,
-        reasons: Sequence[str] = (),
-        exclude_reasons: Sequence[str] = (),
-        batch: int = 200,
-    ) -> list[ops.Retried]:
-        """Retry every failed job the filters select, `batch` jobs per short transaction."""
-        done: list[ops.Retried] = []
-        after: str | None = None
-        while True:
-
-            def tx(conn: Connection, after: str | None = after) -> tuple[list[ops.Retried], str]:
-                ids = ops.failed_job_ids(
-                    conn,
-                    since=since,
-                    conversation=conversation,
-                    reasons=reasons,
-                    exclude_reasons=exclude_reasons,
-                    limit=batch,
-                    after_id=after,
-                )
-                got = [
-                    ops.retry_job(
-                        conn, job_id=i, attempt_id=uuid.uuid4().hex, now=now, action=action
-                    )
-                    for i in ids
-                ]
-                return [r for r in got if r is not None], (ids[-1] if ids else "")
-
-            retried, last = self.write(tx)
-            done += retried
-            if not last:
-                return done
-            after = last
-
-    def cancel_job(
-        self, job_id: str, *, now: int, action: ops.OperatorAction, attempt_id: str | None = None
-    ) -> ops.Cancelled | None:
-        aid = attempt_id or uuid.uuid4().hex
-        return self.write(
-            lambda conn: ops.cancel_job(conn, job_id=job_id, attempt_id=aid, now=now, action=action)
-        )
-
-    def set_automation_status(
-        self, conversation_id: str, *, status: str, now: int
-    ) -> tuple[ops.Conversation, ops.Conversation] | None:
-        return self.write(
-            lambda conn: ops.set_automation_status(
-                conn, conversation_id=conversation_id, status=status, now=now
-            )
-        )
-
-    def list_conversations(
-        self, *, statuses: Sequence[str] = (), conversation: str | None = None, limit: int = 100
-    ) -> list[ops.ConversationSummary]:
-        return self.read(
-            lambda conn: ops.list_conversations(
-                conn, statuses=statuses, conversation=conversation, limit=limit
-            )
-        )
-
-    def stats(
-        self,
-        *,
-        now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
-        overdue_before: int,
-        failures_since: int,
-    ) -> ops.Stats:
-        return self.read(
-            lambda conn: ops.stats(
-                conn,
-                now=now,
-                dispatch_statuses=dispatch_statuses,
-                overdue_before=overdue_before,
-                failures_since=failures_since,
-            )
-        )
-
-    def gauges(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> ops.Gauges:
-        return self.read(
-            lambda conn: ops.gauges(conn, now=now, dispatch_statuses=dispatch_statuses)
-        )
-
-    def paused_targets(self, *, now: int) -> list[ops.TargetPause]:
-        return self.read(lambda conn: ops.paused_targets(conn, now=now))
-
-    def count_prunable(self, *, before: int) -> tuple[int, int]:
-        return self.read(lambda conn: ops.count_prunable(conn, before=before))
-
-    def prune_finished(
-        self, *, before: int, batch: int = 500, max_batches: int | None = None
-    ) -> tuple[int, int]:
-        """Delete finished jobs (finished before `before`) and their attempts, `batch` jobs
-        per transaction, so the SQLite write lock is only ever held briefly and the tracker's
-        writes slip in between. Returns (jobs deleted, attempts deleted)."""
-        total_jobs = total_attempts = batches = 0
-        while max_batches is None or batches < max_batches:
-            n_jobs, n_attempts = self.write(
-                lambda conn: ops.prune_batch(conn, before=before, limit=batch)
-            )
-            batches += 1
-            total_jobs += n_jobs
-            total_attempts += n_attempts
-            if n_jobs < batch:
-                break
-        return total_jobs, total_attempts
-
-    # -- schedules (store/schedules.py) -----------------------------------------------
-
-    def add_schedule(
-        self,
-        *,
-        schedule: schedule_sql.Schedule,
-        platform: str = "renewald",
-        conversation_status: str = "auto",
-    ) -> schedule_sql.Schedule:
-        """Insert a schedule, creating its conversation row (`auto`) when missing."""
-
-        def tx(conn: Connection) -> schedule_sql.Schedule:
-            schedule_sql.insert_schedule(
-                conn,
-                schedule=schedule,
-                platform=platform,
-                conversation_status=conversation_status,
-            )
-            found = schedule_sql.get_schedule(conn, schedule.schedule_id)
-            assert found is not None
-            return found
-
-        return self.write(tx)
-
-    def get_schedule(self, schedule_id: str) -> schedule_sql.Schedule | None:
-        return self.read(lambda conn: schedule_sql.get_schedule(conn, schedule_id))
-
-    def list_schedules(
-        self, *, conversation: str | None = None, limit: int = 100
-    ) -> list[schedule_sql.Schedule]:
-        return self.read(
-            lambda conn: schedule_sql.list_schedules(conn, conversation=conversation, limit=limit)
-        )
-
-    def due_schedules(self, *, now: int, limit: int = 100) -> list[schedule_sql.Schedule]:
-        return self.read(lambda conn: schedule_sql.due_schedules(conn, now=now, limit=limit))
-
-    def fire_schedule(
-        self,
-        *,
-        schedule: schedule_sql.Schedule,
-        new_jobs: Sequence[NewJob],
-        next_fire_at: int | None,
-        last_fire_at: int,
-        now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
-    ) -> schedule_sql.FireOutcome:
-        return self.write(
-            lambda conn: schedule_sql.fire_schedule(
-                conn,
-                schedule=schedule,
-                new_jobs=new_jobs,
-                next_fire_at=next_fire_at,
-                last_fire_at=last_fire_at,
-                now=now,
-                dispatch_statuses=dispatch_statuses,
-            )
-        )
-
-    def advance_schedule(
-        self,
-        *,
-        schedule_id: str,
-        seen: int,
-        next_fire_at: int | None,
-        last_fire_at: int | None,
-        now: int,
-    ) -> bool:
-        return self.write(
-            lambda conn: schedule_sql.advance_schedule(
-                conn,
-                schedule_id=schedule_id,
-                seen=seen,
-                next_fire_at=next_fire_at,
-                last_fire_at=last_fire_at,
-                now=now,
-            )
-        )
-
-    def pause_schedule(self, schedule_id: str, *, now: int) -> bool:
-        return self.write(
-            lambda conn: schedule_sql.set_enabled(
-                conn, schedule_id=schedule_id, enabled=False, now=now
-            )
-        )
-
-    def resume_schedule(self, schedule_id: str, *, next_fire_at: int | None, now: int) -> bool:
-        return self.write(
-            lambda conn: schedule_sql.set_enabled(
-                conn, schedule_id=schedule_id, enabled=True, now=now, next_fire_at=next_fire_at
-            )
-        )
-
-    def remove_schedule(self, schedule_id: str) -> bool:
-        return self.write(lambda conn: schedule_sql.delete_schedule(conn, schedule_id=schedule_id))
-
-    # -- delivery targets (the breaker's shared state) -------------------------------
-
-    def list_target_pauses(self) -> list[targets.TargetPause]:
-        """Every target whose breaker counts failures or is open."""
-        return self.read(targets.list_target_pauses)
-
-    def get_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
-        return self.read(lambda conn: targets.get_target_pause(conn, target_key))
-
-    def change_target_pause(
-        self, *, target_key: str, adapter: str | None, now: int, change: targets.Change
-    ) -> tuple[targets.TargetPause | None, targets.TargetPause | None]:
-        """Apply a pure `change` to the target's row, locked; returns (before, after)."""
-        return self.write(
-            lambda conn: targets.change_target_pause(
-                conn, target_key=target_key, adapter=adapter, now=now, change=change
-            )
-        )
-
-    def claim_target_probe(
-        self, *, target_key: str, paused_until: int, now: int, probe_until: int
-    ) -> bool:
-        """Take the single probe of a half-open target; False when another daemon took it."""
-        return self.write(
-            lambda conn: targets.claim_target_probe(
-                conn,
-                target_key=target_key,
-                paused_until=paused_until,
-                now=now,
-                probe_until=probe_until,
-            )
-        )
-
-    def clear_target_pause(self, *, target_key: str) -> targets.TargetPause | None:
-        """Delete the target's row (it accepted a delivery); returns what it was."""
-        return self.write(lambda conn: targets.clear_target_pause(conn, target_key=target_key))
 
     # -- rows that do not fit (store/decode.py, store/sweep.py) ------------------------
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from renewald.store.backend import Backend
 from renewald.store.models import TargetPause
 from renewald.store.schema import renewal_target_pauses
 
@@ -33,34 +33,14 @@ def get_target_pause(conn: Connection, target_key: str) -> TargetPause | None:
     return TargetPause.from_row(row) if row else None
 
 
-# The empty row is inserted unless one exists, so that there is always a row to lock:
-# two daemons inserting the first failure of a target at once must not collide.
-# RETURNING says whether it was inserted (rowcount is not reliable for ON CONFLICT).
-def _insert_missing_sqlite(
-    conn: Connection, *, target_key: str, adapter: str | None, now: int
-) -> bool:
-    stmt = sqlite.insert(pauses).values(
-        target_key=target_key, adapter=adapter, failures=0, updated_at=now
-    )
-    stmt = stmt.on_conflict_do_nothing(index_elements=["target_key"])
-    return conn.execute(stmt.returning(pauses.c.target_key)).first() is not None
-
-
-def _insert_missing_postgresql(
-    conn: Connection, *, target_key: str, adapter: str | None, now: int
-) -> bool:
-    stmt = postgresql.insert(pauses).values(
-        target_key=target_key, adapter=adapter, failures=0, updated_at=now
-    )
-    stmt = stmt.on_conflict_do_nothing(index_elements=["target_key"])
-    return conn.execute(stmt.returning(pauses.c.target_key)).first() is not None
-
-
-_INSERT_MISSING = {"sqlite": _insert_missing_sqlite, "postgresql": _insert_missing_postgresql}
-
-
 def change_target_pause(
-    conn: Connection, *, target_key: str, adapter: str | None, now: int, change: Change
+    conn: Connection,
+    *,
+    backend: Backend,
+    target_key: str,
+    adapter: str | None,
+    now: int,
+    change: Change,
 ) -> tuple[TargetPause | None, TargetPause | None]:
     """Apply `change` to the target's row while holding it locked; returns (before, after).
 
@@ -69,9 +49,15 @@ def change_target_pause(
     SQLite holds the database write lock already (`BEGIN IMMEDIATE`); PostgreSQL locks
     the row with `FOR UPDATE`, which SQLite's compiler leaves out.
     """
-    inserted = _INSERT_MISSING[conn.dialect.name](
-        conn, target_key=target_key, adapter=adapter, now=now
+    # The empty row is inserted unless one exists, so that there is always a row to lock:
+    # two daemons inserting the first failure of a target at once must not collide.
+    # RETURNING says whether it was inserted (rowcount is not reliable for ON CONFLICT).
+    missing = backend.insert_ignoring_conflicts(
+        pauses,
+        {"target_key": target_key, "adapter": adapter, "failures": 0, "updated_at": now},
+        key=["target_key"],
     )
+    inserted = conn.execute(missing.returning(pauses.c.target_key)).first() is not None
     row = (
         conn.execute(select(pauses).where(pauses.c.target_key == target_key).with_for_update())
         .mappings()

@@ -11,8 +11,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -29,13 +27,6 @@ RESCUER = "host-b:2:boot"
 LEASE = 60_000
 HEARTBEAT = 1_000
 POLICY = RetryPolicy(base=30.0, factor=2.0, cap=3600.0, jitter=0.0)
-
-
-@pytest.fixture
-def job_log(tmp_path: Path) -> Iterator[JobLog]:
-    log = JobLog(tmp_path / "logs")
-    yield log
-    log.close()
 
 
 def rescuer_for(store: Store, job_log: JobLog, *, owner: str = RESCUER) -> Rescuer:

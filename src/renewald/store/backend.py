@@ -1,0 +1,63 @@
+"""Everything that differs between the databases renewald runs on, decided once.
+
+A `Backend` is chosen from the database URL where the engine is made
+(`engine.backend_for`) and kept by the `Store`; nothing else asks which database it is.
+Each backend is one module (`backend_sqlite.py`, `backend_postgresql.py`) that settles:
+how the engine connects, the claim's locking (a transaction-scoped lock, SKIP LOCKED),
+insert-or-ignore, how other processes' writes are noticed, which driver errors mean
+"unavailable" or "lost a race", and its capability flags.
+
+A new backend is one new module implementing `Backend`, its entry in `engine.BACKENDS`,
+and its branch in each migration under `migrations/versions/` that differs by dialect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.engine import URL
+from sqlalchemy.sql.dml import Insert
+
+OnChange = Callable[[], None]
+
+# Execution option of a read-only transaction (SQLite opens it DEFERRED, not IMMEDIATE).
+READ_ONLY = "renewald_read_only"
+
+
+class Backend(Protocol):
+    """One database's dialect, behind the names the store uses."""
+
+    name: str
+    skip_locked: bool
+    """The claim's scan takes `FOR UPDATE SKIP LOCKED` (rows other claims hold are skipped)."""
+    listen_notify: bool
+    """New work is pushed (LISTEN/NOTIFY) rather than noticed by polling a counter."""
+    driver_errors: tuple[type[BaseException], ...]
+    unavailable_states: frozenset[str]
+    """SQLSTATEs of a server that is going away, starting up, full or unreachable."""
+    race_states: frozenset[str]
+    """SQLSTATEs of a transaction that lost a race: running it again is safe."""
+    unavailable_text: tuple[str, ...]
+    """Lower-case fragments of driver messages that carry no SQLSTATE but mean "down"."""
+
+    def engine_create(
+        self, url: URL, *, busy_timeout: float, synchronous: str, pool_size: int
+    ) -> Engine: ...
+
+    def lock_transaction(self, conn: Connection, key: int) -> None:
+        """Hold the lock `key` until the transaction ends (queues concurrent claims)."""
+
+    def insert_ignoring_conflicts(
+        self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]
+    ) -> Insert:
+        """INSERT … ON CONFLICT DO NOTHING: `key` names the conflict target, () means any."""
+        ...
+
+    def changes_watch(
+        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
+    ) -> None:
+        """Call `on_change()` once connected and whenever another process may have written
+        new work, until `stop` is set; raise when the connection fails."""

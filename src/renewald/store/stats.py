@@ -1,0 +1,172 @@
+"""Queue counts: `renewald stats` (`stats`) and what /metrics reads at scrape time (`gauges`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, or_, select
+
+from renewald.store.daemons import DaemonRow
+from renewald.store.decode import epoch_ms_or_none
+from renewald.store.jobs import dispatch_allowed, due_condition
+from renewald.store.models import TargetPause
+from renewald.store.schema import (
+    renewal_jobs,
+    renewal_target_pauses,
+    renewald_daemons,
+)
+
+jobs = renewal_jobs
+pauses = renewal_target_pauses
+
+
+@dataclass(frozen=True)
+class Stats:
+    now: int
+    by_status: dict[str, int]
+    due: int
+    oldest_due_at: int | None
+    overdue: int
+    held: int  # pending, past next_attempt_at, but held back by its conversation
+    unscheduled: int
+    running: int
+    oldest_running_started_at: int | None
+    expired_leases: int
+    failures_since: int
+    failures: dict[str, int]
+    daemons: list[DaemonRow]
+    paused_targets: list[TargetPause]
+
+    def as_dict(self, *, stale_before: int) -> dict[str, Any]:
+        return {
+            "now": self.now,
+            "by_status": self.by_status,
+            "due": self.due,
+            "oldest_due_at": self.oldest_due_at,
+            "oldest_due_age_ms": None
+            if self.oldest_due_at is None
+            else max(0, self.now - self.oldest_due_at),
+            "overdue": self.overdue,
+            "held": self.held,
+            "unscheduled": self.unscheduled,
+            "running": self.running,
+            "oldest_running_started_at": self.oldest_running_started_at,
+            "oldest_lease_age_ms": None
+            if self.oldest_running_started_at is None
+            else max(0, self.now - self.oldest_running_started_at),
+            "expired_leases": self.expired_leases,
+            "failures_since": self.failures_since,
+            "failures": self.failures,
+            "daemons": [
+                {**asdict(d), "alive": d.heartbeat_at >= stale_before} for d in self.daemons
+            ],
+            "paused_targets": [p.as_dict() for p in self.paused_targets],
+        }
+
+
+def stats(
+    conn: Connection,
+    *,
+    now: int,
+    dispatch_statuses: Sequence[str],
+    overdue_before: int,
+    failures_since: int,
+) -> Stats:
+    """Queue counts for `renewald stats`; each is one count or group-by query."""
+    by_status = {
+        s: int(n)
+        for s, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
+    }
+    due_cond = due_condition(now, dispatch_statuses)
+    due, oldest_due = conn.execute(
+        select(func.count(), func.min(jobs.c.next_attempt_at)).select_from(jobs).where(due_cond)
+    ).one()
+    overdue = conn.execute(
+        select(func.count())
+        .select_from(jobs)
+        .where(due_cond, jobs.c.next_attempt_at < overdue_before)
+    ).scalar_one()
+    held = conn.execute(
+        select(func.count())
+        .select_from(jobs)
+        .where(
+            jobs.c.status == "pending",
+            jobs.c.next_attempt_at <= now,
+            ~dispatch_allowed(now, dispatch_statuses),
+        )
+    ).scalar_one()
+    unscheduled = conn.execute(
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.status == "pending", jobs.c.next_attempt_at.is_(None))
+    ).scalar_one()
+    running, oldest_running, expired = conn.execute(
+        select(
+            func.count(),
+            func.min(jobs.c.started_at),
+            func.count().filter(
+                or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at <= now)
+            ),
+        ).where(jobs.c.status == "running")
+    ).one()
+    failures = {
+        (reason or "unknown"): int(n)
+        for reason, n in conn.execute(
+            select(jobs.c.terminal_reason, func.count())
+            .where(jobs.c.status == "failed", jobs.c.finished_at >= failures_since)
+            .group_by(jobs.c.terminal_reason)
+            .order_by(func.count().desc(), jobs.c.terminal_reason)
+        ).all()
+    }
+    daemon_rows = conn.execute(
+        select(renewald_daemons).order_by(renewald_daemons.c.started_at)
+    ).mappings()
+    return Stats(
+        now=now,
+        by_status=by_status,
+        due=int(due),
+        oldest_due_at=epoch_ms_or_none(oldest_due),
+        overdue=int(overdue),
+        held=int(held),
+        unscheduled=int(unscheduled),
+        running=int(running),
+        oldest_running_started_at=epoch_ms_or_none(oldest_running),
+        expired_leases=int(expired),
+        failures_since=failures_since,
+        failures=failures,
+        daemons=[DaemonRow(**dict(r)) for r in daemon_rows],
+        paused_targets=paused_targets(conn, now=now),
+    )
+
+
+def paused_targets(conn: Connection, *, now: int) -> list[TargetPause]:
+    query = (
+        select(pauses)
+        .where(pauses.c.paused_until > now)
+        .order_by(pauses.c.paused_until.desc(), pauses.c.target_key)
+    )
+    return [TargetPause.from_row(r) for r in conn.execute(query).mappings()]
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What /metrics reads at scrape time: a few cheap counts, one transaction."""
+
+    due: int
+    running: int
+    oldest_due_at: int | None
+    paused_targets: list[TargetPause]
+
+
+def gauges(conn: Connection, *, now: int, dispatch_statuses: Sequence[str]) -> Gauges:
+    due, oldest = conn.execute(
+        select(func.count(), func.min(jobs.c.next_attempt_at))
+        .select_from(jobs)
+        .where(due_condition(now, dispatch_statuses))
+    ).one()
+    running = conn.execute(
+        select(func.count()).select_from(jobs).where(jobs.c.status == "running")
+    ).scalar_one()
+    return Gauges(int(due), int(running), epoch_ms_or_none(oldest), paused_targets(conn, now=now))

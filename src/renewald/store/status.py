@@ -1,0 +1,167 @@
+"""Reads for the status page (renewald/web): overview counts, keyset pages of jobs,
+conversations with their next renewal. Read-only, and bounded per request: counts that
+could grow with the table stop at `cap`, pages are keyset (never OFFSET), and every
+ordered read has an index to walk (migration 0005).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select
+
+from renewald.store import ops
+from renewald.store.daemons import DaemonRow, list_daemons
+from renewald.store.decode import epoch_ms_or_none
+from renewald.store.jobs import _job_filters, due_condition
+from renewald.store.models import Job
+from renewald.store.schema import local_conversations as convs
+from renewald.store.schema import renewal_jobs as jobs
+
+# Counts above this are shown as "cap+": an exact count of a million rows costs more
+# than a page may spend.
+COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class Overview:
+    by_status: dict[str, int]  # each capped at `cap + 1`
+    due: int  # capped at `cap + 1`
+    oldest_due_at: int | None
+    daemons: list[DaemonRow]
+    paused_targets: list[ops.TargetPause]
+    recent_failures: list[Job]
+    cap: int
+
+
+def _capped_count(conn: Connection, *where: object, cap: int) -> int:
+    inner = select(jobs.c.job_id).where(*where).limit(cap + 1).subquery()  # type: ignore[arg-type]
+    return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+
+
+def overview(
+    conn: Connection,
+    *,
+    now: int,
+    dispatch_statuses: Sequence[str],
+    failures: int = 10,
+    cap: int = COUNT_CAP,
+) -> Overview:
+    """What the overview page shows. Each count walks `idx_renewal_jobs_status_due` (or
+    the due rows of it) and stops after `cap + 1` rows."""
+    by_status = {
+        s: _capped_count(conn, jobs.c.status == s, cap=cap)
+        for s in ("pending", "running", "done", "failed")
+    }
+    due_cond = due_condition(now, dispatch_statuses)
+    due = _capped_count(conn, due_cond, cap=cap)
+    oldest = conn.execute(
+        select(jobs.c.next_attempt_at)
+        .where(due_cond)
+        .order_by(jobs.c.status, jobs.c.next_attempt_at, jobs.c.created_at)
+        .limit(1)
+    ).scalar()
+    failed = conn.execute(
+        select(jobs)
+        .where(jobs.c.status == "failed")
+        .order_by(jobs.c.status.desc(), jobs.c.created_at.desc(), jobs.c.job_id.desc())
+        .limit(failures)
+    ).mappings()
+    return Overview(
+        by_status=by_status,
+        due=due,
+        oldest_due_at=epoch_ms_or_none(oldest),
+        daemons=list_daemons(conn),
+        paused_targets=ops.paused_targets(conn, now=now),
+        recent_failures=[Job.from_row(r) for r in failed],
+        cap=cap,
+    )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    facts: list[ops.JobFacts]
+    next_after: tuple[int, str] | None  # the cursor of the next page, if there is one
+
+
+def jobs_page(
+    conn: Connection,
+    *,
+    now: int,
+    statuses: Sequence[str] = (),
+    conversation: str | None = None,
+    since: int | None = None,
+    reasons: Sequence[str] = (),
+    target_kinds: Sequence[str] = (),
+    after: tuple[int, str] | None = None,
+    limit: int = 50,
+) -> JobPage:
+    """One page of `renewald jobs`' selection, newest first (created_at, then job_id, both
+    descending, so the index on them is walked backwards), starting after the cursor
+    `(created_at, job_id)` of the previous page's last row; with the facts `explain`
+    needs for each job."""
+    where = _job_filters(
+        statuses=statuses,
+        conversation=conversation,
+        since=since,
+        reasons=reasons,
+        target_kinds=target_kinds,
+    )
+    if after is not None:
+        at, job_id = after
+        # The first conjunct is a plain range the index can seek to.
+        where += [
+            jobs.c.created_at <= at,
+            or_(jobs.c.created_at < at, and_(jobs.c.created_at == at, jobs.c.job_id < job_id)),
+        ]
+    order = [jobs.c.created_at.desc(), jobs.c.job_id.desc()]
+    if len(statuses) == 1:
+        order.insert(0, jobs.c.status.desc())
+    rows = conn.execute(select(jobs).where(*where).order_by(*order).limit(limit + 1)).mappings()
+    found = [Job.from_row(r) for r in rows]
+    more = len(found) > limit
+    found = found[:limit]
+    cursor = (found[-1].created_at, found[-1].job_id) if more and found else None
+    return JobPage(ops.jobs_facts(conn, found, now=now), cursor)
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    summary: ops.ConversationSummary
+    title: str | None
+    next_renewal_at: int | None
+
+
+def conversations(conn: Connection, *, limit: int = 100) -> list[ConversationRow]:
+    """The most recently updated conversations, their job counts, title and the earliest
+    `next_attempt_at` of their pending jobs (read through the per-conversation index)."""
+    found = ops.list_conversations(conn, limit=limit)
+    ids = [s.conversation.local_conversation_id for s in found]
+    if not ids:
+        return []
+    nexts: dict[Any, Any] = dict(
+        (cid, at)
+        for cid, at in conn.execute(
+            select(jobs.c.local_conversation_id, func.min(jobs.c.next_attempt_at))
+            .where(jobs.c.local_conversation_id.in_(ids), jobs.c.status == "pending")
+            .group_by(jobs.c.local_conversation_id)
+        ).all()
+    )
+    titles: dict[Any, Any] = dict(
+        (cid, title)
+        for cid, title in conn.execute(
+            select(convs.c.local_conversation_id, convs.c.title).where(
+                convs.c.local_conversation_id.in_(ids)
+            )
+        ).all()
+    )
+    return [
+        ConversationRow(
+            s,
+            titles.get(cid) if isinstance(titles.get(cid), str) else None,
+            epoch_ms_or_none(nexts.get(cid)),
+        )
+        for s, cid in zip(found, ids, strict=True)
+    ]

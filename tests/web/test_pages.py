@@ -138,3 +138,18 @@ def test_the_token_guard(app: StatusApp) -> None:
     assert redirect.code == 303 and redirect.headers["Location"] == "/jobs?status=done"
     assert "HttpOnly" in redirect.headers["Set-Cookie"]
     assert ask(route, "/jobs", {"cookie": "renewald_token=t0ken"}).code == 200
+
+
+def test_overview_counts_stop_past_their_cap(store: Store) -> None:
+    from renewald.store import status
+
+    make_conversation(store, "conv-a")
+    for _ in range(4):
+        make_job(store, conversation="conv-a")
+    view = store.read(
+        lambda conn: status.overview(
+            conn, now=T0 + 1000, dispatch_statuses=("auto",), cap=2, due_cap=1
+        )
+    )
+    assert view.by_status["pending"] == 3 and view.due == 2  # shown as "2+" and "1+"
+    assert view.by_status["done"] == 0 and view.oldest_due_at == T0

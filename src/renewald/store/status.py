@@ -23,17 +23,20 @@ from renewald.store.schema import renewal_jobs as jobs
 # Counts above this are shown as "cap+": an exact count of a million rows costs more
 # than a page may spend.
 COUNT_CAP = 10_000
+# Each due row costs a look at its conversation: a smaller cap keeps a backlog cheap.
+DUE_CAP = 1_000
 
 
 @dataclass(frozen=True)
 class Overview:
     by_status: dict[str, int]  # each capped at `cap + 1`
-    due: int  # capped at `cap + 1`
+    due: int  # capped at `due_cap + 1`
     oldest_due_at: int | None
     daemons: list[DaemonRow]
     paused_targets: list[ops.TargetPause]
     recent_failures: list[Job]
     cap: int
+    due_cap: int
 
 
 def _capped_count(conn: Connection, *where: object, cap: int) -> int:
@@ -48,15 +51,16 @@ def overview(
     dispatch_statuses: Sequence[str],
     failures: int = 10,
     cap: int = COUNT_CAP,
+    due_cap: int = DUE_CAP,
 ) -> Overview:
-    """What the overview page shows. Each count walks `idx_renewal_jobs_status_due` (or
-    the due rows of it) and stops after `cap + 1` rows."""
+    """What the overview page shows. Each status count walks its part of an index on
+    status and stops after `cap + 1` rows; the due count after `due_cap + 1`."""
     by_status = {
         s: _capped_count(conn, jobs.c.status == s, cap=cap)
         for s in ("pending", "running", "done", "failed")
     }
     due_cond = due_condition(now, dispatch_statuses)
-    due = _capped_count(conn, due_cond, cap=cap)
+    due = _capped_count(conn, due_cond, cap=due_cap)
     oldest = conn.execute(
         select(jobs.c.next_attempt_at)
         .where(due_cond)
@@ -77,6 +81,7 @@ def overview(
         paused_targets=ops.paused_targets(conn, now=now),
         recent_failures=[Job.from_row(r) for r in failed],
         cap=cap,
+        due_cap=due_cap,
     )
 
 

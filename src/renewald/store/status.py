@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, literal, or_, select
 
 from renewald.store import ops
 from renewald.store.daemons import DaemonRow, list_daemons
@@ -39,6 +39,13 @@ class Overview:
     due_cap: int
 
 
+def _status_is(value: str) -> ColumnElement[bool]:
+    """`status = 'value'` with the value in the SQL text: psycopg prepares a statement run
+    often, and PostgreSQL's generic plan for `status = $1` cannot use the partial indexes
+    of one status (`running`), so it scans the table (measured: 0.01 ms became 110 ms)."""
+    return jobs.c.status == literal(value, literal_execute=True)
+
+
 def _capped_count(conn: Connection, *where: object, cap: int) -> int:
     inner = select(jobs.c.job_id).where(*where).limit(cap + 1).subquery()  # type: ignore[arg-type]
     return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
@@ -56,7 +63,7 @@ def overview(
     """What the overview page shows. Each status count walks its part of an index on
     status and stops after `cap + 1` rows; the due count after `due_cap + 1`."""
     by_status = {
-        s: _capped_count(conn, jobs.c.status == s, cap=cap)
+        s: _capped_count(conn, _status_is(s), cap=cap)
         for s in ("pending", "running", "done", "failed")
     }
     due_cond = due_condition(now, dispatch_statuses)
@@ -69,7 +76,7 @@ def overview(
     ).scalar()
     failed = conn.execute(
         select(jobs)
-        .where(jobs.c.status == "failed")
+        .where(_status_is("failed"))
         .order_by(jobs.c.status.desc(), jobs.c.created_at.desc(), jobs.c.job_id.desc())
         .limit(failures)
     ).mappings()

@@ -11,6 +11,7 @@ import os
 
 import click
 
+from renewald.adapters import AdapterRegistry
 from renewald.cli.app import Context, cli, pass_ctx
 from renewald.config import _is_listen
 from renewald.daemon.listener import Listener, is_loopback, split_listen
@@ -49,8 +50,9 @@ def web_cmd(ctx: Context, listen: str, token_env: str | None) -> None:
             "(or RENEWALD_HTTP_TOKEN, or --token-env) to serve beyond this host"
         )
     store = ctx.store()
+    registry = AdapterRegistry(ctx.config.adapters)
     listener = Listener(listen)
-    mount_pages(listener, status_app(ctx.config, store, ctx.clock), token=token)
+    mount_pages(listener, status_app(ctx.config, store, ctx.clock, registry=registry), token=token)
     click.echo(f"renewald: status page on http://{listener.address}/ (Ctrl-C stops)", err=True)
     try:
         listener.serve_forever()
@@ -58,3 +60,4 @@ def web_cmd(ctx: Context, listen: str, token_env: str | None) -> None:
         pass
     finally:
         listener.close()
+        registry.close()

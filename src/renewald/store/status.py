@@ -6,7 +6,7 @@ ordered read has an index to walk (migration 0005).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from renewald.store import ops
 from renewald.store.daemons import DaemonRow, list_daemons
 from renewald.store.decode import epoch_ms_or_none
 from renewald.store.jobs import _job_filters, due_condition
-from renewald.store.models import Job
+from renewald.store.models import ClaimedJob, Job
 from renewald.store.schema import local_conversations as convs
 from renewald.store.schema import renewal_jobs as jobs
 
@@ -109,6 +109,7 @@ def jobs_page(
     target_kinds: Sequence[str] = (),
     after: tuple[int, str] | None = None,
     limit: int = 50,
+    target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
 ) -> JobPage:
     """One page of `renewald jobs`' selection, newest first (created_at, then job_id, both
     descending, so the index on them is walked backwards), starting after the cursor
@@ -136,7 +137,7 @@ def jobs_page(
     more = len(found) > limit
     found = found[:limit]
     cursor = (found[-1].created_at, found[-1].job_id) if more and found else None
-    return JobPage(ops.jobs_facts(conn, found, now=now), cursor)
+    return JobPage(ops.jobs_facts(conn, found, now=now, target_of=target_of), cursor)
 
 
 @dataclass(frozen=True)

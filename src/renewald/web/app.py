@@ -24,7 +24,7 @@ from renewald.clock import Clock, iso_utc
 from renewald.daemon.listener import Request, Response
 from renewald.durations import parse_duration
 from renewald.redact import redact_text, redact_value
-from renewald.store import Store, ops, status
+from renewald.store import ClaimedJob, Store, ops, status
 from renewald.store.daemons import DaemonRow
 from renewald.store.engine import describe
 from renewald.web.logs import job_log_lines
@@ -54,6 +54,8 @@ class Settings:
     stale_after_ms: int
     log_dir: Path
     gone: Callable[[DaemonRow], bool] | None = None
+    # The job's adapter kind and breaker key, as the daemon computes them (cli/jobs.py).
+    target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None
 
 
 def _secretless(text: Any) -> str | None:
@@ -149,7 +151,14 @@ class StatusApp:
         filters = _job_filters(query, now=now)
         after = _cursor(query)
         page = self.store.read(
-            lambda conn: status.jobs_page(conn, now=now, after=after, limit=PAGE_SIZE, **filters)
+            lambda conn: status.jobs_page(
+                conn,
+                now=now,
+                after=after,
+                limit=PAGE_SIZE,
+                target_of=self.settings.target_of,
+                **filters,
+            )
         )
         explained = [(f, self._explain(f, now)) for f in page.facts]
         next_url = None
@@ -173,6 +182,7 @@ class StatusApp:
             now=now,
             dispatch_statuses=s.dispatch_statuses,
             stale_after_ms=s.stale_after_ms,
+            target_of=s.target_of,
             gone=s.gone,
         )
         if found is None:

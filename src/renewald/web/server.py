@@ -16,6 +16,7 @@ from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
+from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock
 from renewald.config import Config
 from renewald.daemon.listener import Listener, Request, Response, Route
@@ -88,9 +89,15 @@ def status_app(
     store: Store,
     clock: Clock,
     *,
+    registry: AdapterRegistry | None = None,
     gone: Callable[[DaemonRow], bool] | None = gone_here,
 ) -> StatusApp:
+    """The pages for `config`'s database. With `registry`, a job's breaker key is the
+    adapter's own (as `renewald show` computes it); without, pauses of its whole kind."""
+    from renewald.cli.jobs import _target_of
+
     settings = Settings(
+        target_of=_target_of(registry) if registry is not None else None,
         dispatch_statuses=config.daemon.dispatch_statuses,
         stale_after_ms=round(3 * config.daemon.heartbeat_interval * 1000),
         log_dir=Path(config.logging.dir),

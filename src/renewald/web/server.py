@@ -16,6 +16,8 @@ from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
+import structlog
+
 from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock
 from renewald.config import Config
@@ -24,6 +26,8 @@ from renewald.daemon.owner import pid_running
 from renewald.store import Store
 from renewald.store.daemons import DaemonRow
 from renewald.web.app import HEADERS, Settings, StatusApp
+
+_log = structlog.get_logger("renewald.web")
 
 COOKIE = "renewald_token"
 # A page must not wait on a database that is away: one second, then "unavailable".
@@ -108,4 +112,10 @@ def status_app(
 
 def mount_pages(listener: Listener, app: StatusApp, *, token: str) -> None:
     """Serve the status pages on `listener`, behind the guard its bind calls for."""
+    if not token and not listener.loopback:
+        _log.warning(
+            "http.pages_refused",
+            address=listener.address,
+            reason="not loopback and no [http] token: the status page answers 403",
+        )
     listener.add_route(guarded(app, token=token, loopback=listener.loopback))

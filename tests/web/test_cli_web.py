@@ -31,9 +31,12 @@ def test_web_serves_loopback_and_refuses_an_open_bind(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"{base}/jobs/{job}", timeout=10) as resp:
             assert resp.status == 200
             assert job in resp.read().decode()
-    finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_web_with_a_token_on_an_open_bind(tmp_path: Path) -> None:

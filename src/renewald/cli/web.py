@@ -8,6 +8,8 @@ otherwise; a non-loopback bind needs a token (`--token-env`, `[http] token` or
 from __future__ import annotations
 
 import os
+import signal
+from typing import Any
 
 import click
 
@@ -19,6 +21,10 @@ from renewald.errors import UsageError
 from renewald.web.server import mount_pages, status_app
 
 DEFAULT_LISTEN = "127.0.0.1:8464"
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @cli.command("web")
@@ -54,6 +60,7 @@ def web_cmd(ctx: Context, listen: str, token_env: str | None) -> None:
     listener = Listener(listen)
     mount_pages(listener, status_app(ctx.config, store, ctx.clock, registry=registry), token=token)
     click.echo(f"renewald: status page on http://{listener.address}/ (Ctrl-C stops)", err=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: as quiet as Ctrl-C
     try:
         listener.serve_forever()
     except KeyboardInterrupt:

@@ -153,3 +153,40 @@ def test_overview_counts_stop_past_their_cap(store: Store) -> None:
     )
     assert view.by_status["pending"] == 3 and view.due == 2  # shown as "2+" and "1+"
     assert view.by_status["done"] == 0 and view.oldest_due_at == T0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("statuses", "index"),
+    [((), "idx_renewal_jobs_created"), (("failed",), "idx_renewal_jobs_status_created")],
+)
+def test_job_pages_walk_an_index_not_a_sort(
+    store: Store, statuses: tuple[str, ...], index: str
+) -> None:
+    """The keyset page reads its index backwards from the cursor: no sort of the table."""
+    from sqlalchemy import event
+
+    from renewald.store import status
+
+    seen: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM renewal_jobs" in statement and "ORDER BY" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        store.read(
+            lambda conn: status.jobs_page(
+                conn, now=T0, statuses=statuses, after=(T0, "job-x"), limit=50
+            )
+        )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    statement, parameters = seen[0]
+    with store.engine.connect() as conn:
+        plan = " | ".join(
+            str(row[3])
+            for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        )
+    assert index in plan and "TEMP B-TREE" not in plan, plan

@@ -18,7 +18,7 @@ from bench.common import BENCH_DIR, loadavg, machine_info, say, stop_started
 from bench.context import Ctx
 from bench.db import DEFAULT_PG_URL, PgDBs, SqliteDBs
 
-SECTIONS = ("limit", "drain", "pickup", "poll", "io", "footprint")
+SECTIONS = ("limit", "drain", "pickup", "poll", "io", "footprint", "pages")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_section(name: str, ctx: Ctx, record: dict[str, Any]) -> dict[str, Any]:
-    from bench.sections import drain, footprint, iobound, limit, pickup, pollcost
+    from bench.sections import drain, footprint, iobound, limit, pages, pickup, pollcost
 
     if name == "limit":
         return limit.run(ctx)
@@ -155,6 +155,8 @@ def _run_section(name: str, ctx: Ctx, record: dict[str, Any]) -> dict[str, Any]:
         return iobound.run(ctx)
     if name == "footprint":
         return footprint.run(ctx, record["sections"].get("drain"))
+    if name == "pages":
+        return pages.run(ctx)
     raise ValueError(name)
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from renewald.cli import daemons, jobs, logs, ops, run, schedules  # noqa: F401  (registers)
+from renewald.cli import daemons, jobs, logs, ops, run, schedules, web  # noqa: F401  (registers)
 from renewald.cli.app import EXIT_USAGE, cli
 from renewald.errors import EX_UNAVAILABLE, RenewaldError
 from renewald.store.engine import describe, is_unavailable

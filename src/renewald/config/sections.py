@@ -91,6 +91,7 @@ class HttpConfig:
     listen: str = field(
         default="", metadata=_rule(_text(_is_listen, '"host:port" such as "127.0.0.1:9464" or ""'))
     )
+    token: str = field(default="", metadata=_rule(_text()))  # the status page's, off-loopback
 
 
 @dataclass(frozen=True)

@@ -19,23 +19,19 @@ own words. No `_created` series. Everything lives in a dedicated `CollectorRegis
 `/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
 (the watchdog's own limit) and the store answers, else 503.
 
-The server is the standard library's `ThreadingHTTPServer` on a daemon thread, started
-by `Service.run()` and shut down when it returns.
+The server (daemon/listener.py) is the standard library's `ThreadingHTTPServer` on a
+daemon thread, started by `Service.run()` and shut down when it returns.
 """
 
 from __future__ import annotations
 
 import platform
-import socket
-import threading
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import prometheus_client
 import structlog
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -47,7 +43,7 @@ from prometheus_client.exposition import generate_latest
 from renewald import __version__
 from renewald.clock import Clock
 from renewald.daemon.gauges import READ_BUDGET, GaugeReader, ProcessGauges, StoreGauges, one_of
-from renewald.errors import ConfigError
+from renewald.daemon.listener import MetricsServer
 from renewald.store import AttemptResult, Store
 
 if TYPE_CHECKING:
@@ -224,75 +220,6 @@ class Metrics:
         if not reading.up:
             return False, f"database unavailable: {reading.error}"
         return True, f"last poll {age:.1f}s ago"
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics  # set on the per-server subclass
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            ok, why = self.metrics.health()
-            self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
-        else:
-            self._send(404, b"not found: try /metrics or /healthz\n")
-
-    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"):  # type: ignore[no-untyped-def]
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are frequent and unremarkable: no access log."""
-
-
-class MetricsServer:
-    """`/metrics` and `/healthz` on `listen` ("host:port"; port 0 picks a free one)."""
-
-    def __init__(self, metrics: Metrics, listen: str) -> None:
-        host, port = _split_listen(listen)
-        self.metrics = metrics
-        handler = type("Handler", (_Handler,), {"metrics": metrics})
-        server_class = type(
-            "Server",
-            (ThreadingHTTPServer,),
-            {
-                "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
-                "daemon_threads": True,
-            },
-        )
-        try:
-            self._server = server_class((host, port), handler)
-        except OSError as exc:
-            raise ConfigError(
-                f"[http] listen {listen!r}: cannot listen there ({exc.strerror or exc})"
-            ) from None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="renewald-http", daemon=True
-        )
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self.metrics.reader.close()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def start_metrics(service: Service) -> MetricsServer:

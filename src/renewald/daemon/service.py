@@ -460,6 +460,10 @@ class Service:
             from renewald.daemon.metrics import start_metrics
 
             metrics = start_metrics(self)
+            from renewald.web.server import mount_pages, status_app
+
+            app = status_app(self.config, self.store, self.clock, registry=self.adapters)
+            mount_pages(metrics, app, token=self.config.http.token)
         self._patiently(lambda: self._register(self.clock.now_ms()))
         self.dispatcher.start()
         once = self.options.once

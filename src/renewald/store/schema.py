@@ -125,6 +125,9 @@ renewal_jobs = Table(
         sqlite_where=text("lease_owner IS NOT NULL"),
         postgresql_where=text("lease_owner IS NOT NULL"),
     ),
+    # The status page's keyset pages (migration 0005).
+    Index("idx_renewal_jobs_created", "created_at", "job_id"),
+    Index("idx_renewal_jobs_status_created", "status", "created_at", "job_id"),
 )
 
 renewal_job_attempts = Table(

@@ -27,7 +27,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
     p.add_argument(
         "--only",
-        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)}; )",
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
     )
     p.add_argument(
         "--pg-url",

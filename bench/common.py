@@ -20,8 +20,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 BENCH_DIR = Path(__file__).resolve().parent
 PACKAGES = (
@@ -131,7 +129,7 @@ def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gb": round(_psutil().virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "python_impl": platform.python_implementation(),
@@ -268,7 +266,15 @@ def spawn(
     return proc
 
 
+def _psutil() -> Any:
+    """psutil, imported when a run measures (it is a `bench` extra; `--help` needs none)."""
+    import psutil
+
+    return psutil
+
+
 def _sample_rss(proc: Proc, every: float = 0.05) -> None:
+    psutil = _psutil()
     try:
         ps = psutil.Process(proc.pid)
         while proc.popen.poll() is None:

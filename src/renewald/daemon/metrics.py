@@ -16,7 +16,7 @@ Every label takes a bounded set of values: adapters are the configured kinds, an
 else (a tracker's typo, a missing kind) is `other`; outcomes and reasons are the daemon's
 own words. No `_created` series. Everything lives in a dedicated `CollectorRegistry`.
 
-`/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
+`/healthz` answers 200 while the daemon's poll succeeded within `Timings.healthy_within_ms`
 (the watchdog's own limit) and the store answers, else 503.
 
 The server is the standard library's `ThreadingHTTPServer` on a daemon thread, started
@@ -305,7 +305,7 @@ def start_metrics(service: Service) -> MetricsServer:
         adapters=service.adapters.kinds(),
         last_poll=lambda: service.polled_ok_at,
         in_flight=service.dispatcher.in_flight,
-        healthy_within=3 * d.poll_interval + 5,
+        healthy_within=service.timings.healthy_within_ms / 1000,
     )
     server = MetricsServer(metrics, service.config.http.listen)  # bind first: fail early
     service.dispatcher.add_observer(metrics.observe)

@@ -142,7 +142,6 @@ def jobs_cmd(
     try:
         explained, total = ctx.store().list_jobs_explained(
             now=now,
-            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
             gone=gone_here,
@@ -251,7 +250,6 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         found = store.explain_job(
             job_id,
             now=now,
-            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
             gone=gone_here,

@@ -64,7 +64,6 @@ class DispatchSettings:
     workers: int = 8
     batch: int = 32
     lease_ms: int = 60_000
-    dispatch_statuses: tuple[str, ...] = ("auto",)
     cooldown_ms: int = 0
     max_jobs: int | None = None
 
@@ -262,7 +261,6 @@ class Dispatcher:
             now=self.clock.now_ms,
             lease_ms=self.settings.lease_ms,
             limit=limit,
-            dispatch_statuses=self.settings.dispatch_statuses,
         )
         self._claimed_total += len(claimed)
         with self._held_lock:

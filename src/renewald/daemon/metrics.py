@@ -84,7 +84,6 @@ class Metrics:
         *,
         store: Store,
         clock: Clock,
-        dispatch_statuses: Sequence[str] = ("auto",),
         adapters: Sequence[str] = (),
         last_poll: Callable[[], float | None] = lambda: None,
         in_flight: Callable[[], int] = lambda: 0,
@@ -93,15 +92,12 @@ class Metrics:
     ) -> None:
         self.store = store.with_budget(READ_BUDGET)
         self.clock = clock
-        self.dispatch_statuses = tuple(dispatch_statuses)
         self.adapters = tuple(adapters)
         self._last_poll = last_poll
         self._in_flight = in_flight
         self.healthy_within = healthy_within
         self.reader = GaugeReader(
-            lambda: self.store.gauges(
-                now=self.clock.now_ms(), dispatch_statuses=self.dispatch_statuses
-            ),
+            lambda: self.store.gauges(now=self.clock.now_ms()),
             interval=refresh_every,
         )
         self.registry = CollectorRegistry()
@@ -297,11 +293,9 @@ class MetricsServer:
 
 def start_metrics(service: Service) -> MetricsServer:
     """Attach metrics to a service (its observers) and start serving them."""
-    d = service.config.daemon
     metrics = Metrics(
         store=service.store,
         clock=service.clock,
-        dispatch_statuses=d.dispatch_statuses,
         adapters=service.adapters.kinds(),
         last_poll=lambda: service.polled_ok_at,
         in_flight=service.dispatcher.in_flight,

@@ -133,7 +133,6 @@ class Service:
                 workers=options.workers or d.workers,
                 batch=d.batch,
                 lease_ms=t.lease_ms,
-                dispatch_statuses=tuple(d.dispatch_statuses),
                 cooldown_ms=round(d.cooldown_after_delivery * 1000),
                 max_jobs=options.max_jobs,
             ),
@@ -293,7 +292,6 @@ class Service:
             job_log=self.job_log,
             now=self.clock.now_ms(),
             owner=self.owner,
-            dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
         )
         for observer in self.schedule_observers:
             observer(fired)

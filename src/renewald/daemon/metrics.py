@@ -30,7 +30,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import prometheus_client
 import structlog
@@ -51,8 +51,27 @@ from renewald.errors import ConfigError
 from renewald.store import AttemptResult, Store
 
 if TYPE_CHECKING:
+    from renewald.adapters import AdapterRegistry
+    from renewald.config import Config, Timings
+    from renewald.daemon.dispatcher import Dispatcher
+    from renewald.daemon.rescuer import Rescuer
     from renewald.daemon.schedules import TickResult
-    from renewald.daemon.service import Service
+
+
+class Observed(Protocol):
+    """What metrics attach to: the running service (daemon/service.py), named by the parts
+    it reads, so that this module does not import the service that starts it."""
+
+    config: Config
+    store: Store
+    clock: Clock
+    timings: Timings
+    adapters: AdapterRegistry
+    dispatcher: Dispatcher
+    rescuer: Rescuer
+    schedule_observers: list[Callable[[TickResult], None]]
+    polled_ok_at: float | None
+
 
 _log = structlog.get_logger("renewald.metrics")
 
@@ -291,7 +310,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_metrics(service: Service) -> MetricsServer:
+def start_metrics(service: Observed) -> MetricsServer:
     """Attach metrics to a service (its observers) and start serving them."""
     metrics = Metrics(
         store=service.store,

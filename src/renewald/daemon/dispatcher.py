@@ -610,19 +610,40 @@ class Dispatcher:
         decision: Decision,
     ) -> AttemptResult:
         """The job's deadline passed before it could be tried: ended, never sent."""
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
+        )  # fmt: skip
+
+    def _untried(
+        self,
+        claimed: ClaimedJob,
+        decision: Decision,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        *,
+        outcome: str,
+        error_class: str,
+        error: str | None,
+        refund: bool = False,
+    ) -> AttemptResult:
+        """The result of an attempt that ended at `now` without a send."""
         return attempt_result(
             claimed.job,
             decision,
             attempt_id=attempt_id,
             lease_owner=self.owner,
-            outcome="expired",
+            outcome=outcome,
             adapter=kind,
             target=target_text,
             started=now,
             finished=now,
             log_path=self.job_log.path_for(now),
-            error_class="DeadlinePassed",
-            error=DEADLINE_PASSED,
+            error_class=error_class,
+            error=error,
+            refund=refund,
         )
 
     def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
@@ -656,21 +677,10 @@ class Dispatcher:
         """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
         handed back. The attempt row says why (outcome `deferred`); no connection was made."""
         decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
-        return attempt_result(
-            claimed.job,
-            decision,
-            attempt_id=attempt_id,
-            lease_owner=self.owner,
-            outcome="deferred",
-            adapter=kind,
-            target=target_text,
-            started=now,
-            finished=now,
-            log_path=self.job_log.path_for(now),
-            error_class=error_class,
-            error=error,
-            refund=True,
-        )
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="deferred", error_class=error_class, error=error, refund=True,
+        )  # fmt: skip
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
         try:

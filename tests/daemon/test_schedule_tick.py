@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from renewald.daemon.schedules import fire_due_schedules, fire_job_id, plan_fires
 from renewald.logging import JobLog, read_lines
-from renewald.store import Store
+from renewald.store import DueGate, Store
 from renewald.store.models import Schedule
 from renewald.store.schema import local_conversations, renewal_jobs, renewal_schedules
 from tests.store.factories import T0, checked_out, make_conversation, make_job, set_conversation
@@ -135,7 +135,7 @@ def test_a_gated_conversation_records_the_fire_as_skipped(store: Store, status: 
 def test_the_conversation_gate_follows_dispatch_statuses(store: Store) -> None:
     cid = make_conversation(store, status="manual")
     s = make_schedule(store, local_conversation_id=cid)
-    assert fire(store, s, T0, dispatch_statuses=("auto", "manual")).status == "fired"
+    assert fire(store.with_due(DueGate(("auto", "manual"))), s, T0).status == "fired"
 
 
 def test_a_deleted_conversation_gates(store: Store) -> None:

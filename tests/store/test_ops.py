@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert, select, update
 
-from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
 from renewald.store.ops import Conversation, OperatorAction
 from renewald.store.schema import (
     local_conversations,
@@ -68,8 +68,8 @@ def failed_job(store: Store, *, now: int = T0, reason: str = "permanent", **kw) 
 
 
 def explain(store: Store, job_id: str, *, now: int = T0, statuses=("auto",), target_of=None):
-    found = store.explain_job(
-        job_id, now=now, dispatch_statuses=statuses, stale_after_ms=STALE, target_of=target_of
+    found = store.with_due(DueGate(tuple(statuses))).explain_job(
+        job_id, now=now, stale_after_ms=STALE, target_of=target_of
     )
     assert found is not None
     return found[1]

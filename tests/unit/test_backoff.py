@@ -6,7 +6,13 @@ import pytest
 from freezegun import freeze_time
 
 from renewald.clock import SystemClock
-from renewald.daemon.backoff import RetryPolicy, backoff_delay, decide
+from renewald.daemon.backoff import (
+    RetryPolicy,
+    backoff_delay,
+    decide,
+    defer,
+    expired_before_attempt,
+)
 
 NO_JITTER = RetryPolicy(base=30, factor=2, cap=6 * 3600, jitter=0)
 T = 1_800_000_000_000
@@ -77,3 +83,30 @@ def test_deadline_boundary() -> None:
 def test_cap_is_named() -> None:
     d = decide(NO_JITTER, outcome="retry", attempt_no=20, max_attempts=50, now=T)
     assert d.reason == "backoff=cap 6h" and d.next_attempt_at == T + 6 * 3600 * 1000
+
+
+def test_the_deadline_before_an_attempt() -> None:
+    assert expired_before_attempt(None, T) is None
+    assert expired_before_attempt(T, T) is None  # at the deadline it may still be tried
+    expired = expired_before_attempt(T, T + 1)
+    assert expired is not None
+    assert (expired.status, expired.terminal_reason, expired.decision) == (
+        "failed",
+        "expired",
+        "failed",
+    )
+    assert expired.reason == "the deadline passed before the attempt"
+
+
+def test_a_deferral_past_the_deadline_ends_the_job() -> None:
+    kept = defer(until=T + 5, reason="breaker open", deadline_at=T + 5)
+    assert (kept.status, kept.next_attempt_at, kept.decision) == ("pending", T + 5, "deferred")
+    assert kept.reason == "breaker open"
+    ended = defer(until=T + 6, reason="breaker open", deadline_at=T + 5)
+    assert (ended.status, ended.next_attempt_at, ended.terminal_reason) == (
+        "failed",
+        None,
+        "expired",
+    )
+    assert ended.reason == "breaker open: past the deadline"
+    assert defer(until=T, reason="x", deadline_at=None).status == "pending"

@@ -18,6 +18,8 @@ def test_defaults_follow_the_lease() -> None:
         probe_ms=60_000,  # one lease
         gap_ms=20_000,
         settle_ms=60_000,
+        poll_ms=1_000,
+        healthy_within_ms=8_000,  # three polls and five seconds
     )
 
 

@@ -20,7 +20,7 @@ from renewald.daemon.sdnotify import Notifier
 from renewald.durations import parse_duration
 from renewald.errors import EX_USAGE, DatabaseUnavailable, UsageError
 from renewald.redact import redact_value
-from renewald.store import Store
+from renewald.store import DueGate, Store
 from renewald.store.engine import describe, is_unavailable
 from renewald.store.models import Job
 
@@ -66,6 +66,7 @@ class Context:
                 create=create,
                 pool_size=pool_size,
                 retry_for=budget,
+                due=DueGate(tuple(self.config.daemon.dispatch_statuses)),
             )
             try:
                 if check:

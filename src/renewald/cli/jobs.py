@@ -10,7 +10,7 @@ from datetime import datetime
 import click
 
 from renewald import render
-from renewald.adapters import AdapterRegistry, Outcome
+from renewald.adapters import AdapterRegistry
 from renewald.cli.app import (
     STATUSES,
     Context,
@@ -27,7 +27,7 @@ from renewald.cli.app import (
 )
 from renewald.cli.daemons import gone_here
 from renewald.clock import datetime_to_ms, iso_utc
-from renewald.daemon.target import build_delivery, target_kind_of
+from renewald.daemon.target import target_of
 from renewald.errors import UsageError
 from renewald.logging import JobLog
 from renewald.store import ClaimedJob, Job, NewJob
@@ -142,7 +142,6 @@ def jobs_cmd(
     try:
         explained, total = ctx.store().list_jobs_explained(
             now=now,
-            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
             gone=gone_here,
@@ -221,21 +220,7 @@ def _target_of(
     registry: AdapterRegistry,
 ) -> Callable[[ClaimedJob], tuple[str | None, str | None]]:
     """The job's adapter kind and breaker key, as the daemon would compute them."""
-
-    def target_of(claimed: ClaimedJob) -> tuple[str | None, str | None]:
-        kind = target_kind_of(claimed)
-        planned = build_delivery(claimed, attempt_id="explain")
-        if isinstance(planned, Outcome):
-            return kind, None
-        # Building an adapter reads its config section (and a third-party one may do
-        # anything): if that fails, explain falls back to the pauses of the whole kind.
-        try:
-            adapter = registry.get(planned.target_kind)
-            return kind, adapter.target_key(planned) if adapter is not None else None
-        except Exception:
-            return kind, None
-
-    return target_of
+    return lambda claimed: target_of(claimed, registry)
 
 
 def _explain_lines(why: Explanation, now: int) -> list[str]:
@@ -265,7 +250,6 @@ def show_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         found = store.explain_job(
             job_id,
             now=now,
-            dispatch_statuses=ctx.config.daemon.dispatch_statuses,
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=_target_of(registry),
             gone=gone_here,

@@ -100,7 +100,7 @@ def _set_status(ctx: Context, conversation_id: str, status: str, as_json: bool) 
             f"conversation {conversation_id} resumed: {status} (was {before.automation_status}); "
             f"{jobs}"
         )
-        if status not in ctx.config.daemon.dispatch_statuses:
+        if not ctx.store().due.admits(status):
             click.echo(f"note: [daemon] dispatch_statuses does not include {status!r}", err=True)
 
 
@@ -202,7 +202,6 @@ def stats_cmd(
         now = ctx.clock.now_ms()
         return now, store.stats(
             now=now,
-            dispatch_statuses=config.daemon.dispatch_statuses,
             overdue_before=now - overdue_ms,
             failures_since=now - since_ms,
         )

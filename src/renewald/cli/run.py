@@ -49,9 +49,7 @@ def run_cmd(ctx: Context, once: bool, workers: int | None, max_jobs: int | None)
     options = RunOptions(once=once, workers=workers, max_jobs=max_jobs)
     total = 0
     if bar:
-        total = store.count_due(
-            now=ctx.clock.now_ms(), dispatch_statuses=config.daemon.dispatch_statuses
-        )
+        total = store.count_due(now=ctx.clock.now_ms())
         if max_jobs:
             total = min(total, max_jobs)
     progress = _Bar(total) if total else None

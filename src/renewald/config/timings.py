@@ -6,6 +6,9 @@ registry heartbeat is three intervals old is taken for dead; a half-open target'
 probe holds it for one lease. Rescue reads the same two: a gap of more than one heartbeat
 between its passes marks an outage, after which it waits the stale threshold (`settle`)
 so that every live daemon has heartbeated again before their rows are judged.
+
+`/healthz` and the watchdog call the poll loop alive while a poll succeeded within three
+poll intervals plus five seconds (`healthy_within`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from renewald.config.sections import Config, DaemonConfig
 
 STALE_HEARTBEATS = 3
+HEALTHY_POLLS = 3
+HEALTHY_SLACK = 5.0
 
 
 def _ms(seconds: float) -> int:
@@ -36,6 +41,10 @@ class Timings:
     """A longer gap between rescue passes marks an outage."""
     settle_ms: int
     """How long rescue waits after an outage before judging other daemons' rows."""
+    poll_ms: int
+    """The longest time between two polls."""
+    healthy_within_ms: int
+    """A poll loop whose last success is older than this is unhealthy (`/healthz`)."""
 
     @classmethod
     def of(cls, config: Config | DaemonConfig) -> Timings:
@@ -49,4 +58,6 @@ class Timings:
             probe_ms=_ms(daemon.lease),
             gap_ms=heartbeat_ms,
             settle_ms=stale_after_ms,
+            poll_ms=_ms(daemon.poll_interval),
+            healthy_within_ms=_ms(HEALTHY_POLLS * daemon.poll_interval + HEALTHY_SLACK),
         )

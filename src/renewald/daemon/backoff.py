@@ -1,4 +1,8 @@
-"""Backoff (DESIGN §4), a pure function: attempt, outcome and now in; next state out."""
+"""Backoff (DESIGN §4), pure functions: attempt, outcome and now in; next state out.
+
+The job's deadline is judged here and nowhere else: before an attempt
+(`expired_before_attempt`), for a retry (`decide`) and for a deferral (`defer`).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,29 @@ class Decision:
 
 
 DELIVERED = Decision("done", None, "delivered", "done", "delivered")
+DEADLINE_PASSED = "the deadline passed before the attempt"
+
+
+def _past(deadline_at: int | None, at: int) -> bool:
+    return deadline_at is not None and at > deadline_at
+
+
+def _expired(reason: str) -> Decision:
+    return Decision("failed", None, "expired", "failed", reason)
+
+
+def expired_before_attempt(deadline_at: int | None, now: int) -> Decision | None:
+    """The decision that ends a job whose deadline passed before it could be tried;
+    None while it may still be tried."""
+    return _expired(DEADLINE_PASSED) if _past(deadline_at, now) else None
+
+
+def defer(*, until: int, reason: str, deadline_at: int | None) -> Decision:
+    """Put a job back, untried, to `until`; a deferral past its deadline ends it
+    `failed/expired`, as a retry would."""
+    if _past(deadline_at, until):
+        return _expired(f"{reason}: past the deadline")
+    return Decision("pending", until, None, "deferred", reason)
 
 
 def backoff_delay(policy: RetryPolicy, attempt_no: int, rand: random.Random | None = None) -> float:
@@ -85,8 +112,6 @@ def decide(
             else f"backoff={policy.factor:g}^{exponent}*{format_duration(policy.base)}"
         )
     next_at = now + max(0, round(delay * 1000))
-    if deadline_at is not None and next_at > deadline_at:
-        return Decision(
-            "failed", None, "expired", "failed", f"next attempt would pass the deadline ({why})"
-        )
+    if _past(deadline_at, next_at):
+        return _expired(f"next attempt would pass the deadline ({why})")
     return Decision("pending", next_at, None, "retry", why)

@@ -34,13 +34,21 @@ import structlog
 
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.clock import Clock
-from renewald.daemon.backoff import Decision, RetryPolicy, decide
+from renewald.daemon.backoff import (
+    DEADLINE_PASSED,
+    Decision,
+    RetryPolicy,
+    decide,
+    defer,
+    expired_before_attempt,
+)
 from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
 from renewald.daemon.limits import TargetLimits
 from renewald.daemon.malformed import handling_failed, malformed_result
+from renewald.daemon.results import attempt_result
 from renewald.daemon.sendgate import SendGate
 from renewald.daemon.summary import Summary
-from renewald.daemon.target import build_delivery, target_kind_of
+from renewald.daemon.target import breaker_key, build_delivery, target_kind_of
 from renewald.errors import ConfigError
 from renewald.logging import JobLog, Throttle, emit
 from renewald.redact import redact_value
@@ -56,7 +64,6 @@ class DispatchSettings:
     workers: int = 8
     batch: int = 32
     lease_ms: int = 60_000
-    dispatch_statuses: tuple[str, ...] = ("auto",)
     cooldown_ms: int = 0
     max_jobs: int | None = None
 
@@ -80,11 +87,6 @@ class _Planned:
     target_text: str
     key: str
     limit: int
-
-
-_DEADLINE_PASSED = Outcome.permanent(
-    "the deadline passed before the attempt", error_class="DeadlinePassed"
-)
 
 
 class Dispatcher:
@@ -259,7 +261,6 @@ class Dispatcher:
             now=self.clock.now_ms,
             lease_ms=self.settings.lease_ms,
             limit=limit,
-            dispatch_statuses=self.settings.dispatch_statuses,
         )
         self._claimed_total += len(claimed)
         with self._held_lock:
@@ -420,8 +421,9 @@ class Dispatcher:
                 attempt_id=attempt_id,
             )
         kind = target_kind_of(claimed)
-        if job.deadline_at is not None and now > job.deadline_at:
-            return self._result(claimed, attempt_id, kind, None, now, now, _DEADLINE_PASSED)
+        expired = expired_before_attempt(job.deadline_at, now)
+        if expired is not None:
+            return self._expired(claimed, attempt_id, kind, None, now, expired)
         planned = build_delivery(claimed, attempt_id=attempt_id)
         if isinstance(planned, Outcome):
             return self._result(claimed, attempt_id, kind, None, now, now, planned)
@@ -453,16 +455,7 @@ class Dispatcher:
 
     @staticmethod
     def _target_of(adapter: Adapter, delivery: Delivery) -> tuple[str, int]:
-        try:
-            key = str(adapter.target_key(delivery))
-        except Exception as exc:  # a third-party adapter's bug: limit it as one target
-            _log.error(
-                "adapter.target_key_failed",
-                adapter=delivery.target_kind,
-                job_id=delivery.job_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            key = f"{delivery.target_kind}:?"
+        key = breaker_key(adapter, delivery)
         limit = getattr(adapter, "max_in_flight_per_target", 1)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             limit = 1
@@ -525,8 +518,9 @@ class Dispatcher:
         claimed, job = planned.claimed, planned.claimed.job
         now = self.clock.now_ms()
         args = (claimed, planned.attempt_id, planned.kind, planned.target_text)
-        if job.deadline_at is not None and now > job.deadline_at:  # waited past it
-            return self._result(*args, now, now, _DEADLINE_PASSED)
+        expired = expired_before_attempt(job.deadline_at, now)  # waited in line past it
+        if expired is not None:
+            return self._expired(*args, now, expired)
         verdict = self.breakers.admit(
             planned.key,
             adapter=planned.kind,
@@ -576,47 +570,80 @@ class Dispatcher:
     ) -> AttemptResult:
         """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
         job = claimed.job
-        expired = outcome.error_class == "DeadlinePassed"
-        decision = (
-            Decision("failed", None, "expired", "failed", outcome.reason or "deadline passed")
-            if expired
-            else decide(
-                self.policy,
-                outcome=outcome.kind.value,
-                attempt_no=job.attempt_count,
-                max_attempts=job.max_attempts,
-                now=finished,
-                after=outcome.after,
-                reason=outcome.reason,
-                deadline_at=job.deadline_at,
-                rand=self._rand,
-            )
+        decision = decide(
+            self.policy,
+            outcome=outcome.kind.value,
+            attempt_no=job.attempt_count,
+            max_attempts=job.max_attempts,
+            now=finished,
+            after=outcome.after,
+            reason=outcome.reason,
+            deadline_at=job.deadline_at,
+            rand=self._rand,
         )
         delivered = decision.status == "done"
-        return AttemptResult(
+        cooldown = self.settings.cooldown_ms
+        return attempt_result(
+            job,
+            decision,
             attempt_id=attempt_id,
-            job_id=job.job_id,
-            attempt_no=job.attempt_count,
             lease_owner=self.owner,
-            lease_token=job.lease_token,
+            outcome=outcome.kind.value,
             adapter=kind,
             target=target_text,
-            started_at=started,
-            finished_at=finished,
-            outcome="expired" if expired else outcome.kind.value,
-            status=decision.status,
-            next_attempt_at=decision.next_attempt_at,
-            terminal_reason=decision.terminal_reason,
-            error_class=None if delivered else outcome.error_class,
-            error_message=None if delivered else outcome.reason,
-            response_summary=outcome.summary,
-            decision=decision.decision,
-            decision_reason=decision.reason,
+            started=started,
+            finished=finished,
             log_path=self.job_log.path_for(finished),
-            cooldown_until=finished + self.settings.cooldown_ms
-            if delivered and self.settings.cooldown_ms > 0
-            else None,
-            local_conversation_id=job.local_conversation_id,
+            error_class=None if delivered else outcome.error_class,
+            error=None if delivered else outcome.reason,
+            summary=outcome.summary,
+            cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
+        )
+
+    def _expired(
+        self,
+        claimed: ClaimedJob,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        decision: Decision,
+    ) -> AttemptResult:
+        """The job's deadline passed before it could be tried: ended, never sent."""
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
+        )  # fmt: skip
+
+    def _untried(
+        self,
+        claimed: ClaimedJob,
+        decision: Decision,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        *,
+        outcome: str,
+        error_class: str,
+        error: str | None,
+        refund: bool = False,
+    ) -> AttemptResult:
+        """The result of an attempt that ended at `now` without a send."""
+        return attempt_result(
+            claimed.job,
+            decision,
+            attempt_id=attempt_id,
+            lease_owner=self.owner,
+            outcome=outcome,
+            adapter=kind,
+            target=target_text,
+            started=now,
+            finished=now,
+            log_path=self.job_log.path_for(now),
+            error_class=error_class,
+            error=error,
+            refund=refund,
         )
 
     def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
@@ -647,35 +674,13 @@ class Dispatcher:
         error_class: str,
         error: str | None,
     ) -> AttemptResult:
-        """Put a job back, untried, to `until`; the claim's attempt is handed back.
-
-        The attempt row says why (outcome `deferred`) and no connection was made. A
-        deferral past the job's deadline ends it `failed/expired`, as a retry would.
-        """
-        job = claimed.job
-        past_deadline = job.deadline_at is not None and until > job.deadline_at
-        return AttemptResult(
-            attempt_id=attempt_id,
-            job_id=job.job_id,
-            attempt_no=job.attempt_count,
-            lease_owner=self.owner,
-            lease_token=job.lease_token,
-            adapter=kind,
-            target=target_text,
-            started_at=now,
-            finished_at=now,
-            outcome="deferred",
-            status="failed" if past_deadline else "pending",
-            next_attempt_at=None if past_deadline else until,
-            terminal_reason="expired" if past_deadline else None,
-            error_class=error_class,
-            error_message=error,
-            decision="failed" if past_deadline else "deferred",
-            decision_reason=f"{reason}: past the deadline" if past_deadline else reason,
-            log_path=self.job_log.path_for(now),
-            refund_attempt=True,
-            local_conversation_id=job.local_conversation_id,
-        )
+        """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
+        handed back. The attempt row says why (outcome `deferred`); no connection was made."""
+        decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="deferred", error_class=error_class, error=error, refund=True,
+        )  # fmt: skip
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
         try:

@@ -13,6 +13,8 @@ import uuid
 import structlog
 
 from renewald.controls import escape_controls
+from renewald.daemon.backoff import Decision
+from renewald.daemon.results import attempt_result
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
@@ -34,28 +36,20 @@ def malformed_result(
     attempt_id: str | None = None,
 ) -> AttemptResult:
     """The result that ends a claimed job failed/malformed without sending it."""
-    job = claimed.job
-    error = malformed_error(problems if problems is not None else claimed.problems)
-    return AttemptResult(
+    return attempt_result(
+        claimed.job,
+        Decision("failed", None, MALFORMED, "failed", MALFORMED),
         attempt_id=attempt_id or uuid.uuid4().hex,
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
         lease_owner=owner,
-        lease_token=job.lease_token,
+        outcome=MALFORMED,
         adapter=None,
         target=None,
-        started_at=now,
-        finished_at=now,
-        outcome=MALFORMED,
-        status="failed",
-        terminal_reason=MALFORMED,
-        error_class=error_class,
-        error_message=error,
-        decision="failed",
-        decision_reason=MALFORMED,
+        started=now,
+        finished=now,
         log_path=log_path,
-        refund_attempt=True,
-        local_conversation_id=job.local_conversation_id,
+        error_class=error_class,
+        error=malformed_error(problems if problems is not None else claimed.problems),
+        refund=True,
     )
 
 

@@ -16,7 +16,7 @@ Every label takes a bounded set of values: adapters are the configured kinds, an
 else (a tracker's typo, a missing kind) is `other`; outcomes and reasons are the daemon's
 own words. No `_created` series. Everything lives in a dedicated `CollectorRegistry`.
 
-`/healthz` answers 200 while the daemon's poll succeeded within `3 * poll_interval + 5s`
+`/healthz` answers 200 while the daemon's poll succeeded within `Timings.healthy_within_ms`
 (the watchdog's own limit) and the store answers, else 503.
 
 The server (daemon/listener.py) is the standard library's `ThreadingHTTPServer` on a
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import prometheus_client
 import structlog
@@ -47,8 +47,27 @@ from renewald.daemon.listener import MetricsServer
 from renewald.store import AttemptResult, Store
 
 if TYPE_CHECKING:
+    from renewald.adapters import AdapterRegistry
+    from renewald.config import Config, Timings
+    from renewald.daemon.dispatcher import Dispatcher
+    from renewald.daemon.rescuer import Rescuer
     from renewald.daemon.schedules import TickResult
-    from renewald.daemon.service import Service
+
+
+class Observed(Protocol):
+    """What metrics attach to: the running service (daemon/service.py), named by the parts
+    it reads, so that this module does not import the service that starts it."""
+
+    config: Config
+    store: Store
+    clock: Clock
+    timings: Timings
+    adapters: AdapterRegistry
+    dispatcher: Dispatcher
+    rescuer: Rescuer
+    schedule_observers: list[Callable[[TickResult], None]]
+    polled_ok_at: float | None
+
 
 _log = structlog.get_logger("renewald.metrics")
 
@@ -80,7 +99,6 @@ class Metrics:
         *,
         store: Store,
         clock: Clock,
-        dispatch_statuses: Sequence[str] = ("auto",),
         adapters: Sequence[str] = (),
         last_poll: Callable[[], float | None] = lambda: None,
         in_flight: Callable[[], int] = lambda: 0,
@@ -89,15 +107,12 @@ class Metrics:
     ) -> None:
         self.store = store.with_budget(READ_BUDGET)
         self.clock = clock
-        self.dispatch_statuses = tuple(dispatch_statuses)
         self.adapters = tuple(adapters)
         self._last_poll = last_poll
         self._in_flight = in_flight
         self.healthy_within = healthy_within
         self.reader = GaugeReader(
-            lambda: self.store.gauges(
-                now=self.clock.now_ms(), dispatch_statuses=self.dispatch_statuses
-            ),
+            lambda: self.store.gauges(now=self.clock.now_ms()),
             interval=refresh_every,
         )
         self.registry = CollectorRegistry()
@@ -222,17 +237,15 @@ class Metrics:
         return True, f"last poll {age:.1f}s ago"
 
 
-def start_metrics(service: Service) -> MetricsServer:
+def start_metrics(service: Observed) -> MetricsServer:
     """Attach metrics to a service (its observers) and start serving them."""
-    d = service.config.daemon
     metrics = Metrics(
         store=service.store,
         clock=service.clock,
-        dispatch_statuses=d.dispatch_statuses,
         adapters=service.adapters.kinds(),
         last_poll=lambda: service.polled_ok_at,
         in_flight=service.dispatcher.in_flight,
-        healthy_within=3 * d.poll_interval + 5,
+        healthy_within=service.timings.healthy_within_ms / 1000,
     )
     server = MetricsServer(metrics, service.config.http.listen)  # bind first: fail early
     service.dispatcher.add_observer(metrics.observe)

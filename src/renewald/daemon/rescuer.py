@@ -25,6 +25,7 @@ import structlog
 from renewald.clock import iso_utc
 from renewald.daemon.backoff import RetryPolicy, decide
 from renewald.daemon.malformed import log_ended
+from renewald.daemon.results import attempt_result
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, Job, Store
 from renewald.store.attempts import CANCELLED
@@ -224,27 +225,20 @@ class Rescuer:
                 rand=self._rand,
             )
             results.append(
-                AttemptResult(
+                attempt_result(
+                    job,
+                    decision,
                     attempt_id=uuid.uuid4().hex,
-                    job_id=job.job_id,
-                    attempt_no=job.attempt_count,
                     lease_owner=job.lease_owner or "",
-                    lease_token=job.lease_token,
+                    outcome="abandoned",
                     adapter=job.target_kind,
                     target=None,
-                    started_at=job.started_at or job.last_attempt_at or now,
-                    finished_at=now,
-                    outcome="abandoned",
-                    status=decision.status,
-                    next_attempt_at=decision.next_attempt_at,
-                    terminal_reason=decision.terminal_reason,
-                    error_class="Abandoned",
-                    error_message=why,
-                    decision=decision.decision,
-                    decision_reason=decision.reason,
+                    started=job.started_at or job.last_attempt_at or now,
+                    finished=now,
                     log_path=self.job_log.path_for(now),
-                    refund_attempt=not sent,
-                    local_conversation_id=job.local_conversation_id,
+                    error_class="Abandoned",
+                    error=why,
+                    refund=not sent,
                 )
             )
         return results

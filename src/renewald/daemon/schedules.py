@@ -456,7 +456,6 @@ def fire_due_schedules(
     job_log: JobLog,
     now: int,
     owner: str,
-    dispatch_statuses: Sequence[str] = ("auto",),
     limit: int = 100,
     max_batches: int = 10,
 ) -> TickResult:
@@ -465,7 +464,7 @@ def fire_due_schedules(
     for _ in range(max_batches):
         due = store.due_schedules(now=now, limit=limit)
         for schedule in due:
-            _fire_one(store, job_log, schedule, now, owner, dispatch_statuses, result)
+            _fire_one(store, job_log, schedule, now, owner, result)
         if len(due) < limit:
             break
     job_log.flush()
@@ -478,7 +477,6 @@ def _fire_one(
     schedule: Schedule,
     now: int,
     owner: str,
-    dispatch_statuses: Sequence[str],
     result: TickResult,
 ) -> None:
     sid = schedule.schedule_id
@@ -534,7 +532,6 @@ def _fire_one(
         next_fire_at=plan.next_fire_at,
         last_fire_at=plan.last_fire_at,
         now=now,
-        dispatch_statuses=dispatch_statuses,
     )
     if outcome.status == "raced":
         result.raced += 1

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from renewald import __version__
 from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock, SystemClock, iso_utc, ms_to_datetime
-from renewald.config import Config
+from renewald.config import Config, Timings
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import BreakerSettings
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
@@ -112,6 +112,7 @@ class Service:
         self.owner = make_owner_id()
         d = config.daemon
         r = config.retry
+        t = self.timings = Timings.of(config)
         policy = RetryPolicy(
             base=r.base,
             factor=r.factor,
@@ -131,8 +132,7 @@ class Service:
             settings=DispatchSettings(
                 workers=options.workers or d.workers,
                 batch=d.batch,
-                lease_ms=round(d.lease * 1000),
-                dispatch_statuses=tuple(d.dispatch_statuses),
+                lease_ms=t.lease_ms,
                 cooldown_ms=round(d.cooldown_after_delivery * 1000),
                 max_jobs=options.max_jobs,
             ),
@@ -145,18 +145,16 @@ class Service:
             breaker=BreakerSettings(
                 failures=config.breaker.failures,
                 pause_ms=round(config.breaker.pause * 1000),
-                probe_ms=round(d.lease * 1000),
+                probe_ms=t.probe_ms,
             ),
         )
-        # A registry row whose heartbeat is older than this belongs to a dead daemon.
-        self.stale_after_ms = round(3 * d.heartbeat_interval * 1000)
         self.rescuer = Rescuer(
             store=store,
             job_log=self.job_log,
             policy=policy,
             owner=self.owner,
-            settle_ms=self.stale_after_ms,
-            gap_ms=round(d.heartbeat_interval * 1000),
+            settle_ms=t.settle_ms,
+            gap_ms=t.gap_ms,
             held_here=self.dispatcher.held_ids,
         )
         self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
@@ -270,7 +268,7 @@ class Service:
             store=self.store,
             job_log=self.job_log,
             owner=self.owner,
-            stale_before=now - self.stale_after_ms,
+            stale_before=now - self.timings.stale_after_ms,
         )
 
     def retention_tick(self) -> None:
@@ -294,7 +292,6 @@ class Service:
             job_log=self.job_log,
             now=self.clock.now_ms(),
             owner=self.owner,
-            dispatch_statuses=tuple(self.config.daemon.dispatch_statuses),
         )
         for observer in self.schedule_observers:
             observer(fired)
@@ -302,15 +299,15 @@ class Service:
             self.wake_at(fired.earliest_job_at)
 
     def watchdog_tick(self) -> None:
-        d = self.config.daemon
+        t = self.timings
         self.notifier.watchdog_if(
             self.gate,
             self.clock.monotonic(),
             {
                 # A tick in an outage ends only after its retry budget is spent: that
                 # is still a loop that is alive.
-                "poll": 3 * d.poll_interval + 5 + DUTY_BUDGET,
-                "heartbeat": 3 * d.heartbeat_interval + DUTY_BUDGET,
+                "poll": t.healthy_within_ms / 1000 + DUTY_BUDGET,
+                "heartbeat": t.stale_after_ms / 1000 + DUTY_BUDGET,
             },
         )
 
@@ -326,7 +323,7 @@ class Service:
         if scheduler is None:
             return
         now = self.clock.now_ms()
-        at_ms = min(at_ms, now + round(self.config.daemon.poll_interval * 1000))
+        at_ms = min(at_ms, now + self.timings.poll_ms)
         with self._wake_lock:
             if polled_at is None and self._wake_at is not None and now < self._wake_at <= at_ms:
                 return
@@ -558,7 +555,7 @@ class Service:
         grace) still holds come back when their leases expire. Wait for the first of those
         before `deadline`, rescue, wait for what the rescue made due again; True: drain."""
         now = self.clock.now_ms()
-        stale_before = now - self.stale_after_ms
+        stale_before = now - self.timings.stale_after_ms
         expiries = [
             now if h.first_expiry is None else h.first_expiry
             for h in self.store.held_leases(exclude_owner=self.owner)

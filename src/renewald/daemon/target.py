@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from renewald.adapters import Conversation, Delivery, Outcome
+import structlog
+
+from renewald.adapters import Adapter, AdapterRegistry, Conversation, Delivery, Outcome
 from renewald.store import ClaimedJob
+
+_log = structlog.get_logger("renewald.daemon")
 
 PAYLOAD_KINDS = ("text", "json")
 
@@ -92,3 +96,36 @@ def build_delivery(claimed: ClaimedJob, *, attempt_id: str) -> Delivery | Outcom
             page_url=(link.page_url if link else None) or target.get("pageUrl"),
         ),
     )
+
+
+def breaker_key(adapter: Adapter, delivery: Delivery) -> str:
+    """The target a delivery goes to, as its breaker and in-flight limit know it.
+
+    A third-party adapter whose `target_key` raises has all its targets limited as one
+    (`kind:?`), which is logged.
+    """
+    try:
+        return str(adapter.target_key(delivery))
+    except Exception as exc:
+        _log.error(
+            "adapter.target_key_failed",
+            adapter=delivery.target_kind,
+            job_id=delivery.job_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return f"{delivery.target_kind}:?"
+
+
+def target_of(claimed: ClaimedJob, registry: AdapterRegistry) -> tuple[str | None, str | None]:
+    """The job's adapter kind and breaker key, as the daemon computes them; the key is
+    None when the job has no deliverable target or its adapter cannot be built (then its
+    readers fall back to the pauses of the whole kind)."""
+    kind = target_kind_of(claimed)
+    delivery = build_delivery(claimed, attempt_id="explain")
+    if isinstance(delivery, Outcome):
+        return kind, None
+    try:  # building an adapter reads its config section; a third-party one may do anything
+        adapter = registry.get(delivery.target_kind)
+    except Exception:
+        return kind, None
+    return kind, breaker_key(adapter, delivery) if adapter is not None else None

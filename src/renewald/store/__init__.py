@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from renewald.store.due import DueGate
 from renewald.store.migrate import HEAD, check_schema, migrate
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob
 from renewald.store.store import Store
@@ -11,6 +12,7 @@ __all__ = [
     "Attempt",
     "AttemptResult",
     "ClaimedJob",
+    "DueGate",
     "Job",
     "Link",
     "NewJob",

@@ -29,7 +29,6 @@ class OperatorMethods(Transactions):
         job_id: str,
         *,
         now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
         gone: Callable[[daemons.DaemonRow], bool] | None = None,
@@ -45,7 +44,7 @@ class OperatorMethods(Transactions):
         why = explain.explain(
             facts,
             now=now,
-            dispatch_statuses=dispatch_statuses,
+            dispatch_statuses=self.due.statuses,
             stale_before=now - stale_after_ms,
         )
         return facts, why
@@ -54,7 +53,6 @@ class OperatorMethods(Transactions):
         self,
         *,
         now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
         statuses: Sequence[str] = (),
@@ -86,7 +84,7 @@ class OperatorMethods(Transactions):
                 explain.explain(
                     facts,
                     now=now,
-                    dispatch_statuses=dispatch_statuses,
+                    dispatch_statuses=self.due.statuses,
                     stale_before=stale_before,
                 ),
             )
@@ -200,7 +198,6 @@ class OperatorMethods(Transactions):
         self,
         *,
         now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
         overdue_before: int,
         failures_since: int,
     ) -> stats_sql.Stats:
@@ -208,15 +205,15 @@ class OperatorMethods(Transactions):
             lambda conn: stats_sql.stats(
                 conn,
                 now=now,
-                dispatch_statuses=dispatch_statuses,
+                dispatch_statuses=self.due.statuses,
                 overdue_before=overdue_before,
                 failures_since=failures_since,
             )
         )
 
-    def gauges(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> stats_sql.Gauges:
+    def gauges(self, *, now: int) -> stats_sql.Gauges:
         return self.read(
-            lambda conn: stats_sql.gauges(conn, now=now, dispatch_statuses=dispatch_statuses)
+            lambda conn: stats_sql.gauges(conn, now=now, dispatch_statuses=self.due.statuses)
         )
 
     def paused_targets(self, *, now: int) -> list[TargetPause]:

@@ -57,7 +57,6 @@ class ScheduleMethods(Transactions):
         next_fire_at: int | None,
         last_fire_at: int,
         now: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
     ) -> schedule_sql.FireOutcome:
         return self.write(
             lambda conn: schedule_sql.fire_schedule(
@@ -68,7 +67,7 @@ class ScheduleMethods(Transactions):
                 next_fire_at=next_fire_at,
                 last_fire_at=last_fire_at,
                 now=now,
-                dispatch_statuses=dispatch_statuses,
+                dispatch_statuses=self.due.statuses,
             )
         )
 

@@ -23,6 +23,7 @@ from renewald.store import (
     unlogged,
 )
 from renewald.store.changes import ChangeWatcher
+from renewald.store.due import AUTO_ONLY, DueGate
 from renewald.store.engine import make_engine, sqlite_path
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
 from renewald.store.operator_methods import OperatorMethods
@@ -38,7 +39,15 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     def with_budget(self, retry_for: float) -> Store:
         """The same database (same engine and pool) with another retry budget per call.
         Close only the store the engine was opened with."""
-        return Store(self.engine, retry_for=retry_for, sleep=self._sleep, backend=self.backend)
+        return Store(
+            self.engine, retry_for=retry_for, sleep=self._sleep, backend=self.backend, due=self.due
+        )
+
+    def with_due(self, due: DueGate) -> Store:
+        """The same database with another due gate (`[daemon] dispatch_statuses`)."""
+        return Store(
+            self.engine, retry_for=self.retry_for, sleep=self._sleep, backend=self.backend, due=due
+        )
 
     def change_watcher(
         self, on_change: Callable[[], None], *, interval: float = 0.05
@@ -58,6 +67,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         pool_size: int = 5,
         create: bool = False,
         retry_for: float = RETRY_FOR,
+        due: DueGate = AUTO_ONLY,
     ) -> Store:
         """Open the database at `url` and check that it answers. Without `create`, a SQLite
         file that does not exist is an error rather than a new empty database. A database
@@ -71,7 +81,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         engine = make_engine(
             url, busy_timeout=busy_timeout, synchronous=synchronous, pool_size=pool_size
         )
-        store = cls(engine, retry_for=retry_for)
+        store = cls(engine, retry_for=retry_for, due=due)
         try:
             store.ping()
         except BaseException:
@@ -128,9 +138,9 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     def list_attempts(self, job_id: str) -> list[Attempt]:
         return self.read(lambda conn: jobs.list_attempts(conn, job_id))
 
-    def count_due(self, *, now: int, dispatch_statuses: Sequence[str] = ("auto",)) -> int:
+    def count_due(self, *, now: int) -> int:
         return self.read(
-            lambda conn: jobs.count_due(conn, now=now, dispatch_statuses=dispatch_statuses)
+            lambda conn: jobs.count_due(conn, now=now, dispatch_statuses=self.due.statuses)
         )
 
     def next_due_at(self, *, now: int) -> int | None:
@@ -145,7 +155,6 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         now: int | Callable[[], int],
         lease_ms: int,
         limit: int,
-        dispatch_statuses: Sequence[str] = ("auto",),
     ) -> list[ClaimedJob]:
         """Claim up to `limit` due jobs. Given a clock (`now` as a callable), it is read once
         the claim holds its lock, so the lease runs from the moment the claim commits,
@@ -160,7 +169,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
                 clock=clock,
                 lease_ms=lease_ms,
                 limit=limit,
-                dispatch_statuses=dispatch_statuses,
+                dispatch_statuses=self.due.statuses,
             )
             return claim.load_targets(conn, claimed)
 

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from renewald.errors import DatabaseError, DatabaseUnavailable
+from renewald.store.due import AUTO_ONLY, DueGate
 from renewald.store.engine import (
     READ_ONLY,
     Backend,
@@ -48,8 +49,10 @@ class Transactions:
         retry_for: float = RETRY_FOR,
         sleep: Callable[[float], None] = time.sleep,
         backend: Backend | None = None,
+        due: DueGate = AUTO_ONLY,
     ) -> None:
         self.engine = engine
+        self.due = due
         self.backend = backend or backend_of(engine)
         self.dialect = self.backend.name
         self.retry_for = retry_for

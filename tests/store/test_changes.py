@@ -45,6 +45,7 @@ def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made
         assert changed.is_set(), "no change noticed after writing jobs"
     finally:
         watcher.stop()
+    assert not watcher.is_alive(), "stop() wakes the watcher from its wait"
 
 
 def test_notify_trigger_only_on_postgresql(store: Store) -> None:

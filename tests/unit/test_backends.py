@@ -66,10 +66,9 @@ class _Captured(Exception):
 
 
 def test_a_pooler_url_turns_off_prepared_statements_and_listen() -> None:
-    import threading
-
     from sqlalchemy.engine import make_url
 
+    from renewald.store.backend import Stop
     from renewald.store.backend_postgresql import POSTGRESQL, pooler_of
     from renewald.store.engine import make_engine
 
@@ -91,11 +90,12 @@ def test_a_pooler_url_turns_off_prepared_statements_and_listen() -> None:
     assert "pooler" not in seen, "libpq refuses unknown keys"
     assert seen["prepare_threshold"] is None
     calls: list[int] = []
-    stop = threading.Event()
+    stop = Stop()
     stop.set()
     # Nothing listens through a transaction pooler (port 1 would refuse a connection):
     # one call for the first poll, then the regular polls are all there is.
     POSTGRESQL.changes_watch(url, lambda: calls.append(1), stop=stop, interval=0.01)
+    stop.close()
     assert calls == [1]
 
 

@@ -19,7 +19,7 @@ advisory locks are transaction-scoped and it never SETs anything.
 
 from __future__ import annotations
 
-import threading
+import select
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
-from renewald.store.backend import OnChange
+from renewald.store.backend import OnChange, Stop
 
 CHANNEL = "renewald_jobs"
 POOLER = "pooler"
@@ -112,9 +112,7 @@ class PostgresqlBackend:
             postgresql.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
         )
 
-    def changes_watch(
-        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
-    ) -> None:
+    def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         parsed = make_url(url)
         if pooler_of(parsed) is not None:
             on_change()
@@ -124,8 +122,13 @@ class PostgresqlBackend:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             on_change()  # whatever was written before we listened
-            while not stop.is_set():
-                for _ in conn.notifies(timeout=0.5, stop_after=1):
+            while True:
+                select.select([conn.fileno(), stop.fileno()], [], [])
+                if stop.is_set():
+                    return
+                # Readable: notifications, or the server going away (raises, and the
+                # watcher reconnects). Whatever arrived is one wake-up.
+                if list(conn.notifies(timeout=0)):
                     on_change()
 
 

@@ -26,8 +26,8 @@ a core idle at 20 ms in bench/results.md; 50 ms keeps the pickup p50 near 25 ms)
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
-from renewald.store.backend import READ_ONLY, OnChange
+from renewald.store.backend import READ_ONLY, OnChange, Stop
 from renewald.store.decode import sqlite_text
 
 try:
@@ -52,7 +52,6 @@ _log = structlog.get_logger("renewald.store.changes")
 
 FORCE_POLL_ENV = "RENEWALD_SQLITE_WATCH"
 """`RENEWALD_SQLITE_WATCH=poll` skips inotify and polls `data_version` (tests, odd mounts)."""
-_STOP_CHECK_MS = 500
 GATHER_S = 0.005
 
 
@@ -111,9 +110,7 @@ class SqliteBackend:
     ) -> Insert:
         return sqlite.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
 
-    def changes_watch(
-        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
-    ) -> None:
+    def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         path = sqlite_path(url)
         if path is None:
             stop.wait()
@@ -176,19 +173,20 @@ def _follow(
     changed: Callable[[], bool],
     on_change: OnChange,
     *,
-    stop: threading.Event,
+    stop: Stop,
 ) -> None:
     names = {name, f"{name}-wal"}
-    while not stop.is_set():
-        events = inotify.read(timeout=_STOP_CHECK_MS)
+    while True:
+        select.select([inotify.fileno(), stop.fileno()], [], [])
+        if stop.is_set():
+            return
+        events = inotify.read(timeout=0)
         if any(e.name in names for e in events) and changed():
             on_change()
             stop.wait(GATHER_S)
 
 
-def _poll(
-    changed: Callable[[], bool], on_change: OnChange, *, stop: threading.Event, interval: float
-) -> None:
+def _poll(changed: Callable[[], bool], on_change: OnChange, *, stop: Stop, interval: float) -> None:
     while not stop.wait(interval):
         if changed():
             on_change()

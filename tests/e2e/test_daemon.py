@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from renewald.store import Store
+from renewald.store.backend_sqlite import FORCE_POLL_ENV
 from renewald.store.schema import (
     conversation_links,
     local_conversations,
@@ -251,6 +253,31 @@ def test_job_written_by_another_process_wakes_the_daemon(
     wait_for(lambda: job_of(e2e_store, "woken-1").status == "done", what="job delivered")
     code, err = renewald.stop(proc)
     assert code == 0, err
+
+
+def _done(store: Store, job_id: str) -> bool:
+    return job_of(store, job_id).status == "done"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_sqlite_wake_up_with_and_without_inotify(
+    renewald: Renewald, e2e_store: Store, watch: str
+) -> None:
+    """Inotify wakes the daemon; where it is absent (forced here) `data_version` polling does."""
+    if watch == "poll":
+        renewald.extra_env[FORCE_POLL_ENV] = "poll"
+    renewald.write_config(poll_interval="1h")
+    proc = renewald.start()
+    wait_for(lambda: e2e_store.list_daemons(), what="daemon registered")
+    add_conversations(e2e_store, {"woken": "auto"})
+    for n in range(3):
+        job_id = f"woken-{n}"
+        add_jobs(e2e_store, [(job_id, "woken")])
+        wait_for(functools.partial(_done, e2e_store, job_id), what=f"{job_id} delivered")
+    code, err = renewald.stop(proc)
+    assert code == 0, err
+    assert ("changes.polling" in err) == (watch == "poll")
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

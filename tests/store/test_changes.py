@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
 
 from renewald.store import Store
+from renewald.store.backend_sqlite import FORCE_POLL_ENV
 from renewald.store.changes import ChangeWatcher
 from tests.store.factories import make_job
+from tests.waiting import wait_for
+
+
+@pytest.fixture(params=["inotify", "poll"])
+def sqlite_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the SQLite watcher notices commits: inotify, or the forced `data_version` poll."""
+    if request.param == "poll":
+        monkeypatch.setenv(FORCE_POLL_ENV, "poll")
+    else:
+        monkeypatch.delenv(FORCE_POLL_ENV, raising=False)
+    return str(request.param)
 
 
 @pytest.mark.parametrize("made_by", ["url", "store"])
+@pytest.mark.usefixtures("sqlite_watch")
 def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made_by: str) -> None:
     changed = threading.Event()
     if made_by == "url":
@@ -31,6 +45,7 @@ def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made
         assert changed.is_set(), "no change noticed after writing jobs"
     finally:
         watcher.stop()
+    assert not watcher.is_alive(), "stop() wakes the watcher from its wait"
 
 
 def test_notify_trigger_only_on_postgresql(store: Store) -> None:
@@ -56,3 +71,48 @@ def test_notify_trigger_only_on_postgresql(store: Store) -> None:
             lambda c: c.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'")).all()
         )
         assert triggers == []
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.event.set()
+
+
+@pytest.mark.usefixtures("sqlite_watch")
+def test_sqlite_watcher_ignores_what_is_not_a_commit(tmp_path) -> None:
+    """A checkpoint and reads touch the files but commit nothing: no wake-up; a commit
+    afterwards still wakes it (the event is a hint, `data_version` decides)."""
+    from renewald.store import migrate
+
+    s = Store.open(f"sqlite:///{tmp_path / 'artifact.db'}", create=True)
+    migrate(s.engine)
+    calls = _Calls()
+    watcher = s.change_watcher(calls, interval=0.01)
+    watcher.start()
+    try:
+        assert calls.event.wait(5), "no first call once watching"
+        wait_for(lambda: watcher_settled(s, calls), timeout=5)
+        before = calls.count
+        raw = sqlite3.connect(tmp_path / "artifact.db", isolation_level=None)
+        raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        raw.execute("SELECT count(*) FROM renewal_jobs").fetchall()
+        raw.close()
+        calls.event.clear()
+        assert not calls.event.wait(0.3)
+        assert calls.count == before
+        make_job(s)
+        assert calls.event.wait(5), "a commit did not wake the watcher"
+    finally:
+        watcher.stop()
+        s.close()
+
+
+def watcher_settled(s: Store, calls: _Calls) -> bool:
+    """True once no call arrived for a moment (the first commits of `migrate` are noticed)."""
+    calls.event.clear()
+    return not calls.event.wait(0.2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table
+from sqlalchemy import Column, Integer, MetaData, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -58,3 +58,51 @@ def test_insert_ignoring_conflicts(name: str) -> None:
 
 def _dialect(name: str) -> Dialect:
     return {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}[name]
+
+
+class _Captured(Exception):
+    def __str__(self) -> str:
+        return "captured"
+
+
+def test_a_pooler_url_turns_off_prepared_statements_and_listen() -> None:
+    from sqlalchemy.engine import make_url
+
+    from renewald.store.backend import Stop
+    from renewald.store.backend_postgresql import POSTGRESQL, pooler_of
+    from renewald.store.engine import make_engine
+
+    url = "postgresql+psycopg://u@127.0.0.1:1/d?pooler=pgbouncer"
+    assert pooler_of(make_url(url)) == "pgbouncer"
+    assert pooler_of(make_url("postgresql+psycopg://u@h/d")) is None
+    engine = make_engine(url)
+    assert engine.url.query["pooler"] == "pgbouncer", "the watcher reads it from here"
+    seen: dict[str, object] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def _capture(_dialect, _record, _cargs, cparams):  # type: ignore[no-untyped-def]
+        seen.update(cparams)
+        raise _Captured
+
+    with pytest.raises(Exception, match="captured"):
+        engine.connect()
+    engine.dispose()
+    assert "pooler" not in seen, "libpq refuses unknown keys"
+    assert seen["prepare_threshold"] is None
+    calls: list[int] = []
+    stop = Stop()
+    stop.set()
+    # Nothing listens through a transaction pooler (port 1 would refuse a connection):
+    # one call for the first poll, then the regular polls are all there is.
+    POSTGRESQL.changes_watch(url, lambda: calls.append(1), stop=stop, interval=0.01)
+    stop.close()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("value", ["pgpool", "PgBouncer", "none"])
+def test_an_unknown_pooler_is_the_users_error(value: str) -> None:
+    from renewald.store.engine import make_engine
+
+    with pytest.raises(DatabaseError, match="pooler=pgbouncer") as caught:
+        make_engine(f"postgresql+psycopg://u@h/d?pooler={value}")
+    assert caught.value.exit_code == EX_USAGE

@@ -13,6 +13,7 @@ and its branch in each migration under `migrations/versions/` that differs by di
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -25,6 +26,28 @@ OnChange = Callable[[], None]
 
 # Execution option of a read-only transaction (SQLite opens it DEFERRED, not IMMEDIATE).
 READ_ONLY = "renewald_read_only"
+
+
+class Stop(threading.Event):
+    """A stop flag that `select()` can wait on too: once set, `fileno()` is readable, so a
+    watcher asleep on its connection or on inotify wakes at once rather than checking the
+    flag on a timeout (which would wake an idle daemon a few times a second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe()
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            os.write(self._write, b"\0")
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 class Backend(Protocol):
@@ -56,8 +79,6 @@ class Backend(Protocol):
         """INSERT … ON CONFLICT DO NOTHING: `key` names the conflict target, () means any."""
         ...
 
-    def changes_watch(
-        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
-    ) -> None:
+    def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         """Call `on_change()` once connected and whenever another process may have written
         new work, until `stop` is set; raise when the connection fails."""

@@ -7,23 +7,48 @@ so each claim first takes a transaction-scoped advisory lock (`lock_transaction`
 
 New work: LISTEN on `renewald_jobs` (a trigger, migration 0003, NOTIFYs when a job
 becomes pending).
+
+Behind PgBouncer in transaction pooling (`?pooler=pgbouncer` in the URL; `pooler_of`),
+a connection is the server's only for one transaction: no prepared statements (psycopg's
+`prepare_threshold=None`; PgBouncer before 1.21 cannot route them) and no LISTEN (a
+notification would reach whichever client holds that server connection next). The
+watcher then only asks for the first poll, and new work waits for the daemon's regular
+poll (`[daemon] poll_interval`). Nothing else renewald does keeps session state: its
+advisory locks are transaction-scoped and it never SETs anything.
 """
 
 from __future__ import annotations
 
-import threading
+import select
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, create_engine, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
-from renewald.store.backend import OnChange
+from renewald.errors import DatabaseError
+from renewald.store.backend import OnChange, Stop
 
 CHANNEL = "renewald_jobs"
+POOLER = "pooler"
+"""The URL's query key naming a connection pooler in front of the server."""
+POOLERS = ("pgbouncer",)
+
+
+def pooler_of(url: URL) -> str | None:
+    """The pooler the URL says the server sits behind (transaction pooling), or None."""
+    value = url.query.get(POOLER)
+    if value is None:
+        return None
+    if value not in POOLERS:
+        raise DatabaseError(
+            f"database url: {POOLER}={value!r} is not known; the only pooler is"
+            f" {POOLER}=pgbouncer (transaction pooling)"
+        )
+    return str(value)
 
 
 class PostgresqlBackend:
@@ -59,13 +84,23 @@ class PostgresqlBackend:
     ) -> Engine:
         if url.get_driver_name() not in ("psycopg", "psycopg2") or url.drivername == ("postgresql"):
             url = url.set(drivername="postgresql+psycopg")
-        return create_engine(
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, round(busy_timeout))}
+        if pooler_of(url) is not None and url.get_driver_name() == "psycopg":
+            connect_args["prepare_threshold"] = None
+        engine = create_engine(
             url,
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=pool_size,
-            connect_args={"connect_timeout": max(1, round(busy_timeout))},
+            connect_args=connect_args,
         )
+
+        @event.listens_for(engine, "do_connect")
+        def _no_pooler_key(_dialect, _record, _cargs, cparams):  # type: ignore[no-untyped-def]
+            # The key stays in `engine.url` (the watcher reads it); libpq would refuse it.
+            cparams.pop(POOLER, None)
+
+        return engine
 
     def lock_transaction(self, conn: Connection, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
@@ -77,15 +112,23 @@ class PostgresqlBackend:
             postgresql.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
         )
 
-    def changes_watch(
-        self, url: str, on_change: OnChange, *, stop: threading.Event, interval: float
-    ) -> None:
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
+        parsed = make_url(url)
+        if pooler_of(parsed) is not None:
+            on_change()
+            stop.wait()
+            return
+        dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             on_change()  # whatever was written before we listened
-            while not stop.is_set():
-                for _ in conn.notifies(timeout=0.5, stop_after=1):
+            while True:
+                select.select([conn.fileno(), stop.fileno()], [], [])
+                if stop.is_set():
+                    return
+                # Readable: notifications, or the server going away (raises, and the
+                # watcher reconnects). Whatever arrived is one wake-up.
+                if list(conn.notifies(timeout=0)):
                     on_change()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from renewald.store.backend import Backend
+from renewald.store.backend import Backend, Stop
 from renewald.store.engine import backend_for
 
 _log = structlog.get_logger("renewald.store.changes")
@@ -36,7 +36,7 @@ class ChangeWatcher:
         self.on_change = on_change
         self.interval = interval
         self.backend = backend or backend_for(url)
-        self._stop = threading.Event()
+        self._stop = Stop()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -47,6 +47,12 @@ class ChangeWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+            if self._thread.is_alive():
+                return  # still inside a driver call: its pipe is left to the process
+        self._stop.close()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         delay = 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -248,8 +249,10 @@ def next_due_at(conn: Connection, *, now: int) -> int | None:
     return epoch_ms_or_none(conn.execute(next_due_query(), {"now": now}).scalar())
 
 
+@functools.cache
 def next_due_query() -> Select[tuple[Any]]:
-    """`next_due_at`'s statement; its one parameter is `now`."""
+    """`next_due_at`'s statement; its one parameter is `now`. Built once: an idle daemon
+    runs it every poll, and building it cost more than running it."""
     now = bindparam("now", type_=BigInteger)
     return select(func.min(jobs.c.next_attempt_at)).where(
         jobs.c.status == "pending",

@@ -19,9 +19,21 @@ are read in the same transaction; a gated fire still advances the schedule.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 
 from renewald.errors import RenewaldError
 from renewald.store.backend import Backend
@@ -84,13 +96,22 @@ def list_schedules(
 def due_schedules(conn: Connection, *, now: int, limit: int) -> list[Schedule]:
     """Enabled schedules whose next fire time has come, earliest first (one range of
     `idx_renewal_schedules_due`)."""
-    query = (
+    rows = conn.execute(_due_query(), {"now": now, "limit": limit}).mappings()
+    return [Schedule.from_row(r) for r in rows]
+
+
+@functools.cache
+def _due_query() -> Select[Any]:
+    """Built once: the schedule tick runs it every second, idle or not."""
+    return (
         select(schedules)
-        .where(schedules.c.enabled == 1, schedules.c.next_fire_at <= now)
+        .where(
+            schedules.c.enabled == 1,
+            schedules.c.next_fire_at <= bindparam("now", type_=BigInteger),
+        )
         .order_by(schedules.c.next_fire_at, schedules.c.schedule_id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
-    return [Schedule.from_row(r) for r in conn.execute(query).mappings()]
 
 
 def set_enabled(

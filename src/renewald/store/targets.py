@@ -9,9 +9,11 @@ target never lose a count.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Select, delete, select, update
 
 from renewald.store.backend import Backend
 from renewald.store.models import TargetPause
@@ -24,8 +26,14 @@ Change = Callable[[TargetPause | None], TargetPause | None]
 
 def list_target_pauses(conn: Connection) -> list[TargetPause]:
     """Every target in trouble (the table holds nothing else)."""
-    rows = conn.execute(select(pauses).order_by(pauses.c.target_key)).mappings()
+    rows = conn.execute(_pauses_query()).mappings()
     return [TargetPause.from_row(r) for r in rows]
+
+
+@functools.cache
+def _pauses_query() -> Select[Any]:
+    """Built once: the breakers refresh from it at every poll."""
+    return select(pauses).order_by(pauses.c.target_key)
 
 
 def get_target_pause(conn: Connection, target_key: str) -> TargetPause | None:

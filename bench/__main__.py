@@ -18,7 +18,7 @@ from bench.common import BENCH_DIR, loadavg, machine_info, say, stop_started
 from bench.context import Ctx
 from bench.db import DEFAULT_PG_URL, PgDBs, SqliteDBs
 
-SECTIONS = ("limit", "drain", "pickup", "poll", "io", "footprint", "pages")
+SECTIONS = ("limit", "drain", "peers", "pickup", "poll", "io", "footprint", "pages")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -141,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_section(name: str, ctx: Ctx, record: dict[str, Any]) -> dict[str, Any]:
-    from bench.sections import drain, footprint, iobound, limit, pages, pickup, pollcost
+    from bench.sections import drain, footprint, iobound, limit, pages, peers, pickup, pollcost
 
     if name == "limit":
         return limit.run(ctx)
     if name == "drain":
         return drain.run(ctx)
+    if name == "peers":
+        return peers.run(ctx)
     if name == "pickup":
         return pickup.run(ctx)
     if name == "poll":

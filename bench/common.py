@@ -34,6 +34,10 @@ PACKAGES = (
     "click",
     "psutil",
     "py-spy",
+    "pgqueuer",
+    "asyncpg",
+    "huey",
+    "procrastinate",
 )
 
 

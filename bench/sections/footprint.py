@@ -96,7 +96,7 @@ def _idle(ctx: Ctx) -> dict[str, Any]:
     return idle_cpu(
         ctx,
         [(b, b) for b in ctx.backends],
-        seconds=ctx.pick(30.0, 5.0),
+        seconds=ctx.pick(60.0, 5.0),
         settle=ctx.pick(5.0, 2.0),
     )
 

@@ -2,11 +2,12 @@
 
 The target is a threaded HTTP/1.1 server (keep-alive) on 127.0.0.1 in the bench process.
 M jobs, each in a conversation of its own (so "one at a time per conversation" never
-holds one back), `renewald run --once --workers 16`. The ideal is 16 / 0.05 s = 320
-deliveries/s. deliveries/s = M / (last attempt finished_at - first attempt started_at);
-the process wall time (start-up included) is reported beside it. The bench config sets
-`max_in_flight_per_target = 16` for the webhook adapter so that the test measures the
-pipeline rather than the per-target limit (every job goes to the same origin).
+holds one back), `renewald run --once --workers 8` in 1 and in 3 daemons on PostgreSQL
+(1 daemon on SQLite without PostgreSQL). The ideal is daemons x 8 / 0.05 s (160 or 480
+deliveries/s). deliveries/s = M / (last attempt finished_at - first attempt started_at);
+the wall time (first spawn to last exit, start-up included) is reported beside it. The
+bench config sets `max_in_flight_per_target = 8` for the webhook adapter so that the test
+measures the pipeline rather than the per-target limit (every job goes to the same origin).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from bench.context import Ctx
 from bench.db import DataSet, fresh_db
 
 DELAY = 0.05
-WORKERS = 16
-IDEAL = WORKERS / DELAY
+WORKERS = 8
 
 
 class Target(ThreadingHTTPServer):
@@ -88,23 +88,29 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def once(ctx: Ctx, backend: str, target: Target, ds: DataSet) -> dict[str, Any]:
+def once(ctx: Ctx, backend: str, daemons: int, target: Target, ds: DataSet) -> dict[str, Any]:
     db = fresh_db(backend, ds, now_ms(), ctx.sqlite, ctx.pg)
-    run_dir = ctx.run_dir(f"io-{backend}")
+    run_dir = ctx.run_dir(f"io-{backend}-{daemons}")
     config = ctx.config(
         run_dir,
         daemon={"workers": WORKERS},
-        extra='[adapters."http.webhook"]\nmax_in_flight_per_target = 16',
+        extra=f'[adapters."http.webhook"]\nmax_in_flight_per_target = {WORKERS}',
     )
     target.reset()
+    ideal = daemons * WORKERS / DELAY
     try:
-        proc = spawn(
-            ["run", "--once", "--workers", str(WORKERS)],
-            env=renewald_env(db.url, config),
-            cwd=run_dir,
-            console=run_dir / "console.txt",
-        )
-        code = proc.wait(timeout=600)
+        procs = [
+            spawn(
+                ["run", "--once", "--workers", str(WORKERS)],
+                env=renewald_env(db.url, config),
+                cwd=run_dir,
+                console=run_dir / f"console-{i}.txt",
+            )
+            for i in range(daemons)
+        ]
+        codes = [p.wait(timeout=600) for p in procs]
+        code = max(codes, key=abs)
+        wall = max(p.ended or p.started for p in procs) - min(p.started for p in procs)
         (span_ms, attempts) = db.query(
             "SELECT max(finished_at) - min(started_at), count(*) FROM renewal_job_attempts"
         )[0]
@@ -113,23 +119,25 @@ def once(ctx: Ctx, backend: str, target: Target, ds: DataSet) -> dict[str, Any]:
         rate = ds.jobs / (span_ms / 1000) if span_ms else 0.0
         out = {
             "backend": backend,
+            "daemons": daemons,
+            "ideal_per_s": ideal,
             "jobs": ds.jobs,
             "exit_code": code,
             "deliveries_per_s": rate,
-            "of_ideal": rate / IDEAL,
+            "of_ideal": rate / ideal,
             "db_span_s": (span_ms or 0) / 1000,
             "server_span_s": server_span,
             "server_requests": target.count,
             "server_max_in_flight": target.max_in_flight,
-            "wall_s": proc.wall,
-            "wall_deliveries_per_s": ds.jobs / proc.wall,
-            "rss_peak_mb": round(proc.rss_peak / 2**20, 1),
-            "cpu_s": round(proc.cpu_seconds, 2),
+            "wall_s": wall,
+            "wall_deliveries_per_s": ds.jobs / wall,
+            "rss_peak_mb": round(max(p.rss_peak for p in procs) / 2**20, 1),
+            "cpu_s": round(sum(p.cpu_seconds for p in procs), 2),
             "status_counts": counts,
             "attempt_rows": attempts,
         }
         if counts.get("done") != ds.jobs or code:
-            out["error"] = f"{counts}, exit {code}: {proc.console_tail(3)}"
+            out["error"] = f"{counts}, exit {codes}: {procs[0].console_tail(3)}"
         return out
     finally:
         db.discard(ctx.sqlite)
@@ -145,20 +153,22 @@ def run(ctx: Ctx) -> dict[str, Any]:
             target_kind="http.webhook",
             target_snapshot=json.dumps({"url": target.url}),
         )
-        backends = ctx.backends if not ctx.quick else ["sqlite"]
-        runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+        configs = [("postgresql", 1), ("postgresql", 3)] if ctx.pg else [("sqlite", 1)]
+        runs: dict[str, list[dict[str, Any]]] = {f"{b}-{d}": [] for b, d in configs}
         for rep in range(ctx.reps):
-            for backend in backends:
-                r = once(ctx, backend, target, ds)
-                runs[backend].append(r)
+            for backend, daemons in configs:
+                r = once(ctx, backend, daemons, target, ds)
+                runs[f"{backend}-{daemons}"].append(r)
                 say(
-                    f"io {backend} rep {rep + 1}: {r['deliveries_per_s']:.0f} deliveries/s "
-                    f"({r['of_ideal']:.0%} of {IDEAL:.0f}), server max in flight "
+                    f"io {backend}-{daemons} rep {rep + 1}: {r['deliveries_per_s']:.0f}/s "
+                    f"({r['of_ideal']:.0%} of {r['ideal_per_s']:.0f}), server max in flight "
                     f"{r['server_max_in_flight']}, wall {r['wall_s']:.1f}s"
                     + (f" ERROR {r['error']}" if "error" in r else "")
                 )
         summary = {
             b: {
+                "daemons": rs[0]["daemons"],
+                "ideal_per_s": rs[0]["ideal_per_s"],
                 "deliveries_per_s": spread([r["deliveries_per_s"] for r in rs]),
                 "of_ideal": spread([r["of_ideal"] for r in rs]),
                 "wall_deliveries_per_s": spread([r["wall_deliveries_per_s"] for r in rs]),
@@ -171,7 +181,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
         return {
             "delay_s": DELAY,
             "workers": WORKERS,
-            "ideal_per_s": IDEAL,
             "jobs": m,
             "runs": runs,
             "summary": summary,

@@ -13,7 +13,7 @@ from typing import Any
 from bench import bare
 from bench.common import now_ms, say, spread
 from bench.context import Ctx
-from bench.db import fresh_db
+from bench.db import DataSet, fresh_db
 from bench.sections.drain import dataset
 
 
@@ -63,8 +63,8 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
     return out
 
 
-def once(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
-    ds = dataset(ctx)
+def once(ctx: Ctx, c: dict[str, Any], ds: DataSet | None = None) -> dict[str, Any]:
+    ds = ds or dataset(ctx)
     db = fresh_db(c["backend"], ds, now_ms(), ctx.sqlite, ctx.pg)
     run_dir = ctx.run_dir(f"bare-{c['key']}")
     try:

@@ -3,12 +3,14 @@ on both backends: a tiny drain, so that a change to the store cannot silently br
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -79,3 +81,16 @@ def test_bench_help() -> None:
         [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert out.returncode == 0 and "--only" in out.stdout, out.stderr
+
+
+def test_the_peers_child_drains_huey(tmp_path: Path) -> None:
+    """The peers section's child runs a peer to the end (Huey: SQLite, no server needed)."""
+    pytest.importorskip("huey")
+    target = str(tmp_path / "huey.db")
+    args = [sys.executable, "-m", "bench.sections.peers", "huey"]
+    for phase in ("setup", "drain"):
+        out = subprocess.run(
+            [*args, phase, target, "5"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"done": 5, "left": 0}

@@ -182,7 +182,6 @@ class StatusApp:
         found = self.store.explain_job(
             job_id,
             now=now,
-            dispatch_statuses=s.dispatch_statuses,
             stale_after_ms=s.stale_after_ms,
             target_of=s.target_of,
             gone=s.gone,

@@ -79,9 +79,13 @@ def _write_line(job_log: JobLog, u: Unlogged) -> None:
     )
 
 
+_ENDING = ("attempt.finished", "job.rescued")
+
+
 def _attempt_ids_in(path: Path) -> set[str]:
-    """The attempt ids the job log file already holds lines for (a torn last line is
-    skipped: it is the line that needs writing)."""
+    """The attempt ids the job log file already holds an ending line for (a torn last line
+    is skipped: it is the line that needs writing). `attempt.started` does not count: a
+    writer killed mid-send leaves that line and owes the one that ends the attempt."""
     found: set[str] = set()
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
@@ -89,10 +93,11 @@ def _attempt_ids_in(path: Path) -> set[str]:
                 if '"attempt_id"' not in line:
                     continue
                 try:
-                    attempt_id = json.loads(line).get("attempt_id")
+                    entry = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(attempt_id, str):
+                attempt_id = entry.get("attempt_id") if isinstance(entry, dict) else None
+                if isinstance(attempt_id, str) and entry.get("event") in _ENDING:
                     found.add(attempt_id)
     except FileNotFoundError:
         pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import socket
 from collections.abc import Callable
+from functools import partial
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
@@ -21,8 +22,10 @@ import structlog
 from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock
 from renewald.config import Config
+from renewald.config.timings import Timings
 from renewald.daemon.listener import Listener, Request, Response, Route
 from renewald.daemon.owner import pid_running
+from renewald.daemon.target import target_of
 from renewald.store import Store
 from renewald.store.daemons import DaemonRow
 from renewald.web.app import HEADERS, Settings, StatusApp
@@ -98,12 +101,10 @@ def status_app(
 ) -> StatusApp:
     """The pages for `config`'s database. With `registry`, a job's breaker key is the
     adapter's own (as `renewald show` computes it); without, pauses of its whole kind."""
-    from renewald.cli.jobs import _target_of
-
     settings = Settings(
-        target_of=_target_of(registry) if registry is not None else None,
+        target_of=partial(target_of, registry=registry) if registry is not None else None,
         dispatch_statuses=config.daemon.dispatch_statuses,
-        stale_after_ms=round(3 * config.daemon.heartbeat_interval * 1000),
+        stale_after_ms=Timings.of(config).stale_after_ms,
         log_dir=Path(config.logging.dir),
         gone=gone,
     )

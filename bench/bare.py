@@ -53,7 +53,8 @@ class _Loop:
             limit=self.batch,
         )
 
-    def results(self, rows: list[tuple[Any, ...]], started: int) -> tuple[list, list]:
+    def results(self, rows: list[tuple[Any, ...]], started: int) -> tuple[dict, list]:
+        """The batch's fenced finish (one statement, its rows as JSON) and attempt rows."""
         finished = _ms()
         updates = []
         attempts = []
@@ -62,21 +63,18 @@ class _Loop:
             attempt_no, token = row[_COL["attempt_count"]], row[_COL["lease_token"]]
             attempt_id = uuid.uuid4().hex
             updates.append(
-                self.sql.finish.params(
-                    p_job_id=job_id,
-                    p_lease_token=token,
-                    p_owner=self.owner,
-                    p_status="done",
-                    p_last_error=None,
-                    p_now=finished,
-                    p_next_attempt_at=None,
-                    p_log_path=self.log_path,
-                    p_ends=1,
-                    p_finished_at=finished,
-                    p_terminal_reason="delivered",
-                    p_attempt_count=attempt_no,
-                    p_delivered_at=finished,
-                )
+                {
+                    "job_id": job_id,
+                    "lease_token": token,
+                    "owner": self.owner,
+                    "status": "done",
+                    "log_path": self.log_path,
+                    "ends": 1,
+                    "finished_at": finished,
+                    "terminal_reason": "delivered",
+                    "attempt_count": attempt_no,
+                    "delivered_at": finished,
+                }
             )
             attempts.append(
                 {
@@ -100,7 +98,8 @@ class _Loop:
                     "_conv": conv,
                 }
             )
-        return updates, attempts
+        finish = self.sql.finish.params(p_rows=json.dumps(updates), p_now=finished)
+        return finish, attempts
 
     def log(self, attempts: list[dict[str, Any]]) -> None:
         for a in attempts:
@@ -142,12 +141,10 @@ def run_sqlite(path: Path, *, batch: int, jsonl: Path, max_jobs: int) -> dict[st
         conn.execute("COMMIT")
         if not rows:
             break
-        updates, attempts = loop.results(rows, now)
+        finish, attempts = loop.results(rows, now)
         conn.execute("BEGIN IMMEDIATE")
-        kept = []
-        for u, a in zip(updates, attempts, strict=True):
-            if conn.execute(sql.finish.text, u).rowcount == 1:
-                kept.append(a)
+        done_ids = {r[0] for r in conn.execute(sql.finish.text, finish).fetchall()}
+        kept = [a for a in attempts if a["job_id"] in done_ids]
         conn.executemany(sql.attempt.text, kept)
         conn.execute("COMMIT")
         loop.log(kept)
@@ -190,11 +187,9 @@ def run_pg(
             if claimed is not None:
                 with claimed.get_lock():
                     claimed.value += len(rows)
-            updates, attempts = loop.results(rows, now)
-            kept = []
-            for u, a in zip(updates, attempts, strict=True):
-                if cur.execute(sql.finish.text, u).rowcount == 1:
-                    kept.append(a)
+            finish, attempts = loop.results(rows, now)
+            done_ids = {r[0] for r in cur.execute(sql.finish.text, finish).fetchall()}
+            kept = [a for a in attempts if a["job_id"] in done_ids]
             cur.executemany(sql.attempt.text, kept)
             conn.commit()
             loop.log(kept)

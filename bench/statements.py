@@ -69,6 +69,6 @@ def statements(backend: str) -> Statements:
         claim=_compile(claim._claim_statement(STATUSES, skip_locked=skip_locked), backend),
         due=_compile(claim._candidates(STATUSES, skip_locked=skip_locked), backend),
         next_due=_compile(jobs.next_due_query(), backend),
-        finish=_compile(attempts._finish_statement(), backend),
+        finish=_compile(attempts._finish_statement(BACKENDS[backend]), backend),
         attempt=_compile(insert(renewal_job_attempts), backend),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Protocol
 
 
@@ -37,4 +38,9 @@ def datetime_to_ms(dt: datetime) -> int:
 
 def iso_utc(ms: int) -> str:
     """ISO-8601 UTC with milliseconds, the form every log line uses."""
-    return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return _iso_second(ms // 1000) + f"{ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=8)
+def _iso_second(second: int) -> str:
+    return ms_to_datetime(second * 1000).strftime("%Y-%m-%dT%H:%M:%S.")

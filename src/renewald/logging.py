@@ -30,6 +30,8 @@ from renewald.redact import redact_value
 
 # An unwritable job log is said at most this often (seconds), however many lines are lost.
 COMPLAIN_EVERY = 60.0
+CHECK_EVERY = 0.1
+"""Seconds between checks that the job log file is still at its path."""
 
 _REDACTED_FIELDS = ("error", "reason", "summary", "target", "url", "last_error")
 # The event vocabulary (docs/operations.md): these keys, in this order, on the console and
@@ -51,7 +53,13 @@ EVENT_KEYS = (
 _ORDER = EVENT_KEYS
 
 
+# Set by `emit` on a dict it has redacted already: the console need not do it again.
+_REDACTED = "_renewald_redacted"
+
+
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if event.pop(_REDACTED, False):
+        return event
     for key in _REDACTED_FIELDS:
         if event.get(key) is not None:
             event[key] = redact_value(event[key])
@@ -107,10 +115,11 @@ def configure_console(
 class _DailyFile:
     """A structlog logger that appends rendered lines to `<dir>/<UTC date>.jsonl`.
 
-    Like the standard library's WatchedFileHandler, every write first checks that the
-    open file is still the one at its path: a file renamed away (logrotate), deleted,
-    or a directory replaced underneath is noticed at the next line and the path is
-    opened anew, instead of appending in silence to a file nobody can see.
+    Like the standard library's WatchedFileHandler, a write first checks that the open
+    file is still the one at its path: a file renamed away (logrotate), deleted, or a
+    directory replaced underneath is noticed and the path is opened anew, instead of
+    appending in silence to a file nobody can see. The check (a `stat`) runs at most
+    every `CHECK_EVERY` seconds, not per line: a burst of lines costs one.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -123,10 +132,16 @@ class _DailyFile:
         self._reopen_requested = False
         self.last_error: str | None = None
         self._error_said_at: float | None = None
+        self._checked_at = 0.0
+        self._day_path: tuple[int | None, str] = (None, "")
 
     def path_for(self, now_ms: int) -> str:
-        day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
-        return str(self.directory / f"{day}.jsonl")
+        day = now_ms // 86_400_000
+        known = self._day_path  # one tuple: threads never see a day with another's path
+        if known[0] != day:
+            date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
+            known = self._day_path = (day, str(self.directory / f"{date}.jsonl"))
+        return known[1]
 
     def write(self, line: str, path: str) -> bool:
         with self._lock:
@@ -145,6 +160,10 @@ class _DailyFile:
         """Whether the path no longer names the open file (or nothing is open)."""
         if self._file is None or self._name is None:
             return True
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY:
+            return False
+        self._checked_at = now
         try:
             st = os.stat(self._name)
         except OSError:
@@ -224,11 +243,15 @@ class JobLog:
         return self._file.path_for(now_ms)
 
     def log(self, event: str, *, now_ms: int, **fields: Any) -> str:
+        data = {k: v for k, v in fields.items() if v is not None}
+        return self.write_redacted(event, now_ms, _redact(None, "", data))
+
+    def write_redacted(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
+        """`log` for fields that are redacted already and hold no None."""
         data: dict[str, Any] = {"ts": iso_utc(now_ms), "event": event}
-        data.update((k, v) for k, v in fields.items() if v is not None)
-        data = _ordered(None, "", _redact(None, "", data))
+        data.update(fields)
         path = self.path_for(now_ms)
-        self._file.write(str(self._render(None, "", data)), path)
+        self._file.write(str(self._render(None, "", _ordered(None, "", data))), path)
         return path
 
     def flush(self) -> None:
@@ -247,8 +270,19 @@ class JobLog:
         return self._file.last_error
 
 
+_events_bound: tuple[tuple[int, int], Any] | None = None
+
+
 def _events() -> Any:
-    return structlog.get_logger("renewald.events")
+    """The console's event logger, bound once per structlog configuration (binding on
+    every call costs more than rendering the line)."""
+    global _events_bound
+    config = structlog.get_config()
+    key = (id(config["processors"]), id(config["logger_factory"]))
+    bound = _events_bound
+    if bound is None or bound[0] != key:
+        bound = _events_bound = (key, structlog.get_logger("renewald.events").bind())
+    return bound[1]
 
 
 def emit(
@@ -263,11 +297,11 @@ def emit(
     """One event, one dict: the job-log line (when `job_log` is given) and the console line
     are rendered from the same keys and the same `ts`. Every job event goes through here.
     A traceback (`exc_info`) goes to the console only."""
-    data = {k: v for k, v in fields.items() if v is not None}
+    data = _redact(None, "", {k: v for k, v in fields.items() if v is not None})
     if job_log is not None:
-        job_log.log(event, now_ms=now_ms, **data)
+        job_log.write_redacted(event, now_ms, data)
     extra = {"exc_info": exc_info} if exc_info is not None else {}
-    getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra)
+    getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra, **{_REDACTED: True})
 
 
 class Throttle:

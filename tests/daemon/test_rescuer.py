@@ -172,7 +172,9 @@ def test_concurrent_writes_one_wins(
     outcome: list[list[bool]] = []
     try:
         with store.connection() as conn:
-            assert attempt_sql.record_results(conn, first_batch, now=expiry) == [True]
+            assert attempt_sql.record_results(
+                conn, first_batch, backend=store.backend, now=expiry
+            ) == [True]
             racer = threading.Thread(
                 target=lambda: outcome.append(second_store.record_results(second_batch, now=expiry))
             )

@@ -107,7 +107,13 @@ class Delivery:
 
 
 class Adapter(Protocol):
-    """A delivery adapter. `deliver` must not raise for anything the target does."""
+    """A delivery adapter. `deliver` must not raise for anything the target does.
+
+    An adapter whose `deliver` returns at once, waiting on no network or child process,
+    may say so with a class attribute `blocking = False` (`log` does): the daemon then
+    sends its jobs from the polling thread, a whole claim at a time, instead of handing
+    each to a worker thread. Without it an adapter is taken to block.
+    """
 
     kind: str
     # The most deliveries the daemon runs at once for one `target_key` (a browser tab

@@ -20,6 +20,7 @@ _log = structlog.get_logger("renewald.adapters.log")
 
 class LogAdapter:
     kind = "log"
+    blocking = False
     # One target per conversation, and a conversation runs one job at a time anyway.
     max_in_flight_per_target = 1
 

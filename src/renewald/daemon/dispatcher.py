@@ -1,19 +1,21 @@
-"""Claim, dispatch, record: the part of the daemon that moves jobs.
+"""Claim, plan, deliver: the part of the daemon that moves jobs.
 
-Claimed jobs go to a bounded pool of delivery threads (`workers`). Each finished
-attempt becomes an `AttemptResult`; one recorder thread writes results in batches — the
-job update and the attempt row in one fenced transaction — and appends their JSONL lines
-right after the commit. A result whose fence matched nothing is logged `lease.lost` and
-changes nothing.
-
-The poll thread plans each claimed job in claim order: its delivery, adapter and target
-(the adapter's `target_key`). Two guards stand between a job and its target: the
+The poll thread claims due jobs and plans each in claim order: its delivery, adapter and
+target (the adapter's `target_key`). Two guards stand between a job and its target: the
 circuit breaker (`breaker.py`: a paused target's jobs are deferred without spending
 attempts, checked again right before the send) and the per-target in-flight limit
 (`limits.py`: a job whose target is busy waits in that target's line, holding its lease
-but no worker thread, until a finishing delivery hands it the slot). An adapter that
-cannot be built (bad config) defers its jobs like an open breaker. Only jobs that hold
-a slot reach the workers.
+but no thread, until a finishing delivery hands it the slot). An adapter that cannot be
+built (bad config) defers its jobs like an open breaker.
+
+Jobs that hold a slot are sent one of two ways. An adapter that waits on the network or a
+child process (`blocking`, the default) gets a thread of the bounded pool (`workers`), and
+its send is marked begun through the send gate (`sendgate.py`), which writes the marks of
+all waiting workers at once. An adapter that returns at once (`blocking = False`: `log`)
+is sent by the poll thread itself, a whole claim at a time: one write marks every send of
+the claim begun, then each is sent in turn, with no thread hand-off per job. Either way
+every finished attempt goes to the recorder (`recorder.py`), which writes results in
+batches.
 
 The dispatcher never reads the clock on its own: every time comes from the injected
 clock, and every periodic duty takes `now`.
@@ -21,7 +23,6 @@ clock, and every periodic duty takes `now`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import queue
 import random
@@ -34,29 +35,21 @@ import structlog
 
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.clock import Clock
-from renewald.daemon.backoff import (
-    DEADLINE_PASSED,
-    Decision,
-    RetryPolicy,
-    decide,
-    defer,
-    expired_before_attempt,
-)
+from renewald.daemon.backoff import RetryPolicy, expired_before_attempt
 from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
 from renewald.daemon.limits import TargetLimits
 from renewald.daemon.malformed import handling_failed, malformed_result
-from renewald.daemon.results import attempt_result
+from renewald.daemon.recorder import Recorder
+from renewald.daemon.results import ResultMaker
 from renewald.daemon.sendgate import SendGate
 from renewald.daemon.summary import Summary
 from renewald.daemon.target import breaker_key, build_delivery, target_kind_of
 from renewald.errors import ConfigError
-from renewald.logging import JobLog, Throttle, emit
+from renewald.logging import JobLog, emit
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob, Store
 
 _log = structlog.get_logger("renewald.daemon")
-
-RECORD_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -87,6 +80,7 @@ class _Planned:
     target_text: str
     key: str
     limit: int
+    blocking: bool
 
 
 class Dispatcher:
@@ -115,7 +109,21 @@ class Dispatcher:
         self.settings = settings
         self.policy = policy
         self.summary = summary or Summary()
-        self._rand = rand or random.Random()
+        self.results = ResultMaker(
+            owner=owner,
+            policy=policy,
+            job_log=job_log,
+            cooldown_ms=settings.cooldown_ms,
+            rand=rand,
+        )
+        self.recorder = Recorder(
+            store=store,
+            job_log=job_log,
+            clock=clock,
+            owner=owner,
+            summary=self.summary,
+            on_recorded=self._recorded,
+        )
         self._on_capacity = on_capacity
         self._on_record = on_record
         self._on_retry = on_retry
@@ -125,9 +133,6 @@ class Dispatcher:
         # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
         # their lease is racing the recorder's own write, not losing the job.
         self._finishing: set[str] = set()
-        # Attempts whose lines the recorder flushed; their unlogged marks go with the
-        # next batch's transaction.
-        self._logged: list[str] = []
         self._held_lock = threading.Condition()
         self._tasks: queue.Queue[_Planned | None] = queue.Queue()
         self._limits: TargetLimits[_Planned] = TargetLimits()
@@ -137,18 +142,15 @@ class Dispatcher:
             job_log=job_log,
         )
         self._config_errors: set[str] = set()
-        self._results: queue.Queue[AttemptResult | None] = queue.Queue()
         self._stopping = threading.Event()
         self._gate: SendGate | None = None
         self._claimed_total = 0
         self._threads: list[threading.Thread] = []
-        self._observers: list[Callable[[AttemptResult, bool], None]] = []
-        self._throttle = Throttle()
         self.fatal: BaseException | None = None
 
     def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
         """Call `observer(result, applied)` for every recorded result (metrics, tests)."""
-        self._observers.append(observer)
+        self.recorder.add_observer(observer)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class Dispatcher:
         )
         for n in range(self.settings.workers):
             self._spawn(self._deliver_loop, f"renewald-worker-{n}")
-        self._spawn(self._record_loop, "renewald-recorder")
+        self._spawn(self.recorder.run, "renewald-recorder")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -232,21 +234,20 @@ class Dispatcher:
         released = self.release_unstarted(now=now)
         for _ in range(self.settings.workers):
             self._tasks.put(None)
-        self._results.put(None)
+        self.recorder.finish()
         for thread in self._threads:
             if thread.name == "renewald-recorder":
                 thread.join(timeout=10)
-        self.job_log.flush()
         if self._gate is not None:
             self._gate.close()
-        logged, self._logged = self._logged, []
-        self.store.mark_logged(logged)
+        self.recorder.close()
         return released
 
     # -- polling ---------------------------------------------------------------------
 
     def poll_once(self, now: int) -> PollResult:
-        """Claim what fits in the free capacity; say when to look again."""
+        """Claim what fits in the free capacity, send what can be sent at once; say when
+        to look again."""
         if self._stopping.is_set() or self.fatal is not None:
             return PollResult(0, None, False)
         room = self.capacity - self.holding()
@@ -266,8 +267,11 @@ class Dispatcher:
         with self._held_lock:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
+        at_once: list[_Planned] = []
         for c in claimed:  # in claim order, so each target's line is in due order
-            self._dispatch_guarded(c)
+            self._dispatch_guarded(c, at_once)
+        if at_once:
+            self._send_at_once(at_once)
         if len(claimed) == limit:
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)
@@ -327,12 +331,12 @@ class Dispatcher:
         self.job_log.flush()
         return released
 
-    # -- delivering ------------------------------------------------------------------
+    # -- planning --------------------------------------------------------------------
 
-    def _dispatch_guarded(self, claimed: ClaimedJob) -> None:
+    def _dispatch_guarded(self, claimed: ClaimedJob, at_once: list[_Planned]) -> None:
         """`_dispatch`, where an error in one job's handling ends that job, not the poll."""
         try:
-            self._dispatch(claimed)
+            self._dispatch(claimed, at_once)
         except Exception as exc:
             self._finish_now(claimed, self._handling_failed(claimed, exc))
 
@@ -341,10 +345,11 @@ class Dispatcher:
             claimed, exc, owner=self.owner, now=self.clock.now_ms(), job_log=self.job_log
         )
 
-    def _dispatch(self, claimed: ClaimedJob) -> None:
+    def _dispatch(self, claimed: ClaimedJob, at_once: list[_Planned]) -> None:
         """Plan a freshly claimed job and send it on: to the recorder when it needs no
-        delivery (bad row, open breaker, misconfigured adapter), to a worker when its
-        target has a free slot, else into its target's line."""
+        delivery (bad row, open breaker, misconfigured adapter); when its target has a
+        free slot, to `at_once` (a non-blocking adapter) or a worker; else into its
+        target's line."""
         step = self._plan(claimed)
         if isinstance(step, AttemptResult):
             self._finish_now(claimed, step)
@@ -356,56 +361,10 @@ class Dispatcher:
         with self._held_lock:
             # In line, a job holds its lease (the heartbeat extends it) but no thread.
             free = self._limits.acquire(step.key, step.limit, step)
-        if free:
+        if free and not step.blocking:
+            at_once.append(step)
+        elif free:
             self._tasks.put(step)
-
-    def _finish_now(self, claimed: ClaimedJob, result: AttemptResult) -> None:
-        # Started like a delivery, so that a shutdown does not release the job under the
-        # recorder; when shutdown released it first, the result is dropped with it.
-        if self._begin(claimed):
-            self._queue_result(result)
-
-    def _deliver_loop(self) -> None:
-        while True:
-            planned = self._tasks.get()
-            if planned is None:
-                return
-            if self._begin(planned.claimed):
-                self._run(planned)
-            else:  # released at shutdown
-                self._free_slot(planned.key)
-
-    def _begin(self, claimed: ClaimedJob) -> bool:
-        """Mark a held job as being worked on; False when it was released meanwhile."""
-        with self._held_lock:
-            if self._stopping.is_set() or self._held.get(claimed.job.job_id) != claimed.lease_token:
-                return False
-            self._started.add(claimed.job.job_id)
-            return True
-
-    def _run(self, planned: _Planned) -> None:
-        """Deliver a job that holds a slot of its target, then pass the slot on."""
-        try:
-            result = self._attempt_planned(planned)
-        except Exception as exc:  # one job's handling, never the worker
-            result = self._handling_failed(planned.claimed, exc)
-        finally:
-            self._free_slot(planned.key)
-        if result is not None:
-            self._queue_result(result)
-
-    def _queue_result(self, result: AttemptResult) -> None:
-        with self._held_lock:
-            self._finishing.add(result.job_id)
-        self._results.put(result)
-
-    def _free_slot(self, key: str) -> None:
-        with self._held_lock:
-            following = self._limits.release(key)
-        if following is not None:
-            # Behind whatever is already queued: a busy target does not jump ahead of
-            # other targets' jobs.
-            self._tasks.put(following)
 
     def _plan(self, claimed: ClaimedJob) -> _Planned | AttemptResult:
         """The job's delivery, adapter and target; or its result when it cannot have one."""
@@ -423,17 +382,17 @@ class Dispatcher:
         kind = target_kind_of(claimed)
         expired = expired_before_attempt(job.deadline_at, now)
         if expired is not None:
-            return self._expired(claimed, attempt_id, kind, None, now, expired)
+            return self.results.expired(claimed, attempt_id, kind, None, now, expired)
         planned = build_delivery(claimed, attempt_id=attempt_id)
         if isinstance(planned, Outcome):
-            return self._result(claimed, attempt_id, kind, None, now, now, planned)
+            return self.results.sent(claimed, attempt_id, kind, None, now, now, planned)
         kind = planned.target_kind
         target_text = json.dumps(redact_value(dict(planned.target)), sort_keys=True)
         try:
             adapter = self.adapters.get(kind)
         except ConfigError as exc:
             self._say_config_error(kind, exc)
-            return self._deferred(
+            return self.results.deferred(
                 claimed,
                 attempt_id=attempt_id,
                 kind=kind,
@@ -449,9 +408,12 @@ class Dispatcher:
                 f"no adapter for target kind {kind!r} (known: {', '.join(self.adapters.kinds())})",
                 error_class="UnknownTargetKind",
             )
-            return self._result(claimed, attempt_id, kind, target_text, now, now, outcome)
+            return self.results.sent(claimed, attempt_id, kind, target_text, now, now, outcome)
         key, limit = self._target_of(adapter, planned)
-        return _Planned(claimed, attempt_id, kind, planned, adapter, target_text, key, limit)
+        blocking = getattr(adapter, "blocking", True) is not False
+        return _Planned(
+            claimed, attempt_id, kind, planned, adapter, target_text, key, limit, blocking
+        )
 
     @staticmethod
     def _target_of(adapter: Adapter, delivery: Delivery) -> tuple[str, int]:
@@ -475,34 +437,132 @@ class Dispatcher:
             "fix the configuration and restart renewald",
         )
 
-    def _begin_send(self, claimed: ClaimedJob) -> bool:
-        """Spend the attempt in the database right before the send (fenced, lease renewed;
-        written with the other workers' marks by the send gate, daemon/sendgate.py).
+    # -- sending ---------------------------------------------------------------------
 
-        A database outage is waited out there, without sending: once it is back, the job
-        is sent if it is still ours. False (no send, no result) when it was taken away or
-        the daemon stops meanwhile; a stopping daemon's release gives it back.
-        """
-        job = claimed.job
+    def _finish_now(self, claimed: ClaimedJob, result: AttemptResult) -> None:
+        # Started like a delivery, so that a shutdown does not release the job under the
+        # recorder; when shutdown released it first, the result is dropped with it.
+        if self._begin(claimed):
+            self._queue_result(result)
+
+    def _begin(self, claimed: ClaimedJob) -> bool:
+        """Mark a held job as being worked on; False when it was released meanwhile."""
+        with self._held_lock:
+            if self._stopping.is_set() or self._held.get(claimed.job.job_id) != claimed.lease_token:
+                return False
+            self._started.add(claimed.job.job_id)
+            return True
+
+    def _deliver_loop(self) -> None:
+        while True:
+            planned = self._tasks.get()
+            if planned is None:
+                return
+            if self._begin(planned.claimed):
+                self._run(planned)
+            else:  # released at shutdown
+                self._free_slot(planned.key)
+
+    def _run(self, planned: _Planned) -> None:
+        """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""
+        result: AttemptResult | None = None
+        try:
+            step = self._admit(planned)
+            if isinstance(step, AttemptResult):
+                result = step
+            elif self._may_send(planned.claimed, self._gate_begin(planned.claimed)):
+                result = self._send(planned, step)
+        except Exception as exc:  # one job's handling, never the worker
+            result = self._handling_failed(planned.claimed, exc)
+        finally:
+            self._free_slot(planned.key)
+        if result is not None:
+            self._queue_result(result)
+
+    def _send_at_once(self, batch: Sequence[_Planned]) -> None:
+        """Send a claim's jobs for non-blocking adapters in this thread: one write marks
+        every send begun, then each is sent and its result queued for the recorder."""
+        ready: list[tuple[_Planned, Verdict]] = []
+        for planned in batch:
+            if not self._begin(planned.claimed):  # released at shutdown
+                self._free_slot(planned.key)
+                continue
+            try:
+                step = self._admit(planned)
+            except Exception as exc:
+                step = self._handling_failed(planned.claimed, exc)
+            if isinstance(step, AttemptResult):
+                self._free_slot(planned.key)
+                self._queue_result(step)
+            else:
+                ready.append((planned, step))
+        begun = self._gate_begin_all([p.claimed for p, _ in ready])
+        for (planned, verdict), ok in zip(ready, begun, strict=True):
+            result: AttemptResult | None = None
+            try:
+                if self._may_send(planned.claimed, ok):
+                    result = self._send(planned, verdict)
+            except Exception as exc:
+                result = self._handling_failed(planned.claimed, exc)
+            finally:
+                self._free_slot(planned.key)
+            if result is not None:
+                self._queue_result(result)
+
+    def _admit(self, planned: _Planned) -> AttemptResult | Verdict:
+        """Right before the send: the job's deadline (it may have waited in line past it)
+        and its target's breaker. A result when the job is not to be sent now."""
+        claimed, job = planned.claimed, planned.claimed.job
+        now = self.clock.now_ms()
+        expired = expired_before_attempt(job.deadline_at, now)
+        if expired is not None:
+            return self.results.expired(
+                claimed, planned.attempt_id, planned.kind, planned.target_text, now, expired
+            )
+        verdict = self.breakers.admit(
+            planned.key,
+            adapter=planned.kind,
+            now=now,
+            job_id=job.job_id,
+            attempt_id=planned.attempt_id,
+        )
+        if not verdict.deliver:
+            return self._deferred_by_breaker(planned, verdict)
+        return verdict
+
+    def _gate_begin(self, claimed: ClaimedJob) -> bool | None:
         gate = self._gate
-        ok = gate.begin(job.job_id, job.lease_token) if gate is not None else None
-        if ok is None:
-            # Not sent: its lease runs out and rescue gives it back unspent.
-            self._forget(job.job_id, job.lease_token)
-            return False
-        if not ok:
+        return gate.begin(claimed.job.job_id, claimed.lease_token) if gate is not None else None
+
+    def _gate_begin_all(self, claimed: Sequence[ClaimedJob]) -> list[bool | None]:
+        gate = self._gate
+        if gate is None or not claimed:
+            return [None] * len(claimed)
+        return gate.begin_now([(c.job.job_id, c.lease_token) for c in claimed])
+
+    def _may_send(self, claimed: ClaimedJob, begun: bool | None) -> bool:
+        """Whether the send-begun mark (the attempt spent in the database, fenced, lease
+        renewed) was written. A database outage is waited out by the gate, without
+        sending: once it is back, the job is sent if it is still ours.
+
+        None (the daemon stopped meanwhile): not sent, nothing spent; its lease runs out
+        and rescue gives it back unspent. False: it was taken away; not sent.
+        """
+        if begun:
+            return True
+        if begun is False:
             emit(
                 self.job_log,
                 "lease.lost",
                 now_ms=self.clock.now_ms(),
                 level="warning",
-                job_id=job.job_id,
+                job_id=claimed.job.job_id,
                 owner=self.owner,
                 reason="the job was taken away before its send began; not sent",
                 during="send",
             )
-            self._forget(job.job_id, job.lease_token)
-        return ok
+        self._forget(claimed.job.job_id, claimed.lease_token)
+        return False
 
     def _forget(self, job_id: str, lease_token: int) -> None:
         """Let go of a held job that will have no result: it was never sent."""
@@ -514,24 +574,9 @@ class Dispatcher:
         if self._on_capacity:
             self._on_capacity()
 
-    def _attempt_planned(self, planned: _Planned) -> AttemptResult | None:
-        claimed, job = planned.claimed, planned.claimed.job
-        now = self.clock.now_ms()
-        args = (claimed, planned.attempt_id, planned.kind, planned.target_text)
-        expired = expired_before_attempt(job.deadline_at, now)  # waited in line past it
-        if expired is not None:
-            return self._expired(*args, now, expired)
-        verdict = self.breakers.admit(
-            planned.key,
-            adapter=planned.kind,
-            now=now,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-        )
-        if not verdict.deliver:
-            return self._deferred_by_breaker(planned, verdict)
-        if not self._begin_send(planned.claimed):
-            return None
+    def _send(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
+        """Send a job whose send is marked begun; what came of it."""
+        job = planned.claimed.job
         started = self.clock.now_ms()
         emit(
             self.job_log,
@@ -544,7 +589,8 @@ class Dispatcher:
             adapter=planned.kind,
             owner=self.owner,
         )
-        self.job_log.flush()  # a long delivery is visible in the job log while it runs
+        if planned.blocking:
+            self.job_log.flush()  # a long delivery is visible in the job log while it runs
         outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
         self.breakers.record(
@@ -556,131 +602,15 @@ class Dispatcher:
             job_id=job.job_id,
             attempt_id=planned.attempt_id,
         )
-        return self._result(*args, started, finished, outcome)
-
-    def _result(
-        self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        started: int,
-        finished: int,
-        outcome: Outcome,
-    ) -> AttemptResult:
-        """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
-        job = claimed.job
-        decision = decide(
-            self.policy,
-            outcome=outcome.kind.value,
-            attempt_no=job.attempt_count,
-            max_attempts=job.max_attempts,
-            now=finished,
-            after=outcome.after,
-            reason=outcome.reason,
-            deadline_at=job.deadline_at,
-            rand=self._rand,
-        )
-        delivered = decision.status == "done"
-        cooldown = self.settings.cooldown_ms
-        return attempt_result(
-            job,
-            decision,
-            attempt_id=attempt_id,
-            lease_owner=self.owner,
-            outcome=outcome.kind.value,
-            adapter=kind,
-            target=target_text,
-            started=started,
-            finished=finished,
-            log_path=self.job_log.path_for(finished),
-            error_class=None if delivered else outcome.error_class,
-            error=None if delivered else outcome.reason,
-            summary=outcome.summary,
-            cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
-        )
-
-    def _expired(
-        self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        now: int,
-        decision: Decision,
-    ) -> AttemptResult:
-        """The job's deadline passed before it could be tried: ended, never sent."""
-        return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
-        )  # fmt: skip
-
-    def _untried(
-        self,
-        claimed: ClaimedJob,
-        decision: Decision,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        now: int,
-        *,
-        outcome: str,
-        error_class: str,
-        error: str | None,
-        refund: bool = False,
-    ) -> AttemptResult:
-        """The result of an attempt that ended at `now` without a send."""
-        return attempt_result(
-            claimed.job,
-            decision,
-            attempt_id=attempt_id,
-            lease_owner=self.owner,
-            outcome=outcome,
-            adapter=kind,
-            target=target_text,
-            started=now,
-            finished=now,
-            log_path=self.job_log.path_for(now),
-            error_class=error_class,
-            error=error,
-            refund=refund,
-        )
-
-    def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
-        now = self.clock.now_ms()
-        assert verdict.until is not None
-        return self._deferred(
+        return self.results.sent(
             planned.claimed,
-            attempt_id=planned.attempt_id,
-            kind=planned.kind,
-            target_text=planned.target_text,
-            now=now,
-            until=max(verdict.until, now),
-            reason=verdict.reason or "breaker open",
-            error_class="BreakerOpen",
-            error=verdict.detail or verdict.reason,
+            planned.attempt_id,
+            planned.kind,
+            planned.target_text,
+            started,
+            finished,
+            outcome,
         )
-
-    def _deferred(
-        self,
-        claimed: ClaimedJob,
-        *,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        now: int,
-        until: int,
-        reason: str,
-        error_class: str,
-        error: str | None,
-    ) -> AttemptResult:
-        """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
-        handed back. The attempt row says why (outcome `deferred`); no connection was made."""
-        decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
-        return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="deferred", error_class=error_class, error=error, refund=True,
-        )  # fmt: skip
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
         try:
@@ -697,61 +627,38 @@ class Dispatcher:
                 f"adapter raised {type(exc).__name__}: {exc}", error_class=type(exc).__name__
             )
 
+    def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
+        now = self.clock.now_ms()
+        assert verdict.until is not None
+        return self.results.deferred(
+            planned.claimed,
+            attempt_id=planned.attempt_id,
+            kind=planned.kind,
+            target_text=planned.target_text,
+            now=now,
+            until=max(verdict.until, now),
+            reason=verdict.reason or "breaker open",
+            error_class="BreakerOpen",
+            error=verdict.detail or verdict.reason,
+        )
+
+    def _free_slot(self, key: str) -> None:
+        with self._held_lock:
+            following = self._limits.release(key)
+        if following is not None:
+            # Behind whatever is already queued: a busy target does not jump ahead of
+            # other targets' jobs.
+            self._tasks.put(following)
+
     # -- recording -------------------------------------------------------------------
 
-    def _record_loop(self) -> None:
-        closing = False
-        while not closing:
-            first = self._results.get()
-            if first is None:
-                closing = True
-                batch: list[AttemptResult] = []
-            else:
-                batch = [first]
-            while len(batch) < RECORD_BATCH:
-                try:
-                    more = self._results.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
-            if batch:
-                self.record(batch)
+    def _queue_result(self, result: AttemptResult) -> None:
+        with self._held_lock:
+            self._finishing.add(result.job_id)
+        self.recorder.put(result)
 
-    def record(self, batch: Sequence[AttemptResult]) -> None:
-        """Write a batch of results; retry through database outages without dropping any."""
-        delay = 0.2
-        while True:
-            try:
-                now = self.clock.now_ms()
-                applied = self.store.record_results(
-                    batch, now=now, writer=self.owner, logged=self._logged
-                )
-                break
-            except Exception as exc:
-                self._throttle.warn(
-                    "record.failed",
-                    _log,
-                    "record.failed",
-                    level="error",
-                    count=len(batch),
-                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                    retry_in=f"{delay:.1f}s",
-                )
-                threading.Event().wait(delay)
-                delay = min(delay * 2, 5.0)
-        self._throttle.clear("record.failed")
-        cancelled = self._cancelled(batch, applied)
-        for result, ok in zip(batch, applied, strict=True):
-            self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
-            if result.job_id in cancelled:  # what the database holds now
-                result = dataclasses.replace(result, status="failed", terminal_reason="cancelled")
-            for observer in self._observers:
-                observer(result, ok)
-        self.job_log.flush()
-        self._logged = [r.attempt_id for r, ok in zip(batch, applied, strict=True) if ok]
+    def _recorded(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> None:
+        """The recorder wrote `batch`: its jobs are no longer held."""
         with self._held_lock:
             for result in batch:
                 if self._held.get(result.job_id) == result.lease_token:
@@ -770,72 +677,3 @@ class Dispatcher:
             self._on_retry(min(retries))
         if self._on_capacity:
             self._on_capacity()
-
-    def _cancelled(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> set[str]:
-        """The jobs of this batch that an operator cancelled while they ran."""
-        ids = [r.job_id for r, ok in zip(batch, applied, strict=True) if ok]
-        try:
-            return self.store.cancelled_among(ids)
-        except Exception as exc:  # only the log line depends on it; the record is made
-            _log.warning("record.cancel_check_failed", error=f"{type(exc).__name__}: {exc}")
-            return set()
-
-    def _log_result(self, r: AttemptResult, applied: bool, now: int, *, cancelled: bool) -> None:
-        if not applied:
-            emit(
-                self.job_log,
-                "lease.lost",
-                now_ms=now,
-                level="warning",
-                job_id=r.job_id,
-                attempt_id=r.attempt_id,
-                attempt=r.attempt_no,
-                conversation=r.local_conversation_id,
-                adapter=r.adapter,
-                outcome=r.outcome,
-                reason="the job was taken away before its result was recorded",
-                owner=r.lease_owner,
-            )
-            self.summary.count("lost", "lease_lost")
-            return
-        deferred = r.outcome == "deferred"
-        emit(
-            self.job_log,
-            "attempt.finished",
-            now_ms=r.finished_at,
-            level="warning" if r.status == "failed" and not cancelled else "info",
-            job_id=r.job_id,
-            attempt_id=r.attempt_id,
-            # A deferral hands its attempt back: it carries the number the next real
-            # attempt will have, as its database row does.
-            attempt=r.attempt_no,
-            conversation=r.local_conversation_id,
-            adapter=r.adapter,
-            outcome=r.outcome,
-            duration_ms=r.finished_at - r.started_at,
-            reason=r.decision_reason,
-            owner=r.lease_owner,
-            status=r.status,
-            decision=r.decision,
-            next_attempt_at=r.next_attempt_at,
-            error=r.error_message,
-            summary=r.response_summary,
-        )
-        if cancelled:
-            emit(
-                self.job_log,
-                "job.cancelled",
-                now_ms=now,
-                job_id=r.job_id,
-                attempt_id=r.attempt_id,
-                conversation=r.local_conversation_id,
-                reason=f"cancelled by operator while running (the attempt was {r.outcome})",
-                owner=r.lease_owner,
-                status="failed",
-            )
-            self.summary.count("failed", "cancelled")
-            return
-        reason = r.terminal_reason or r.decision_reason or ""
-        if deferred and r.status == "pending":
-            reason = "deferred"
-        self.summary.count(r.status, reason)

@@ -6,8 +6,12 @@ build every result here, so the columns a result carries are set in one place.
 
 from __future__ import annotations
 
-from renewald.daemon.backoff import Decision
-from renewald.store import AttemptResult, Job
+import random
+
+from renewald.adapters import Outcome
+from renewald.daemon.backoff import DEADLINE_PASSED, Decision, RetryPolicy, decide, defer
+from renewald.logging import JobLog
+from renewald.store import AttemptResult, ClaimedJob, Job
 
 
 def attempt_result(
@@ -54,3 +58,132 @@ def attempt_result(
         cooldown_until=cooldown_until,
         local_conversation_id=job.local_conversation_id,
     )
+
+
+class ResultMaker:
+    """What an attempt makes of a job, for one daemon: its owner, retry policy, cooldown
+    and job log. Every method returns the result; none writes anything."""
+
+    def __init__(
+        self,
+        *,
+        owner: str,
+        policy: RetryPolicy,
+        job_log: JobLog,
+        cooldown_ms: int = 0,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.owner = owner
+        self.policy = policy
+        self.job_log = job_log
+        self.cooldown_ms = cooldown_ms
+        self._rand = rand or random.Random()
+
+    def sent(
+        self,
+        claimed: ClaimedJob,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        started: int,
+        finished: int,
+        outcome: Outcome,
+    ) -> AttemptResult:
+        """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
+        job = claimed.job
+        decision = decide(
+            self.policy,
+            outcome=outcome.kind.value,
+            attempt_no=job.attempt_count,
+            max_attempts=job.max_attempts,
+            now=finished,
+            after=outcome.after,
+            reason=outcome.reason,
+            deadline_at=job.deadline_at,
+            rand=self._rand,
+        )
+        delivered = decision.status == "done"
+        cooldown = self.cooldown_ms
+        return attempt_result(
+            job,
+            decision,
+            attempt_id=attempt_id,
+            lease_owner=self.owner,
+            outcome=outcome.kind.value,
+            adapter=kind,
+            target=target_text,
+            started=started,
+            finished=finished,
+            log_path=self.job_log.path_for(finished),
+            error_class=None if delivered else outcome.error_class,
+            error=None if delivered else outcome.reason,
+            summary=outcome.summary,
+            cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
+        )
+
+    def expired(
+        self,
+        claimed: ClaimedJob,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        decision: Decision,
+    ) -> AttemptResult:
+        """The job's deadline passed before it could be tried: ended, never sent."""
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
+        )  # fmt: skip
+
+    def deferred(
+        self,
+        claimed: ClaimedJob,
+        *,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        until: int,
+        reason: str,
+        error_class: str,
+        error: str | None,
+    ) -> AttemptResult:
+        """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
+        handed back. The attempt row says why (outcome `deferred`); no connection was made."""
+        decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
+        return self._untried(
+            claimed, decision, attempt_id, kind, target_text, now,
+            outcome="deferred", error_class=error_class, error=error, refund=True,
+        )  # fmt: skip
+
+    def _untried(
+        self,
+        claimed: ClaimedJob,
+        decision: Decision,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        now: int,
+        *,
+        outcome: str,
+        error_class: str,
+        error: str | None,
+        refund: bool = False,
+    ) -> AttemptResult:
+        """The result of an attempt that ended at `now` without a send."""
+        return attempt_result(
+            claimed.job,
+            decision,
+            attempt_id=attempt_id,
+            lease_owner=self.owner,
+            outcome=outcome,
+            adapter=kind,
+            target=target_text,
+            started=now,
+            finished=now,
+            log_path=self.job_log.path_for(now),
+            error_class=error_class,
+            error=error,
+            refund=refund,
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -83,33 +83,38 @@ class SendGate:
                 batch.append(more)
             self._write(batch)
 
+    def begin_now(self, held: Sequence[tuple[str, int]]) -> list[bool | None]:
+        """`begin` for several held jobs, written at once by the calling thread (it has
+        them all in hand: nothing to gather)."""
+        return self._write_marks(held)
+
     def _write(self, batch: list[_Mark]) -> None:
+        begun = self._write_marks([(m.job_id, m.lease_token) for m in batch])
+        for mark, ok in zip(batch, begun, strict=True):
+            mark.begun = ok
+            mark.done.set()
+
+    def _write_marks(self, held: Sequence[tuple[str, int]]) -> list[bool | None]:
         """Write the marks, waiting out a database outage; give up only when stopping."""
         delay = 0.2
         while True:
             try:
-                begun = self.store.begin_sends(
-                    owner=self.owner,
-                    held=[(m.job_id, m.lease_token) for m in batch],
-                    now=self._now_ms(),
-                    lease_ms=self.lease_ms,
+                return list(
+                    self.store.begin_sends(
+                        owner=self.owner, held=held, now=self._now_ms(), lease_ms=self.lease_ms
+                    )
                 )
-                break
             except Exception as exc:
                 lines = str(exc).strip().splitlines()
                 _log.error(
                     "send.begin_failed",
-                    count=len(batch),
+                    count=len(held),
                     error=f"{type(exc).__name__}: {lines[0] if lines else ''}",
                     retry_in=f"{delay:.1f}s",
                 )
                 if self._stopping.wait(delay):
-                    begun = [None] * len(batch)  # type: ignore[list-item]
-                    break
+                    return [None] * len(held)
                 delay = min(delay * 2, 5.0)
-        for mark, ok in zip(batch, begun, strict=True):
-            mark.begun = ok
-            mark.done.set()
 
     def _answer_rest(self) -> None:
         while True:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from functools import lru_cache
 
 from sqlalchemy import (
     BigInteger,
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     case,
+    column,
     delete,
     func,
     insert,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     update,
 )
 
+from renewald.store.backend import Backend
 from renewald.store.leases import held_by
 from renewald.store.models import AttemptResult
 from renewald.store.schema import (
@@ -44,50 +46,88 @@ def _fenced(job_id: str, owner: str, lease_token: int):  # type: ignore[no-untyp
     return (jobs.c.job_id == job_id, *held_by(owner, lease_token))
 
 
-@lru_cache(maxsize=1)
-def _finish_statement() -> Update:
-    """The fenced write of one result, built once: per result only the parameters change,
-    so the recorder neither rebuilds nor recompiles it (it runs once per attempt)."""
-    status = bindparam("p_status", type_=Text)
-    ends = bindparam("p_ends", type_=Integer) == 1
+_RESULT_COLUMNS = (
+    column("job_id", Text),
+    column("lease_token", Integer),
+    column("owner", Text),
+    column("status", Text),
+    column("last_error", Text),
+    column("next_attempt_at", BigInteger),
+    column("log_path", Text),
+    column("ends", Integer),
+    column("finished_at", BigInteger),
+    column("terminal_reason", Text),
+    column("attempt_count", Integer),
+    column("delivered_at", BigInteger),
+)
+
+
+_FINISH: dict[str, Update] = {}
+
+
+def _finish_statement(backend: Backend) -> Update:
+    statement = _FINISH.get(backend.name)
+    if statement is None:
+        statement = _FINISH[backend.name] = _build_finish(backend)
+    return statement
+
+
+def _build_finish(backend: Backend) -> Update:
+    """The fenced write of a whole batch of results: one statement, one parameter (the
+    batch as JSON, `Backend.rows_from_json`), built and compiled once for every size.
+    RETURNING names the jobs whose fence matched."""
+    r = backend.rows_from_json(bindparam("p_rows", type_=Text), _RESULT_COLUMNS).c
+    ends = r.ends == 1
     return (
         update(jobs)
         .where(
-            jobs.c.job_id == bindparam("p_job_id", type_=Text),
-            jobs.c.lease_token == bindparam("p_lease_token", type_=Integer),
-            jobs.c.lease_owner == bindparam("p_owner", type_=Text),
+            jobs.c.job_id == r.job_id,
+            jobs.c.lease_token == r.lease_token,
+            jobs.c.lease_owner == r.owner,
             or_(jobs.c.terminal_reason.is_(None), jobs.c.terminal_reason != CANCELLED),
         )
         .values(
-            status=status,
+            status=r.status,
             lease_owner=None,
             lease_expires_at=None,
-            last_error=bindparam("p_last_error", type_=Text),
+            last_error=r.last_error,
             updated_at=bindparam("p_now", type_=BigInteger),
             next_attempt_at=case(
-                (status == "pending", bindparam("p_next_attempt_at", type_=BigInteger)),
-                else_=jobs.c.next_attempt_at,
+                (r.status == "pending", r.next_attempt_at), else_=jobs.c.next_attempt_at
             ),
-            log_path=func.coalesce(bindparam("p_log_path", type_=Text), jobs.c.log_path),
-            finished_at=case(
-                (ends, bindparam("p_finished_at", type_=BigInteger)), else_=jobs.c.finished_at
-            ),
-            terminal_reason=case(
-                (ends, bindparam("p_terminal_reason", type_=Text)), else_=jobs.c.terminal_reason
-            ),
-            delivered_at=func.coalesce(
-                jobs.c.delivered_at, bindparam("p_delivered_at", type_=BigInteger)
-            ),
+            log_path=func.coalesce(r.log_path, jobs.c.log_path),
+            finished_at=case((ends, r.finished_at), else_=jobs.c.finished_at),
+            terminal_reason=case((ends, r.terminal_reason), else_=jobs.c.terminal_reason),
+            delivered_at=func.coalesce(jobs.c.delivered_at, r.delivered_at),
             # The claim's number, not the row's: a tracker upsert may have rewritten it.
-            attempt_count=bindparam("p_attempt_count", type_=Integer),
+            attempt_count=r.attempt_count,
         )
+        .returning(jobs.c.job_id)
     )
+
+
+def _finish_row(r: AttemptResult) -> dict[str, object]:
+    return {
+        "job_id": r.job_id,
+        "lease_token": r.lease_token,
+        "owner": r.lease_owner,
+        "status": r.status,
+        "last_error": r.error_message,
+        "next_attempt_at": r.next_attempt_at,
+        "log_path": r.log_path,
+        "ends": 1 if r.status in ("done", "failed") else 0,
+        "finished_at": r.finished_at,
+        "terminal_reason": r.terminal_reason,
+        "attempt_count": r.attempt_no - (1 if r.refund_attempt else 0),
+        "delivered_at": r.finished_at if r.outcome == "delivered" else None,
+    }
 
 
 def record_results(
     conn: Connection,
     results: Sequence[AttemptResult],
     *,
+    backend: Backend,
     now: int,
     writer: str | None = None,
     logged: Sequence[str] = (),
@@ -108,84 +148,80 @@ def record_results(
     """
     if logged:
         conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(logged))))
-    applied: dict[int, bool] = {}
-    attempt_rows = []
     # In job_id order: one lock order for every duty that writes several rows.
-    for i, r in sorted(enumerate(results), key=lambda p: p[1].job_id):
-        matched = conn.execute(
-            _finish_statement(),
-            {
-                "p_job_id": r.job_id,
-                "p_lease_token": r.lease_token,
-                "p_owner": r.lease_owner,
-                "p_status": r.status,
-                "p_last_error": r.error_message,
-                "p_now": now,
-                "p_next_attempt_at": r.next_attempt_at,
-                "p_log_path": r.log_path,
-                "p_ends": 1 if r.status in ("done", "failed") else 0,
-                "p_finished_at": r.finished_at,
-                "p_terminal_reason": r.terminal_reason,
-                "p_attempt_count": r.attempt_no - (1 if r.refund_attempt else 0),
-                "p_delivered_at": r.finished_at if r.outcome == "delivered" else None,
-            },
-        ).rowcount
-        cancelled = False
-        if matched != 1:
-            cancelled = (
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        *_fenced(r.job_id, r.lease_owner, r.lease_token),
-                        jobs.c.terminal_reason == CANCELLED,
-                    )
-                    .values(**_cancelled_values(r, now))
-                ).rowcount
-                == 1
-            )
-            matched = 1 if cancelled else 0
-        if matched != 1:
+    ordered = sorted(results, key=lambda r: r.job_id)
+    rows = json.dumps([_finish_row(r) for r in ordered], separators=(",", ":"))
+    finished = set(
+        conn.execute(_finish_statement(backend), {"p_rows": rows, "p_now": now}).scalars()
+    )
+    cancelled: set[str] = set()
+    recorded: list[AttemptResult] = []
+    for r in ordered:
+        if r.job_id in finished:
+            recorded.append(r)
+        elif _finish_cancelled(conn, r, now):
+            cancelled.add(r.job_id)
+            recorded.append(r)
+        elif _already_recorded(conn, r.attempt_id):
             # A retry of a commit whose answer was lost (the connection dropped during
             # COMMIT): the attempt row is there, so the result was applied, once.
-            applied[i] = _already_recorded(conn, r.attempt_id)
-            continue
-        applied[i] = True
+            finished.add(r.job_id)
+    for r in recorded:
         if r.cooldown_until is not None and r.local_conversation_id is not None:
             conn.execute(
                 update(local_conversations)
                 .where(local_conversations.c.local_conversation_id == r.local_conversation_id)
                 .values(cooldown_until=r.cooldown_until, updated_at=now)
             )
-        attempt_rows.append(
-            {
-                "attempt_id": r.attempt_id,
-                "job_id": r.job_id,
-                "attempt_no": r.attempt_no,
-                "lease_owner": r.lease_owner,
-                "lease_token": r.lease_token,
-                "adapter": r.adapter,
-                "target": r.target,
-                "started_at": r.started_at,
-                "finished_at": r.finished_at,
-                "duration_ms": max(0, r.finished_at - r.started_at),
-                "outcome": r.outcome,
-                "error_class": r.error_class,
-                "error_message": r.error_message,
-                "response_summary": r.response_summary,
-                "next_attempt_at": None if cancelled else r.next_attempt_at,
-                "decision": "failed" if cancelled else r.decision,
-                "decision_reason": _cancel_reason(r) if cancelled else r.decision_reason,
-            }
+    if recorded:
+        conn.execute(
+            insert(renewal_job_attempts), [_attempt_row(r, r.job_id in cancelled) for r in recorded]
         )
-    if attempt_rows:
-        conn.execute(insert(renewal_job_attempts), attempt_rows)
         conn.execute(
             insert(unlogged),
-            [{"attempt_id": a["attempt_id"], "owner": writer or a["lease_owner"] or "",
+            [{"attempt_id": r.attempt_id, "owner": writer or r.lease_owner or "",
               "created_at": now}
-             for a in attempt_rows],
+             for r in recorded],
         )  # fmt: skip
-    return [applied[i] for i in range(len(results))]
+    applied = finished | cancelled
+    return [r.job_id in applied for r in results]
+
+
+def _finish_cancelled(conn: Connection, r: AttemptResult, now: int) -> bool:
+    """End a job that an operator cancelled while it ran, if it is still ours."""
+    return (
+        conn.execute(
+            update(jobs)
+            .where(
+                *_fenced(r.job_id, r.lease_owner, r.lease_token),
+                jobs.c.terminal_reason == CANCELLED,
+            )
+            .values(**_cancelled_values(r, now))
+        ).rowcount
+        == 1
+    )
+
+
+def _attempt_row(r: AttemptResult, cancelled: bool) -> dict[str, object]:
+    return {
+        "attempt_id": r.attempt_id,
+        "job_id": r.job_id,
+        "attempt_no": r.attempt_no,
+        "lease_owner": r.lease_owner,
+        "lease_token": r.lease_token,
+        "adapter": r.adapter,
+        "target": r.target,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration_ms": max(0, r.finished_at - r.started_at),
+        "outcome": r.outcome,
+        "error_class": r.error_class,
+        "error_message": r.error_message,
+        "response_summary": r.response_summary,
+        "next_attempt_at": None if cancelled else r.next_attempt_at,
+        "decision": "failed" if cancelled else r.decision,
+        "decision_reason": _cancel_reason(r) if cancelled else r.decision_reason,
+    }
 
 
 def mark_logged(conn: Connection, attempt_ids: Sequence[str]) -> None:

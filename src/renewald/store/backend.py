@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import BindParameter, ColumnClause, Connection, Engine, FromClause, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
@@ -58,6 +58,9 @@ class Backend(Protocol):
     """The claim's scan takes `FOR UPDATE SKIP LOCKED` (rows other claims hold are skipped)."""
     listen_notify: bool
     """New work is pushed (LISTEN/NOTIFY) rather than noticed by polling a counter."""
+    serial_writes: bool
+    """One writer at a time: the process queues its own write transactions on a lock
+    rather than in the database's busy handler, which sleeps in steps of milliseconds."""
     driver_errors: tuple[type[BaseException], ...]
     unavailable_states: frozenset[str]
     """SQLSTATEs of a server that is going away, starting up, full or unreachable."""
@@ -77,6 +80,13 @@ class Backend(Protocol):
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]
     ) -> Insert:
         """INSERT … ON CONFLICT DO NOTHING: `key` names the conflict target, () means any."""
+        ...
+
+    def rows_from_json(
+        self, rows: BindParameter[Any], columns: Sequence[ColumnClause[Any]]
+    ) -> FromClause:
+        """A table of `columns` read from `rows`, one JSON array of objects: a whole batch
+        in one parameter, so one cached statement serves every batch size."""
         ...
 
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:

@@ -24,7 +24,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
+    Connection,
+    Engine,
+    FromClause,
+    Table,
+    cast,
+    column,
+    create_engine,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
@@ -55,6 +68,7 @@ class PostgresqlBackend:
     name = "postgresql"
     skip_locked = True
     listen_notify = True
+    serial_writes = False
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     unavailable_states: frozenset[str] = frozenset(
         {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}
@@ -110,6 +124,15 @@ class PostgresqlBackend:
     ) -> Insert:
         return (
             postgresql.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
+        )
+
+    def rows_from_json(
+        self, rows: BindParameter[Any], columns: Sequence[ColumnClause[Any]]
+    ) -> FromClause:
+        return (
+            func.json_to_recordset(cast(rows, postgresql.JSON))
+            .table_valued(*(column(c.name, c.type) for c in columns))
+            .render_derived(name="r", with_types=True)
         )
 
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:

@@ -33,7 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
+    Connection,
+    Engine,
+    FromClause,
+    Table,
+    create_engine,
+    event,
+    func,
+)
+from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
@@ -67,6 +78,7 @@ class SqliteBackend:
     name = "sqlite"
     skip_locked = False
     listen_notify = False
+    serial_writes = True
     driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     unavailable_states: frozenset[str] = frozenset()
     race_states: frozenset[str] = frozenset()
@@ -109,6 +121,14 @@ class SqliteBackend:
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]
     ) -> Insert:
         return sqlite.insert(table).values(rows).on_conflict_do_nothing(index_elements=key or None)
+
+    def rows_from_json(
+        self, rows: BindParameter[Any], columns: Sequence[ColumnClause[Any]]
+    ) -> FromClause:
+        each = func.json_each(rows).table_valued("value")
+        return sql_select(
+            *(func.json_extract(each.c.value, f"$.{c.name}").label(c.name) for c in columns)
+        ).subquery("r")
 
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         path = sqlite_path(url)

@@ -10,6 +10,7 @@ deadlock each other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,13 +24,14 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     func,
     or_,
     select,
-    tuple_,
     update,
 )
 
+from renewald.store.backend import Backend
 from renewald.store.models import Job
 from renewald.store.schema import renewal_job_attempts, renewal_jobs, renewald_daemons
 
@@ -73,8 +75,40 @@ def begin_send(conn: Connection, *, owner: str, job_id: str, lease_token: int, n
     return conn.execute(_begin_statement(), params).rowcount == 1
 
 
+_HELD_COLUMNS = (column("job_id", Text), column("lease_token", Integer))
+_BEGIN: dict[str, Update] = {}
+
+
+def _begin_many_statement(backend: Backend) -> Update:
+    """`begin_send` for a batch in one statement: the batch is one JSON parameter
+    (`Backend.rows_from_json`), so one compiled statement serves every size."""
+    statement = _BEGIN.get(backend.name)
+    if statement is None:
+        r = backend.rows_from_json(bindparam("p_rows", type_=Text), _HELD_COLUMNS).c
+        statement = _BEGIN[backend.name] = (
+            update(jobs)
+            .where(
+                jobs.c.job_id == r.job_id,
+                jobs.c.lease_token == r.lease_token,
+                jobs.c.lease_owner == bindparam("p_owner", type_=Text),
+            )
+            .values(
+                send_token=jobs.c.lease_token,
+                lease_expires_at=bindparam("p_until", type_=BigInteger),
+            )
+            .returning(jobs.c.job_id)
+        )
+    return statement
+
+
 def begin_sends(
-    conn: Connection, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
+    conn: Connection,
+    *,
+    backend: Backend,
+    owner: str,
+    held: Sequence[tuple[str, int]],
+    now: int,
+    lease_ms: int,
 ) -> list[bool]:
     """`begin_send` for several held jobs in one statement; returns, per job in `held`'s
     order, whether it was still held (and so may be sent)."""
@@ -82,26 +116,12 @@ def begin_sends(
         [(job_id, token)] = held
         return [begin_send(conn, owner=owner, job_id=job_id, lease_token=token, now=now,
                            lease_ms=lease_ms)]  # fmt: skip
-    begun = set(
-        conn.execute(
-            update(jobs)
-            .where(
-                jobs.c.job_id.in_(
-                    # Row locks taken in job_id order, as every other multi-row write here.
-                    select(jobs.c.job_id)
-                    .where(
-                        tuple_(jobs.c.job_id, jobs.c.lease_token).in_(sorted(held)),
-                        jobs.c.lease_owner == owner,
-                    )
-                    .order_by(jobs.c.job_id)
-                    .with_for_update()
-                ),
-                jobs.c.lease_owner == owner,
-            )
-            .values(send_token=jobs.c.lease_token, lease_expires_at=now + lease_ms)
-            .returning(jobs.c.job_id)
-        ).scalars()
+    # Rows locked in job_id order, as every other multi-row write here.
+    rows = json.dumps(
+        [{"job_id": j, "lease_token": t} for j, t in sorted(held)], separators=(",", ":")
     )
+    params = {"p_rows": rows, "p_owner": owner, "p_until": now + lease_ms}
+    begun = set(conn.execute(_begin_many_statement(backend), params).scalars())
     return [job_id in begun for job_id, _ in held]
 
 

@@ -184,7 +184,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             return []
         return self.write(
             lambda conn: leases.begin_sends(
-                conn, owner=owner, held=held, now=now, lease_ms=lease_ms
+                conn, backend=self.backend, owner=owner, held=held, now=now, lease_ms=lease_ms
             )
         )
 
@@ -210,7 +210,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             return []
         return self.write(
             lambda conn: attempts.record_results(
-                conn, results, now=now, writer=writer, logged=logged
+                conn, results, backend=self.backend, now=now, writer=writer, logged=logged
             )
         )
 

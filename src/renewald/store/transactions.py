@@ -8,9 +8,11 @@ backoff, because a transaction here is all or nothing and running it again is sa
 from __future__ import annotations
 
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
 
 import structlog
@@ -38,6 +40,15 @@ _log = structlog.get_logger("renewald.store")
 RETRY_FOR = 30.0
 SLOW_RETRY = 1.0
 
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITE_LOCKS_LOCK = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.RLock:
+    """The process's one lock per engine, shared by every `Store` made over it."""
+    with _WRITE_LOCKS_LOCK:
+        return _WRITE_LOCKS.setdefault(engine, threading.RLock())
+
 
 class Transactions:
     """The engine, its backend and the retrying transaction every store method runs in."""
@@ -57,6 +68,10 @@ class Transactions:
         self.dialect = self.backend.name
         self.retry_for = retry_for
         self._sleep = sleep
+        lock = _write_lock(engine) if self.backend.serial_writes else None
+        self._writing: Callable[[], AbstractContextManager[object]] = (
+            (lambda: lock) if lock is not None else nullcontext
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -71,7 +86,7 @@ class Transactions:
             tries += 1
             try:
                 if write:
-                    with self.engine.begin() as conn:
+                    with self._writing(), self.engine.begin() as conn:
                         result = fn(conn)
                 else:
                     with self.engine.connect() as conn:
@@ -98,7 +113,7 @@ class Transactions:
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A raw write transaction, for callers composing several store functions at once."""
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             yield conn
 
     def ping(self) -> None:

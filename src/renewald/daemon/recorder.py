@@ -1,0 +1,195 @@
+"""Recording finished attempts: one thread writes results in batches, then their lines.
+
+Every finished attempt becomes an `AttemptResult` queued here. The recorder writes whatever
+has gathered (up to `RECORD_BATCH`) in one fenced transaction — the jobs' next states and
+the attempt rows (`Store.record_results`) — and appends the JSONL lines right after the
+commit, flushed once per batch. A result whose fence matched nothing is logged `lease.lost`
+and changes nothing. A database outage is waited out: no result is ever dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from renewald.clock import Clock
+from renewald.daemon.summary import Summary
+from renewald.logging import JobLog, Throttle, emit
+from renewald.store import AttemptResult, Store
+
+_log = structlog.get_logger("renewald.daemon")
+
+RECORD_BATCH = 256
+
+Recorded = Callable[[Sequence[AttemptResult], Sequence[bool]], None]
+
+
+class Recorder:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        job_log: JobLog,
+        clock: Clock,
+        owner: str,
+        summary: Summary,
+        on_recorded: Recorded,
+    ) -> None:
+        self.store = store
+        self.job_log = job_log
+        self.clock = clock
+        self.owner = owner
+        self.summary = summary
+        self._on_recorded = on_recorded
+        self._queue: queue.Queue[AttemptResult | None] = queue.Queue()
+        # Attempts whose lines were flushed; their unlogged marks go with the next batch's
+        # transaction (or `close`).
+        self._logged: list[str] = []
+        self._throttle = Throttle()
+        self._observers: list[Callable[[AttemptResult, bool], None]] = []
+
+    def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
+        self._observers.append(observer)
+
+    def put(self, result: AttemptResult) -> None:
+        self._queue.put(result)
+
+    def finish(self) -> None:
+        """Write what is queued, then end `run` (the thread)."""
+        self._queue.put(None)
+
+    def close(self) -> None:
+        """Forget the marks of the lines flushed last (after `run` has returned)."""
+        self.job_log.flush()
+        logged, self._logged = self._logged, []
+        self.store.mark_logged(logged)
+
+    def run(self) -> None:
+        closing = False
+        while not closing:
+            first = self._queue.get()
+            if first is None:
+                closing = True
+                batch: list[AttemptResult] = []
+            else:
+                batch = [first]
+            while len(batch) < RECORD_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
+            if batch:
+                self.record(batch)
+
+    def record(self, batch: Sequence[AttemptResult]) -> None:
+        """Write a batch of results; retry through database outages without dropping any."""
+        applied, now = self._write(batch)
+        cancelled = self._cancelled(batch, applied)
+        for result, ok in zip(batch, applied, strict=True):
+            self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
+            if result.job_id in cancelled:  # what the database holds now
+                result = dataclasses.replace(result, status="failed", terminal_reason="cancelled")
+            for observer in self._observers:
+                observer(result, ok)
+        self.job_log.flush()
+        self._logged = [r.attempt_id for r, ok in zip(batch, applied, strict=True) if ok]
+        self._on_recorded(batch, applied)
+
+    def _write(self, batch: Sequence[AttemptResult]) -> tuple[list[bool], int]:
+        delay = 0.2
+        while True:
+            try:
+                now = self.clock.now_ms()
+                applied = self.store.record_results(
+                    batch, now=now, writer=self.owner, logged=self._logged
+                )
+                self._throttle.clear("record.failed")
+                return applied, now
+            except Exception as exc:
+                self._throttle.warn(
+                    "record.failed",
+                    _log,
+                    "record.failed",
+                    level="error",
+                    count=len(batch),
+                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                    retry_in=f"{delay:.1f}s",
+                )
+                threading.Event().wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _cancelled(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> set[str]:
+        """The jobs of this batch that an operator cancelled while they ran."""
+        ids = [r.job_id for r, ok in zip(batch, applied, strict=True) if ok]
+        try:
+            return self.store.cancelled_among(ids)
+        except Exception as exc:  # only the log line depends on it; the record is made
+            _log.warning("record.cancel_check_failed", error=f"{type(exc).__name__}: {exc}")
+            return set()
+
+    def _log_result(self, r: AttemptResult, applied: bool, now: int, *, cancelled: bool) -> None:
+        if not applied:
+            emit(
+                self.job_log,
+                "lease.lost",
+                now_ms=now,
+                level="warning",
+                job_id=r.job_id,
+                attempt_id=r.attempt_id,
+                attempt=r.attempt_no,
+                conversation=r.local_conversation_id,
+                adapter=r.adapter,
+                outcome=r.outcome,
+                reason="the job was taken away before its result was recorded",
+                owner=r.lease_owner,
+            )
+            self.summary.count("lost", "lease_lost")
+            return
+        emit(
+            self.job_log,
+            "attempt.finished",
+            now_ms=r.finished_at,
+            level="warning" if r.status == "failed" and not cancelled else "info",
+            job_id=r.job_id,
+            attempt_id=r.attempt_id,
+            # A deferral hands its attempt back: it carries the number the next real
+            # attempt will have, as its database row does.
+            attempt=r.attempt_no,
+            conversation=r.local_conversation_id,
+            adapter=r.adapter,
+            outcome=r.outcome,
+            duration_ms=r.finished_at - r.started_at,
+            reason=r.decision_reason,
+            owner=r.lease_owner,
+            status=r.status,
+            decision=r.decision,
+            next_attempt_at=r.next_attempt_at,
+            error=r.error_message,
+            summary=r.response_summary,
+        )
+        if cancelled:
+            emit(
+                self.job_log,
+                "job.cancelled",
+                now_ms=now,
+                job_id=r.job_id,
+                attempt_id=r.attempt_id,
+                conversation=r.local_conversation_id,
+                reason=f"cancelled by operator while running (the attempt was {r.outcome})",
+                owner=r.lease_owner,
+                status="failed",
+            )
+            self.summary.count("failed", "cancelled")
+            return
+        reason = r.terminal_reason or r.decision_reason or ""
+        if r.outcome == "deferred" and r.status == "pending":
+            reason = "deferred"
+        self.summary.count(r.status, reason)

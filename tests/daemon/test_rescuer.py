@@ -174,7 +174,7 @@ def test_concurrent_writes_one_wins(
         with store.connection() as conn:
             assert attempt_sql.record_results(
                 conn, first_batch, backend=store.backend, now=expiry
-            ) == [True]
+            ).applied == [True]
             racer = threading.Thread(
                 target=lambda: outcome.append(second_store.record_results(second_batch, now=expiry))
             )

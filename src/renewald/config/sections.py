@@ -47,7 +47,7 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     workers: int = field(default=8, metadata=_COUNT)
-    batch: int = field(default=32, metadata=_COUNT)
+    batch: int = field(default=128, metadata=_COUNT)
     poll_interval: float = field(default=1.0, metadata=_DURATION)
     lease: float = field(default=60.0, metadata=_DURATION)
     heartbeat: float | None = field(default=None, metadata=_DURATION)

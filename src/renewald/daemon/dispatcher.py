@@ -55,7 +55,7 @@ _log = structlog.get_logger("renewald.daemon")
 @dataclass(frozen=True)
 class DispatchSettings:
     workers: int = 8
-    batch: int = 32
+    batch: int = 128
     lease_ms: int = 60_000
     cooldown_ms: int = 0
     max_jobs: int | None = None
@@ -127,7 +127,13 @@ class Dispatcher:
         self._on_capacity = on_capacity
         self._on_record = on_record
         self._on_retry = on_retry
-        self.capacity = settings.workers + settings.batch
+        # Held jobs at most: a claim in flight to the recorder while the next is sent.
+        self.capacity = settings.workers + 2 * settings.batch
+        # Jobs handed to the worker threads and not yet done with them.
+        self._with_workers = 0
+        # Claims are sized to what can start now: while the jobs claimed last needed
+        # worker threads, to the free workers; else (jobs sent at once) to a whole batch.
+        self._size_to_workers = True
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
@@ -224,9 +230,14 @@ class Dispatcher:
 
     def wait_for_capacity(self, timeout: float) -> None:
         with self._held_lock:
-            self._held_lock.wait_for(
-                lambda: len(self._held) < self.capacity or self.fatal is not None, timeout
-            )
+            self._held_lock.wait_for(lambda: self._room() > 0 or self.fatal is not None, timeout)
+
+    def _room(self) -> int:
+        """How many jobs a claim may take now (under `_held_lock`)."""
+        room = self.capacity - len(self._held)
+        if self._size_to_workers:
+            room = min(room, self.settings.workers - self._with_workers)
+        return room
 
     def close(self, *, now: int) -> list[str]:
         """Stop the threads; give back jobs claimed but never started. Returns released ids."""
@@ -250,7 +261,8 @@ class Dispatcher:
         to look again."""
         if self._stopping.is_set() or self.fatal is not None:
             return PollResult(0, None, False)
-        room = self.capacity - self.holding()
+        with self._held_lock:
+            room = self._room()
         limit = min(self.settings.batch, room)
         if self.settings.max_jobs is not None:
             limit = min(limit, self.settings.max_jobs - self._claimed_total)
@@ -268,8 +280,10 @@ class Dispatcher:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
         at_once: list[_Planned] = []
-        for c in claimed:  # in claim order, so each target's line is in due order
-            self._dispatch_guarded(c, at_once)
+        # In claim order, so each target's line is in due order.
+        blocking = [self._dispatch_guarded(c, at_once) for c in claimed]
+        if claimed:
+            self._size_to_workers = any(blocking)
         if at_once:
             self._send_at_once(at_once)
         if len(claimed) == limit:
@@ -333,38 +347,40 @@ class Dispatcher:
 
     # -- planning --------------------------------------------------------------------
 
-    def _dispatch_guarded(self, claimed: ClaimedJob, at_once: list[_Planned]) -> None:
+    def _dispatch_guarded(self, claimed: ClaimedJob, at_once: list[_Planned]) -> bool:
         """`_dispatch`, where an error in one job's handling ends that job, not the poll."""
         try:
-            self._dispatch(claimed, at_once)
+            return self._dispatch(claimed, at_once)
         except Exception as exc:
             self._finish_now(claimed, self._handling_failed(claimed, exc))
+            return False
 
     def _handling_failed(self, claimed: ClaimedJob, exc: Exception) -> AttemptResult:
         return handling_failed(
             claimed, exc, owner=self.owner, now=self.clock.now_ms(), job_log=self.job_log
         )
 
-    def _dispatch(self, claimed: ClaimedJob, at_once: list[_Planned]) -> None:
+    def _dispatch(self, claimed: ClaimedJob, at_once: list[_Planned]) -> bool:
         """Plan a freshly claimed job and send it on: to the recorder when it needs no
         delivery (bad row, open breaker, misconfigured adapter); when its target has a
         free slot, to `at_once` (a non-blocking adapter) or a worker; else into its
-        target's line."""
+        target's line. True when the job needs a worker thread."""
         step = self._plan(claimed)
         if isinstance(step, AttemptResult):
             self._finish_now(claimed, step)
-            return
+            return False
         verdict = self.breakers.check(step.key, self.clock.now_ms())
         if not verdict.deliver:  # no need to wait for a slot to learn that
             self._finish_now(claimed, self._deferred_by_breaker(step, verdict))
-            return
+            return False
         with self._held_lock:
             # In line, a job holds its lease (the heartbeat extends it) but no thread.
             free = self._limits.acquire(step.key, step.limit, step)
         if free and not step.blocking:
             at_once.append(step)
         elif free:
-            self._tasks.put(step)
+            self._to_workers(step)
+        return step.blocking
 
     def _plan(self, claimed: ClaimedJob) -> _Planned | AttemptResult:
         """The job's delivery, adapter and target; or its result when it cannot have one."""
@@ -453,15 +469,25 @@ class Dispatcher:
             self._started.add(claimed.job.job_id)
             return True
 
+    def _to_workers(self, planned: _Planned) -> None:
+        with self._held_lock:
+            self._with_workers += 1
+        self._tasks.put(planned)
+
     def _deliver_loop(self) -> None:
         while True:
             planned = self._tasks.get()
             if planned is None:
                 return
-            if self._begin(planned.claimed):
-                self._run(planned)
-            else:  # released at shutdown
-                self._free_slot(planned.key)
+            try:
+                if self._begin(planned.claimed):
+                    self._run(planned)
+                else:  # released at shutdown
+                    self._free_slot(planned.key)
+            finally:
+                with self._held_lock:
+                    self._with_workers -= 1
+                    self._held_lock.notify_all()
 
     def _run(self, planned: _Planned) -> None:
         """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""
@@ -648,7 +674,7 @@ class Dispatcher:
         if following is not None:
             # Behind whatever is already queued: a busy target does not jump ahead of
             # other targets' jobs.
-            self._tasks.put(following)
+            self._to_workers(following)
 
     # -- recording -------------------------------------------------------------------
 

@@ -19,13 +19,13 @@ import structlog
 from renewald.clock import Clock
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog, Throttle, emit
-from renewald.store import AttemptResult, Store
+from renewald.store import AttemptResult, Recorded, Store
 
 _log = structlog.get_logger("renewald.daemon")
 
 RECORD_BATCH = 256
 
-Recorded = Callable[[Sequence[AttemptResult], Sequence[bool]], None]
+OnRecorded = Callable[[Sequence[AttemptResult], Sequence[bool]], None]
 
 
 class Recorder:
@@ -37,7 +37,7 @@ class Recorder:
         clock: Clock,
         owner: str,
         summary: Summary,
-        on_recorded: Recorded,
+        on_recorded: OnRecorded,
     ) -> None:
         self.store = store
         self.job_log = job_log
@@ -91,8 +91,8 @@ class Recorder:
 
     def record(self, batch: Sequence[AttemptResult]) -> None:
         """Write a batch of results; retry through database outages without dropping any."""
-        applied, now = self._write(batch)
-        cancelled = self._cancelled(batch, applied)
+        recorded, now = self._write(batch)
+        applied, cancelled = recorded.applied, recorded.cancelled
         for result, ok in zip(batch, applied, strict=True):
             self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
             if result.job_id in cancelled:  # what the database holds now
@@ -103,16 +103,16 @@ class Recorder:
         self._logged = [r.attempt_id for r, ok in zip(batch, applied, strict=True) if ok]
         self._on_recorded(batch, applied)
 
-    def _write(self, batch: Sequence[AttemptResult]) -> tuple[list[bool], int]:
+    def _write(self, batch: Sequence[AttemptResult]) -> tuple[Recorded, int]:
         delay = 0.2
         while True:
             try:
                 now = self.clock.now_ms()
-                applied = self.store.record_results(
+                recorded = self.store.record_batch(
                     batch, now=now, writer=self.owner, logged=self._logged
                 )
                 self._throttle.clear("record.failed")
-                return applied, now
+                return recorded, now
             except Exception as exc:
                 self._throttle.warn(
                     "record.failed",
@@ -125,15 +125,6 @@ class Recorder:
                 )
                 threading.Event().wait(delay)
                 delay = min(delay * 2, 5.0)
-
-    def _cancelled(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> set[str]:
-        """The jobs of this batch that an operator cancelled while they ran."""
-        ids = [r.job_id for r, ok in zip(batch, applied, strict=True) if ok]
-        try:
-            return self.store.cancelled_among(ids)
-        except Exception as exc:  # only the log line depends on it; the record is made
-            _log.warning("record.cancel_check_failed", error=f"{type(exc).__name__}: {exc}")
-            return set()
 
     def _log_result(self, r: AttemptResult, applied: bool, now: int, *, cancelled: bool) -> None:
         if not applied:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from renewald.store.due import DueGate
 from renewald.store.migrate import HEAD, check_schema, migrate
-from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob
+from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob, Recorded
 from renewald.store.store import Store
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Job",
     "Link",
     "NewJob",
+    "Recorded",
     "Store",
     "check_schema",
     "migrate",

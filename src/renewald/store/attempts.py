@@ -24,7 +24,7 @@ from sqlalchemy import (
 
 from renewald.store.backend import Backend
 from renewald.store.leases import held_by
-from renewald.store.models import AttemptResult
+from renewald.store.models import AttemptResult, Recorded
 from renewald.store.schema import (
     local_conversations,
     renewal_job_attempts,
@@ -131,8 +131,8 @@ def record_results(
     now: int,
     writer: str | None = None,
     logged: Sequence[str] = (),
-) -> list[bool]:
-    """Apply each result if its lease still holds; returns, per result, whether it did.
+) -> Recorded:
+    """Apply each result if its lease still holds; says, per result, whether it did.
 
     Each attempt row written is also marked unlogged for `writer` until its JSONL line is
     flushed: `logged` names the attempts whose lines the writer has flushed since, and
@@ -184,7 +184,7 @@ def record_results(
              for r in recorded],
         )  # fmt: skip
     applied = finished | cancelled
-    return [r.job_id in applied for r in results]
+    return Recorded([r.job_id in applied for r in results], frozenset(cancelled))
 
 
 def _finish_cancelled(conn: Connection, r: AttemptResult, now: int) -> bool:

@@ -20,6 +20,7 @@ advisory locks are transaction-scoped and it never SETs anything.
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
@@ -62,6 +64,31 @@ def pooler_of(url: URL) -> str | None:
             f" {POOLER}=pgbouncer (transaction pooling)"
         )
     return str(value)
+
+
+PING_AFTER_IDLE_S = 1.0
+_CHECKED_IN = "renewald_checked_in"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's `pool_pre_ping`, but only for a connection that sat in the pool for
+    `PING_AFTER_IDLE_S`: a busy daemon checks out connections hundreds of times a second,
+    and a ping each time is a round trip each. A connection that died within the second
+    fails its transaction, which `Transactions` runs again on a fresh one."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get(_CHECKED_IN)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
 
 
 class PostgresqlBackend:
@@ -102,12 +129,9 @@ class PostgresqlBackend:
         if pooler_of(url) is not None and url.get_driver_name() == "psycopg":
             connect_args["prepare_threshold"] = None
         engine = create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            connect_args=connect_args,
+            url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )
+        _ping_when_idle(engine)
 
         @event.listens_for(engine, "do_connect")
         def _no_pooler_key(_dialect, _record, _cargs, cparams):  # type: ignore[no-untyped-def]

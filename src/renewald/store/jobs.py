@@ -99,20 +99,6 @@ def get_job(conn: Connection, job_id: str) -> Job | None:
     return Job.from_row(row) if row else None
 
 
-def cancelled_among(conn: Connection, job_ids: Sequence[str]) -> set[str]:
-    """Which of these jobs an operator's cancel ended (failed/cancelled)."""
-    if not job_ids:
-        return set()
-    rows = conn.execute(
-        select(jobs.c.job_id).where(
-            jobs.c.job_id.in_(list(job_ids)),
-            jobs.c.status == "failed",
-            jobs.c.terminal_reason == "cancelled",
-        )
-    )
-    return {str(r[0]) for r in rows}
-
-
 @dataclass(frozen=True)
 class JobFilter:
     """What `renewald jobs` selects by: status, conversation, `updated_at >= since`,

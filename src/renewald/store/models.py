@@ -119,6 +119,16 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """What recording a batch of results did: per result, whether its fence held
+    (`applied`), and the jobs an operator had cancelled while they ran (`cancelled`:
+    they ended failed/cancelled whatever the attempt's outcome)."""
+
+    applied: list[bool]
+    cancelled: frozenset[str]
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     """One finished attempt and what it does to its job, written together or not at all.
 

@@ -25,7 +25,7 @@ from renewald.store import (
 from renewald.store.changes import ChangeWatcher
 from renewald.store.due import AUTO_ONLY, DueGate
 from renewald.store.engine import make_engine, sqlite_path
-from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob
+from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob, Recorded
 from renewald.store.operator_methods import OperatorMethods
 from renewald.store.schedule_methods import ScheduleMethods
 from renewald.store.target_methods import TargetMethods
@@ -132,9 +132,6 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
         return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
-    def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
-        return self.read(lambda conn: jobs.cancelled_among(conn, job_ids))
-
     def list_attempts(self, job_id: str) -> list[Attempt]:
         return self.read(lambda conn: jobs.list_attempts(conn, job_id))
 
@@ -203,11 +200,22 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         writer: str | None = None,
         logged: Sequence[str] = (),
     ) -> list[bool]:
+        """`record_batch`, saying per result only whether its fence held."""
+        return self.record_batch(results, now=now, writer=writer, logged=logged).applied
+
+    def record_batch(
+        self,
+        results: Sequence[AttemptResult],
+        *,
+        now: int,
+        writer: str | None = None,
+        logged: Sequence[str] = (),
+    ) -> Recorded:
         """Write each result whose lease still holds (with its unlogged mark for `writer`,
         by default the attempt's own owner) and forget the marks of `logged` attempts, in
         one transaction."""
         if not results and not logged:
-            return []
+            return Recorded([], frozenset())
         return self.write(
             lambda conn: attempts.record_results(
                 conn, results, backend=self.backend, now=now, writer=writer, logged=logged

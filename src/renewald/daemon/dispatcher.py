@@ -232,6 +232,11 @@ class Dispatcher:
         with self._held_lock:
             self._held_lock.wait_for(lambda: self._room() > 0 or self.fatal is not None, timeout)
 
+    def has_room(self) -> bool:
+        """Whether a claim could take a job now."""
+        with self._held_lock:
+            return self._room() > 0
+
     def _room(self) -> int:
         """How many jobs a claim may take now (under `_held_lock`)."""
         room = self.capacity - len(self._held)
@@ -488,6 +493,8 @@ class Dispatcher:
                 with self._held_lock:
                     self._with_workers -= 1
                     self._held_lock.notify_all()
+                if self._on_capacity:  # a free worker: the next job can be claimed
+                    self._on_capacity()
 
     def _run(self, planned: _Planned) -> None:
         """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""

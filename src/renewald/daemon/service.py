@@ -210,7 +210,7 @@ class Service:
                 result = self.dispatcher.poll_once(now)
                 self._polled()
                 self._backlog = result.more_waiting
-                if result.more_waiting and self.dispatcher.holding() < self.dispatcher.capacity:
+                if result.more_waiting and self.dispatcher.has_room():
                     continue
                 if self._poll_again.is_set():
                     continue

@@ -1,0 +1,180 @@
+"""Jobs of an adapter that does not block are sent by the polling thread, a claim at a
+time; claims are sized to what can start now. A real store on both backends, a manual
+clock, adapters that record where and what they were asked to send."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
+from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.logging import JobLog, read_lines
+from renewald.store import Store
+from tests.daemon.test_dispatcher import ManualClock
+from tests.store.factories import T0, make_job
+
+OWNER = "test-host:1:at-once"
+
+
+class Recording:
+    """Delivers at once and remembers each job it was given, and on which thread."""
+
+    kind = "instant"
+    blocking = False
+    max_in_flight_per_target = 1
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def target_key(self, delivery: Delivery) -> str:
+        return f"instant:{delivery.conversation.local_id}"
+
+    def deliver(self, delivery: Delivery) -> Outcome:
+        self.sent.append((delivery.job_id, threading.current_thread().name))
+        return Outcome.delivered()
+
+    def close(self) -> None:
+        pass
+
+
+class Held(Recording):
+    """A blocking adapter whose deliveries wait until the test lets them go."""
+
+    kind = "held"
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def deliver(self, delivery: Delivery) -> Outcome:
+        self.go.wait(10)
+        return super().deliver(delivery)
+
+
+@pytest.fixture
+def instant() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+def held() -> Held:
+    return Held()
+
+
+@pytest.fixture
+def dispatcher(
+    store: Store, job_log: JobLog, instant: Recording, held: Held
+) -> Iterator[Dispatcher]:
+    adapters = AdapterRegistry({})
+
+    def factory(adapter: Adapter) -> Any:
+        return lambda _settings: adapter
+
+    adapters.register("instant", factory(instant))
+    adapters.register("held", factory(held))
+    d = Dispatcher(
+        store=store,
+        adapters=adapters,
+        job_log=job_log,
+        clock=ManualClock(T0),
+        owner=OWNER,
+        settings=DispatchSettings(workers=2, batch=8),
+        policy=RetryPolicy(base=30, factor=2, cap=3600, jitter=0),
+    )
+    d.start()
+    yield d
+    held.go.set()
+    d.close(now=T0)
+
+
+def _spy_begin_sends(
+    store: Store, monkeypatch: pytest.MonkeyPatch, before: Any = None
+) -> list[Sequence[tuple[str, int]]]:
+    calls: list[Sequence[tuple[str, int]]] = []
+    real = store.begin_sends
+
+    def begin_sends(**kw: Any) -> list[bool]:
+        calls.append(list(kw["held"]))
+        if before is not None:
+            before(kw["held"])
+        return real(**kw)
+
+    monkeypatch.setattr(store, "begin_sends", begin_sends)
+    return calls
+
+
+def test_a_claim_of_instant_jobs_is_sent_by_the_polling_thread_after_one_begin_write(
+    dispatcher: Dispatcher, store: Store, instant: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [make_job(store, target_kind="instant") for _ in range(2)]
+    calls = _spy_begin_sends(store, monkeypatch)
+    assert dispatcher.poll_once(T0).claimed == 2
+    assert dispatcher.wait_idle(10)
+    assert sorted(j for j, _ in instant.sent) == sorted(j.job_id for j in jobs)
+    assert {thread for _, thread in instant.sent} == {threading.current_thread().name}
+    assert [sorted(j for j, _ in c) for c in calls] == [sorted(j.job_id for j in jobs)]
+    for job in jobs:
+        done = store.get_job(job.job_id)
+        assert done is not None and (done.status, done.attempt_count) == ("done", 1)
+
+
+def test_an_instant_job_taken_away_before_its_send_began_is_not_sent(
+    dispatcher: Dispatcher,
+    store: Store,
+    job_log: JobLog,
+    instant: Recording,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept, taken = (make_job(store, target_kind="instant") for _ in range(2))
+
+    def take_away(held: Sequence[tuple[str, int]]) -> None:
+        # Another writer gets there first: the job is given back before our mark.
+        token = dict(held)[taken.job_id]
+        assert store.release_jobs(owner=OWNER, held=[(taken.job_id, token)], now=T0) == [True]
+
+    _spy_begin_sends(store, monkeypatch, before=take_away)
+    dispatcher.poll_once(T0)
+    assert dispatcher.wait_idle(10)
+    assert [j for j, _ in instant.sent] == [kept.job_id]
+    back = store.get_job(taken.job_id)
+    assert back is not None and (back.status, back.attempt_count) == ("pending", 0)
+    job_log.flush()
+    lost = [
+        line
+        for path in job_log.directory.glob("*.jsonl")
+        for line in read_lines(path)
+        if line["event"] == "lease.lost"
+    ]
+    assert [(x["job_id"], x["during"]) for x in lost] == [(taken.job_id, "send")]
+
+
+def test_claims_for_blocking_adapters_take_only_what_the_free_workers_can_start(
+    dispatcher: Dispatcher, store: Store, held: Held
+) -> None:
+    for _ in range(5):
+        make_job(store, target_kind="held")
+    first = dispatcher.poll_once(T0)
+    assert (first.claimed, dispatcher.holding()) == (2, 2)  # workers=2, batch=8
+    second = dispatcher.poll_once(T0)
+    assert (second.claimed, second.more_waiting) == (0, True)  # both workers busy
+    assert not dispatcher.has_room()
+    held.go.set()
+    assert dispatcher.wait_idle(10)
+    assert dispatcher.poll_once(T0).claimed == 2
+
+
+def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
+    dispatcher: Dispatcher, store: Store, instant: Recording
+) -> None:
+    for _ in range(12):
+        make_job(store, target_kind="instant")
+    assert dispatcher.poll_once(T0).claimed == 2  # sized to the workers until it knows
+    assert dispatcher.poll_once(T0).claimed == 8  # batch
+    assert dispatcher.wait_idle(10)
+    assert len(instant.sent) == 10

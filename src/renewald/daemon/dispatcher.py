@@ -132,8 +132,11 @@ class Dispatcher:
         # Jobs handed to the worker threads and not yet done with them.
         self._with_workers = 0
         # Claims are sized to what can start now: while the jobs claimed last needed
-        # worker threads, to the free workers; else (jobs sent at once) to a whole batch.
+        # worker threads, to the free workers plus a short lead (a worker that frees finds
+        # its next job waiting rather than waiting for a claim); else (jobs sent at once)
+        # to a whole batch.
         self._size_to_workers = True
+        self._lead = max(1, settings.workers // 4)
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
@@ -241,7 +244,7 @@ class Dispatcher:
         """How many jobs a claim may take now (under `_held_lock`)."""
         room = self.capacity - len(self._held)
         if self._size_to_workers:
-            room = min(room, self.settings.workers - self._with_workers)
+            room = min(room, self.settings.workers + self._lead - self._with_workers)
         return room
 
     def close(self, *, now: int) -> list[str]:

@@ -1,21 +1,16 @@
 """Claim, plan, deliver: the part of the daemon that moves jobs.
 
-The poll thread claims due jobs and plans each in claim order: its delivery, adapter and
-target (the adapter's `target_key`). Two guards stand between a job and its target: the
-circuit breaker (`breaker.py`: a paused target's jobs are deferred without spending
-attempts, checked again right before the send) and the per-target in-flight limit
-(`limits.py`: a job whose target is busy waits in that target's line, holding its lease
-but no thread, until a finishing delivery hands it the slot). An adapter that cannot be
-built (bad config) defers its jobs like an open breaker.
+The poll thread claims due jobs and plans each in claim order (`planning.py`): its
+delivery, adapter and target (the adapter's `target_key`). Two guards stand between a
+job and its target: the circuit breaker (`breaker.py`: a paused target's jobs are
+deferred without spending attempts, checked again right before the send) and the
+per-target in-flight limit (`limits.py`: a job whose target is busy waits in that
+target's line, holding its lease but no thread, until a finishing delivery hands it the
+slot). An adapter that cannot be built (bad config) defers its jobs like an open breaker.
 
-Jobs that hold a slot are sent one of two ways. An adapter that waits on the network or a
-child process (`blocking`, the default) gets a thread of the bounded pool (`workers`), and
-its send is marked begun through the send gate (`sendgate.py`), which writes the marks of
-all waiting workers at once. An adapter that returns at once (`blocking = False`: `log`)
-is sent by the poll thread itself, a whole claim at a time: one write marks every send of
-the claim begun, then each is sent in turn, with no thread hand-off per job. Either way
-every finished attempt goes to the recorder (`recorder.py`), which writes results in
-batches.
+Jobs that hold a slot are sent by a worker thread, or by the poll thread a claim at a time
+for adapters that do not block (`sending.py`). Every finished attempt goes to the recorder
+(`recorder.py`), which writes results in batches.
 
 The dispatcher never reads the clock on its own: every time comes from the injected
 clock, and every periodic duty takes `now`.
@@ -23,30 +18,26 @@ clock, and every periodic duty takes `now`.
 
 from __future__ import annotations
 
-import json
 import queue
 import random
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
+from renewald.adapters import AdapterRegistry
 from renewald.clock import Clock
-from renewald.daemon.backoff import RetryPolicy, expired_before_attempt
-from renewald.daemon.breaker import Breakers, BreakerSettings, Verdict
+from renewald.daemon.backoff import RetryPolicy
+from renewald.daemon.breaker import Breakers, BreakerSettings
 from renewald.daemon.limits import TargetLimits
-from renewald.daemon.malformed import handling_failed, malformed_result
+from renewald.daemon.planning import Planned, Planner
 from renewald.daemon.recorder import Recorder
 from renewald.daemon.results import ResultMaker
 from renewald.daemon.sendgate import SendGate
+from renewald.daemon.sending import Sending
 from renewald.daemon.summary import Summary
-from renewald.daemon.target import breaker_key, build_delivery, target_kind_of
-from renewald.errors import ConfigError
 from renewald.logging import JobLog, emit
-from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob, Store
 
 _log = structlog.get_logger("renewald.daemon")
@@ -68,22 +59,7 @@ class PollResult:
     more_waiting: bool
 
 
-@dataclass(frozen=True)
-class _Planned:
-    """A claimed job ready to be delivered: its delivery, adapter and target."""
-
-    claimed: ClaimedJob
-    attempt_id: str
-    kind: str
-    delivery: Delivery
-    adapter: Adapter
-    target_text: str
-    key: str
-    limit: int
-    blocking: bool
-
-
-class Dispatcher:
+class Dispatcher(Sending):
     def __init__(
         self,
         *,
@@ -143,14 +119,21 @@ class Dispatcher:
         # their lease is racing the recorder's own write, not losing the job.
         self._finishing: set[str] = set()
         self._held_lock = threading.Condition()
-        self._tasks: queue.Queue[_Planned | None] = queue.Queue()
-        self._limits: TargetLimits[_Planned] = TargetLimits()
+        self._tasks: queue.Queue[Planned | None] = queue.Queue()
+        self._limits: TargetLimits[Planned] = TargetLimits()
         self.breakers = Breakers(
             store=store,
             settings=breaker or BreakerSettings(probe_ms=settings.lease_ms),
             job_log=job_log,
         )
-        self._config_errors: set[str] = set()
+        self.planner = Planner(
+            adapters=adapters,
+            results=self.results,
+            clock=clock,
+            job_log=job_log,
+            owner=owner,
+            pause_ms=self.breakers.settings.pause_ms,
+        )
         self._stopping = threading.Event()
         self._gate: SendGate | None = None
         self._claimed_total = 0
@@ -287,7 +270,7 @@ class Dispatcher:
         with self._held_lock:
             for c in claimed:
                 self._held[c.job.job_id] = c.lease_token
-        at_once: list[_Planned] = []
+        at_once: list[Planned] = []
         # In claim order, so each target's line is in due order.
         blocking = [self._dispatch_guarded(c, at_once) for c in claimed]
         if claimed:
@@ -355,7 +338,7 @@ class Dispatcher:
 
     # -- planning --------------------------------------------------------------------
 
-    def _dispatch_guarded(self, claimed: ClaimedJob, at_once: list[_Planned]) -> bool:
+    def _dispatch_guarded(self, claimed: ClaimedJob, at_once: list[Planned]) -> bool:
         """`_dispatch`, where an error in one job's handling ends that job, not the poll."""
         try:
             return self._dispatch(claimed, at_once)
@@ -363,12 +346,7 @@ class Dispatcher:
             self._finish_now(claimed, self._handling_failed(claimed, exc))
             return False
 
-    def _handling_failed(self, claimed: ClaimedJob, exc: Exception) -> AttemptResult:
-        return handling_failed(
-            claimed, exc, owner=self.owner, now=self.clock.now_ms(), job_log=self.job_log
-        )
-
-    def _dispatch(self, claimed: ClaimedJob, at_once: list[_Planned]) -> bool:
+    def _dispatch(self, claimed: ClaimedJob, at_once: list[Planned]) -> bool:
         """Plan a freshly claimed job and send it on: to the recorder when it needs no
         delivery (bad row, open breaker, misconfigured adapter); when its target has a
         free slot, to `at_once` (a non-blocking adapter) or a worker; else into its
@@ -390,308 +368,10 @@ class Dispatcher:
             self._to_workers(step)
         return step.blocking
 
-    def _plan(self, claimed: ClaimedJob) -> _Planned | AttemptResult:
-        """The job's delivery, adapter and target; or its result when it cannot have one."""
-        job = claimed.job
-        attempt_id = uuid.uuid4().hex
-        now = self.clock.now_ms()
-        if claimed.problems:  # a row that does not fit is never sent (DESIGN §2)
-            return malformed_result(
-                claimed,
-                owner=self.owner,
-                now=now,
-                log_path=self.job_log.path_for(now),
-                attempt_id=attempt_id,
-            )
-        kind = target_kind_of(claimed)
-        expired = expired_before_attempt(job.deadline_at, now)
-        if expired is not None:
-            return self.results.expired(claimed, attempt_id, kind, None, now, expired)
-        planned = build_delivery(claimed, attempt_id=attempt_id)
-        if isinstance(planned, Outcome):
-            return self.results.sent(claimed, attempt_id, kind, None, now, now, planned)
-        kind = planned.target_kind
-        target_text = json.dumps(redact_value(dict(planned.target)), sort_keys=True)
-        try:
-            adapter = self.adapters.get(kind)
-        except ConfigError as exc:
-            self._say_config_error(kind, exc)
-            return self.results.deferred(
-                claimed,
-                attempt_id=attempt_id,
-                kind=kind,
-                target_text=target_text,
-                now=now,
-                until=now + self.breakers.settings.pause_ms,
-                reason=f"adapter {kind} is misconfigured, not tried",
-                error_class="AdapterConfigError",
-                error=f"adapter {kind} cannot be built: {exc}",
-            )
-        if adapter is None:
-            outcome = Outcome.permanent(
-                f"no adapter for target kind {kind!r} (known: {', '.join(self.adapters.kinds())})",
-                error_class="UnknownTargetKind",
-            )
-            return self.results.sent(claimed, attempt_id, kind, target_text, now, now, outcome)
-        key, limit = self._target_of(adapter, planned)
-        blocking = getattr(adapter, "blocking", True) is not False
-        return _Planned(
-            claimed, attempt_id, kind, planned, adapter, target_text, key, limit, blocking
-        )
-
-    @staticmethod
-    def _target_of(adapter: Adapter, delivery: Delivery) -> tuple[str, int]:
-        key = breaker_key(adapter, delivery)
-        limit = getattr(adapter, "max_in_flight_per_target", 1)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            limit = 1
-        return key, limit
-
-    def _say_config_error(self, kind: str, exc: ConfigError) -> None:
-        """Once per kind and process: every later job of the kind is deferred quietly."""
-        with self._held_lock:
-            if kind in self._config_errors:
-                return
-            self._config_errors.add(kind)
-        _log.error(
-            "adapter.config_error",
-            adapter=kind,
-            error=str(exc),
-            hint=f"jobs for {kind} are deferred without spending attempts; "
-            "fix the configuration and restart renewald",
-        )
-
-    # -- sending ---------------------------------------------------------------------
-
-    def _finish_now(self, claimed: ClaimedJob, result: AttemptResult) -> None:
-        # Started like a delivery, so that a shutdown does not release the job under the
-        # recorder; when shutdown released it first, the result is dropped with it.
-        if self._begin(claimed):
-            self._queue_result(result)
-
-    def _begin(self, claimed: ClaimedJob) -> bool:
-        """Mark a held job as being worked on; False when it was released meanwhile."""
-        with self._held_lock:
-            if self._stopping.is_set() or self._held.get(claimed.job.job_id) != claimed.lease_token:
-                return False
-            self._started.add(claimed.job.job_id)
-            return True
-
-    def _to_workers(self, planned: _Planned) -> None:
-        with self._held_lock:
-            self._with_workers += 1
-        self._tasks.put(planned)
-
-    def _deliver_loop(self) -> None:
-        while True:
-            planned = self._tasks.get()
-            if planned is None:
-                return
-            try:
-                if self._begin(planned.claimed):
-                    self._run(planned)
-                else:  # released at shutdown
-                    self._free_slot(planned.key)
-            finally:
-                with self._held_lock:
-                    self._with_workers -= 1
-                    self._held_lock.notify_all()
-                if self._on_capacity:  # a free worker: the next job can be claimed
-                    self._on_capacity()
-
-    def _run(self, planned: _Planned) -> None:
-        """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""
-        result: AttemptResult | None = None
-        try:
-            step = self._admit(planned)
-            if isinstance(step, AttemptResult):
-                result = step
-            elif self._may_send(planned.claimed, self._gate_begin(planned.claimed)):
-                result = self._send(planned, step)
-        except Exception as exc:  # one job's handling, never the worker
-            result = self._handling_failed(planned.claimed, exc)
-        finally:
-            self._free_slot(planned.key)
-        if result is not None:
-            self._queue_result(result)
-
-    def _send_at_once(self, batch: Sequence[_Planned]) -> None:
-        """Send a claim's jobs for non-blocking adapters in this thread: one write marks
-        every send begun, then each is sent and its result queued for the recorder."""
-        ready: list[tuple[_Planned, Verdict]] = []
-        for planned in batch:
-            if not self._begin(planned.claimed):  # released at shutdown
-                self._free_slot(planned.key)
-                continue
-            try:
-                step = self._admit(planned)
-            except Exception as exc:
-                step = self._handling_failed(planned.claimed, exc)
-            if isinstance(step, AttemptResult):
-                self._free_slot(planned.key)
-                self._queue_result(step)
-            else:
-                ready.append((planned, step))
-        begun = self._gate_begin_all([p.claimed for p, _ in ready])
-        for (planned, verdict), ok in zip(ready, begun, strict=True):
-            result: AttemptResult | None = None
-            try:
-                if self._may_send(planned.claimed, ok):
-                    result = self._send(planned, verdict)
-            except Exception as exc:
-                result = self._handling_failed(planned.claimed, exc)
-            finally:
-                self._free_slot(planned.key)
-            if result is not None:
-                self._queue_result(result)
-
-    def _admit(self, planned: _Planned) -> AttemptResult | Verdict:
-        """Right before the send: the job's deadline (it may have waited in line past it)
-        and its target's breaker. A result when the job is not to be sent now."""
-        claimed, job = planned.claimed, planned.claimed.job
-        now = self.clock.now_ms()
-        expired = expired_before_attempt(job.deadline_at, now)
-        if expired is not None:
-            return self.results.expired(
-                claimed, planned.attempt_id, planned.kind, planned.target_text, now, expired
-            )
-        verdict = self.breakers.admit(
-            planned.key,
-            adapter=planned.kind,
-            now=now,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-        )
-        if not verdict.deliver:
-            return self._deferred_by_breaker(planned, verdict)
-        return verdict
-
-    def _gate_begin(self, claimed: ClaimedJob) -> bool | None:
-        gate = self._gate
-        return gate.begin(claimed.job.job_id, claimed.lease_token) if gate is not None else None
-
-    def _gate_begin_all(self, claimed: Sequence[ClaimedJob]) -> list[bool | None]:
-        gate = self._gate
-        if gate is None or not claimed:
-            return [None] * len(claimed)
-        return gate.begin_now([(c.job.job_id, c.lease_token) for c in claimed])
-
-    def _may_send(self, claimed: ClaimedJob, begun: bool | None) -> bool:
-        """Whether the send-begun mark (the attempt spent in the database, fenced, lease
-        renewed) was written. A database outage is waited out by the gate, without
-        sending: once it is back, the job is sent if it is still ours.
-
-        None (the daemon stopped meanwhile): not sent, nothing spent; its lease runs out
-        and rescue gives it back unspent. False: it was taken away; not sent.
-        """
-        if begun:
-            return True
-        if begun is False:
-            emit(
-                self.job_log,
-                "lease.lost",
-                now_ms=self.clock.now_ms(),
-                level="warning",
-                job_id=claimed.job.job_id,
-                owner=self.owner,
-                reason="the job was taken away before its send began; not sent",
-                during="send",
-            )
-        self._forget(claimed.job.job_id, claimed.lease_token)
-        return False
-
-    def _forget(self, job_id: str, lease_token: int) -> None:
-        """Let go of a held job that will have no result: it was never sent."""
-        with self._held_lock:
-            self._started.discard(job_id)
-            if self._held.get(job_id) == lease_token:
-                del self._held[job_id]
-            self._held_lock.notify_all()
-        if self._on_capacity:
-            self._on_capacity()
-
-    def _send(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
-        """Send a job whose send is marked begun; what came of it."""
-        job = planned.claimed.job
-        started = self.clock.now_ms()
-        emit(
-            self.job_log,
-            "attempt.started",
-            now_ms=started,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-            attempt=job.attempt_count,
-            conversation=job.local_conversation_id,
-            adapter=planned.kind,
-            owner=self.owner,
-        )
-        if planned.blocking:
-            self.job_log.flush()  # a long delivery is visible in the job log while it runs
-        outcome = self._deliver(planned.adapter, planned.delivery)
-        finished = self.clock.now_ms()
-        self.breakers.record(
-            planned.key,
-            adapter=planned.kind,
-            outcome=outcome,
-            verdict=verdict,
-            now=finished,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-        )
-        return self.results.sent(
-            planned.claimed,
-            planned.attempt_id,
-            planned.kind,
-            planned.target_text,
-            started,
-            finished,
-            outcome,
-        )
-
-    def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
-        try:
-            return adapter.deliver(delivery)
-        except Exception as exc:  # an adapter bug must not take the daemon down
-            _log.error(
-                "adapter.crashed",
-                adapter=delivery.target_kind,
-                job_id=delivery.job_id,
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=True,
-            )
-            return Outcome.retry(
-                f"adapter raised {type(exc).__name__}: {exc}", error_class=type(exc).__name__
-            )
-
-    def _deferred_by_breaker(self, planned: _Planned, verdict: Verdict) -> AttemptResult:
-        now = self.clock.now_ms()
-        assert verdict.until is not None
-        return self.results.deferred(
-            planned.claimed,
-            attempt_id=planned.attempt_id,
-            kind=planned.kind,
-            target_text=planned.target_text,
-            now=now,
-            until=max(verdict.until, now),
-            reason=verdict.reason or "breaker open",
-            error_class="BreakerOpen",
-            error=verdict.detail or verdict.reason,
-        )
-
-    def _free_slot(self, key: str) -> None:
-        with self._held_lock:
-            following = self._limits.release(key)
-        if following is not None:
-            # Behind whatever is already queued: a busy target does not jump ahead of
-            # other targets' jobs.
-            self._to_workers(following)
+    def _plan(self, claimed: ClaimedJob) -> Planned | AttemptResult:
+        return self.planner.plan(claimed)
 
     # -- recording -------------------------------------------------------------------
-
-    def _queue_result(self, result: AttemptResult) -> None:
-        with self._held_lock:
-            self._finishing.add(result.job_id)
-        self.recorder.put(result)
 
     def _recorded(self, batch: Sequence[AttemptResult], applied: Sequence[bool]) -> None:
         """The recorder wrote `batch`: its jobs are no longer held."""

@@ -129,3 +129,17 @@ def target_of(claimed: ClaimedJob, registry: AdapterRegistry) -> tuple[str | Non
     except Exception:
         return kind, None
     return kind, breaker_key(adapter, delivery) if adapter is not None else None
+
+
+def in_flight_limit(adapter: Adapter) -> int:
+    """The most deliveries at once to one of the adapter's targets (1 unless it says)."""
+    limit = getattr(adapter, "max_in_flight_per_target", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return 1
+    return limit
+
+
+def is_blocking(adapter: Adapter) -> bool:
+    """Whether the adapter's sends wait on something (`adapters.base.Adapter`): all but
+    those that say `blocking = False`."""
+    return getattr(adapter, "blocking", True) is not False

@@ -12,13 +12,14 @@ A file moved or deleted underneath (logrotate, a cleanup) is noticed at the next
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -107,9 +108,69 @@ def configure_console(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, stream)),
+        logger_factory=(
+            structlog.PrintLoggerFactory(cast(TextIO, stream))
+            if human
+            else _GatheredLines.factory(cast(TextIO, stream))
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+class _GatheredLines:
+    """The JSON console's writer: lines at info and below are gathered for up to
+    `GATHER_S` and written together, since a busy daemon prints thousands a second and a
+    write and flush per line cost more than rendering them. A warning or worse is written
+    at once, with whatever is gathered before it; the rest is written at exit."""
+
+    GATHER_S = 0.05
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        atexit.register(self.flush)
+
+    @classmethod
+    def factory(cls, stream: TextIO) -> Callable[..., _GatheredLines]:
+        global _gathered
+        shared = _gathered = cls(stream)
+        return lambda *_args: shared
+
+    def gather(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+            if self._timer is None:
+                self._timer = threading.Timer(self.GATHER_S, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def at_once(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._timer = None
+            if lines:
+                with contextlib.suppress(OSError, ValueError):
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+
+    msg = info = debug = gather
+    warning = error = critical = exception = failure = fatal = at_once
+
+
+_gathered: _GatheredLines | None = None
+
+
+def flush_console() -> None:
+    """Write the console lines gathered so far (JSON console; the human one never waits)."""
+    if _gathered is not None:
+        _gathered.flush()
 
 
 class _DailyFile:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from renewald.clock import Clock
+from renewald.daemon.results import attempt_keys
 from renewald.daemon.summary import Summary
 from renewald.logging import JobLog, Throttle, emit
 from renewald.store import AttemptResult, Recorded, Store
@@ -133,10 +134,7 @@ class Recorder:
                 "lease.lost",
                 now_ms=now,
                 level="warning",
-                job_id=r.job_id,
-                attempt_id=r.attempt_id,
-                attempt=r.attempt_no,
-                conversation=r.local_conversation_id,
+                **attempt_keys(r),
                 adapter=r.adapter,
                 outcome=r.outcome,
                 reason="the job was taken away before its result was recorded",
@@ -149,12 +147,9 @@ class Recorder:
             "attempt.finished",
             now_ms=r.finished_at,
             level="warning" if r.status == "failed" and not cancelled else "info",
-            job_id=r.job_id,
-            attempt_id=r.attempt_id,
-            # A deferral hands its attempt back: it carries the number the next real
-            # attempt will have, as its database row does.
-            attempt=r.attempt_no,
-            conversation=r.local_conversation_id,
+            # A deferral hands its attempt back: its `attempt` is the number the next real
+            # attempt will have, as its database row says.
+            **attempt_keys(r),
             adapter=r.adapter,
             outcome=r.outcome,
             duration_ms=r.finished_at - r.started_at,

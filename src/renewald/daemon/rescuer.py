@@ -25,7 +25,7 @@ import structlog
 from renewald.clock import iso_utc
 from renewald.daemon.backoff import RetryPolicy, decide
 from renewald.daemon.malformed import log_ended
-from renewald.daemon.results import attempt_result
+from renewald.daemon.results import attempt_keys, attempt_result
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, Job, Store
 from renewald.store.attempts import CANCELLED
@@ -191,10 +191,7 @@ class Rescuer:
                 "job.rescued",
                 now_ms=now,
                 level="warning",
-                job_id=result.job_id,
-                attempt_id=result.attempt_id,
-                attempt=result.attempt_no,
-                conversation=result.local_conversation_id,
+                **attempt_keys(result),
                 outcome="abandoned",
                 status=result.status,
                 next_attempt_at=result.next_attempt_at,

@@ -7,6 +7,7 @@ build every result here, so the columns a result carries are set in one place.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from renewald.adapters import Outcome
 from renewald.daemon.backoff import DEADLINE_PASSED, Decision, RetryPolicy, decide, defer
@@ -104,22 +105,14 @@ class ResultMaker:
         )
         delivered = decision.status == "done"
         cooldown = self.cooldown_ms
-        return attempt_result(
-            job,
-            decision,
-            attempt_id=attempt_id,
-            lease_owner=self.owner,
+        return self._ours(
+            claimed, decision, attempt_id, kind, target_text, started, finished,
             outcome=outcome.kind.value,
-            adapter=kind,
-            target=target_text,
-            started=started,
-            finished=finished,
-            log_path=self.job_log.path_for(finished),
             error_class=None if delivered else outcome.error_class,
             error=None if delivered else outcome.reason,
             summary=outcome.summary,
             cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
-        )
+        )  # fmt: skip
 
     def expired(
         self,
@@ -172,18 +165,35 @@ class ResultMaker:
         refund: bool = False,
     ) -> AttemptResult:
         """The result of an attempt that ended at `now` without a send."""
+        return self._ours(
+            claimed, decision, attempt_id, kind, target_text, now, now,
+            outcome=outcome, error_class=error_class, error=error, refund=refund,
+        )  # fmt: skip
+
+    def _ours(
+        self,
+        claimed: ClaimedJob,
+        decision: Decision,
+        attempt_id: str,
+        kind: str | None,
+        target_text: str | None,
+        started: int,
+        finished: int,
+        **rest: Any,
+    ) -> AttemptResult:
+        """`attempt_result` for an attempt of this daemon, logged at `finished`."""
         return attempt_result(
-            claimed.job,
-            decision,
-            attempt_id=attempt_id,
-            lease_owner=self.owner,
-            outcome=outcome,
-            adapter=kind,
-            target=target_text,
-            started=now,
-            finished=now,
-            log_path=self.job_log.path_for(now),
-            error_class=error_class,
-            error=error,
-            refund=refund,
-        )
+            claimed.job, decision, attempt_id=attempt_id, lease_owner=self.owner,
+            adapter=kind, target=target_text, started=started, finished=finished,
+            log_path=self.job_log.path_for(finished), **rest,
+        )  # fmt: skip
+
+
+def attempt_keys(r: AttemptResult) -> dict[str, Any]:
+    """The keys every event about one attempt starts with (docs/operations.md)."""
+    return {
+        "job_id": r.job_id,
+        "attempt_id": r.attempt_id,
+        "attempt": r.attempt_no,
+        "conversation": r.local_conversation_id,
+    }

@@ -78,6 +78,23 @@ def load_config(
 
     # raw[section][key] = (value, where it came from); later layers overwrite earlier ones.
     raw: dict[str, dict[str, tuple[Any, str]]] = {s: {} for s in SECTIONS}
+    adapters = _file_layer(name, document, raw)
+    _env_layer(env, _secret_env_names(adapters), raw)
+    if db_url is not None:
+        raw["database"]["url"] = (db_url, "--db")
+
+    built = {section: _build(cls, raw[section]) for section, cls in SECTIONS.items()}
+    daemon = built["daemon"]
+    if daemon.heartbeat is not None and daemon.heartbeat >= daemon.lease:
+        where = raw["daemon"]["heartbeat"][1]
+        raise _fail(where, f"must be shorter than lease ({daemon.lease:g}s)")
+    return Config(**built, adapters=adapters, source=source)
+
+
+def _file_layer(
+    name: str, document: Mapping[str, Any], raw: dict[str, dict[str, tuple[Any, str]]]
+) -> dict[str, dict[str, Any]]:
+    """The config file's values into `raw`; returns its `[adapters.*]` tables."""
     adapters: dict[str, dict[str, Any]] = {}
     for section, table in document.items():
         if section == "adapters":
@@ -96,10 +113,16 @@ def load_config(
                 known = list(_fields(SECTIONS[section]))
                 raise _unknown(name, f"key [{section}] {key}", key, known)
             raw[section][key] = (value, f"{name}: [{section}] {key}")
+    return adapters
 
-    # Only our own sections' prefixes are claimed: RENEWALD_WEBHOOK_SECRET and any variable
-    # named by an adapter's secret_env belong to someone else.
-    foreign = _secret_env_names(adapters)
+
+def _env_layer(
+    env: Mapping[str, str], foreign: set[str], raw: dict[str, dict[str, tuple[Any, str]]]
+) -> None:
+    """`RENEWALD_<SECTION>_<KEY>` variables and the database URL's credential into `raw`.
+
+    Only our own sections' prefixes are claimed: RENEWALD_WEBHOOK_SECRET and any variable
+    named by an adapter's secret_env (`foreign`) belong to someone else."""
     credentials.name_secret_variables(foreign)
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or var in foreign:
@@ -117,15 +140,6 @@ def load_config(
         raw["database"]["url"] = (db_credential, f"credential {ENV_PREFIX}DB")
     elif env.get(f"{ENV_PREFIX}DB"):
         raw["database"]["url"] = (env[f"{ENV_PREFIX}DB"], f"environment {ENV_PREFIX}DB")
-    if db_url is not None:
-        raw["database"]["url"] = (db_url, "--db")
-
-    built = {section: _build(cls, raw[section]) for section, cls in SECTIONS.items()}
-    daemon = built["daemon"]
-    if daemon.heartbeat is not None and daemon.heartbeat >= daemon.lease:
-        where = raw["daemon"]["heartbeat"][1]
-        raise _fail(where, f"must be shorter than lease ({daemon.lease:g}s)")
-    return Config(**built, adapters=adapters, source=source)
 
 
 def _fields(cls: type) -> dict[str, _Rule]:

@@ -85,26 +85,51 @@ class Dispatcher(Sending):
         self.settings = settings
         self.policy = policy
         self.summary = summary or Summary()
-        self.results = ResultMaker(
-            owner=owner,
-            policy=policy,
-            job_log=job_log,
-            cooldown_ms=settings.cooldown_ms,
-            rand=rand,
-        )
-        self.recorder = Recorder(
-            store=store,
-            job_log=job_log,
-            clock=clock,
-            owner=owner,
-            summary=self.summary,
-            on_recorded=self._recorded,
-        )
         self._on_capacity = on_capacity
         self._on_record = on_record
         self._on_retry = on_retry
+        self._build_parts(rand, breaker)
+        self._init_holding()
+        self._stopping = threading.Event()
+        self._gate: SendGate | None = None
+        self._claimed_total = 0
+        self._threads: list[threading.Thread] = []
+        self.fatal: BaseException | None = None
+
+    def _build_parts(self, rand: random.Random | None, breaker: BreakerSettings | None) -> None:
+        self.results = ResultMaker(
+            owner=self.owner,
+            policy=self.policy,
+            job_log=self.job_log,
+            cooldown_ms=self.settings.cooldown_ms,
+            rand=rand,
+        )
+        self.recorder = Recorder(
+            store=self.store,
+            job_log=self.job_log,
+            clock=self.clock,
+            owner=self.owner,
+            summary=self.summary,
+            on_recorded=self._recorded,
+        )
+        self.breakers = Breakers(
+            store=self.store,
+            settings=breaker or BreakerSettings(probe_ms=self.settings.lease_ms),
+            job_log=self.job_log,
+        )
+        self.planner = Planner(
+            adapters=self.adapters,
+            results=self.results,
+            clock=self.clock,
+            job_log=self.job_log,
+            owner=self.owner,
+            pause_ms=self.breakers.settings.pause_ms,
+        )
+
+    def _init_holding(self) -> None:
+        workers, batch = self.settings.workers, self.settings.batch
         # Held jobs at most: a claim in flight to the recorder while the next is sent.
-        self.capacity = settings.workers + 2 * settings.batch
+        self.capacity = workers + 2 * batch
         # Jobs handed to the worker threads and not yet done with them.
         self._with_workers = 0
         # Claims are sized to what can start now: while the jobs claimed last needed
@@ -112,7 +137,7 @@ class Dispatcher(Sending):
         # its next job waiting rather than waiting for a claim); else (jobs sent at once)
         # to a whole batch.
         self._size_to_workers = True
-        self._lead = max(1, settings.workers // 4)
+        self._lead = max(1, workers // 4)
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
@@ -121,24 +146,6 @@ class Dispatcher(Sending):
         self._held_lock = threading.Condition()
         self._tasks: queue.Queue[Planned | None] = queue.Queue()
         self._limits: TargetLimits[Planned] = TargetLimits()
-        self.breakers = Breakers(
-            store=store,
-            settings=breaker or BreakerSettings(probe_ms=settings.lease_ms),
-            job_log=job_log,
-        )
-        self.planner = Planner(
-            adapters=adapters,
-            results=self.results,
-            clock=clock,
-            job_log=job_log,
-            owner=owner,
-            pause_ms=self.breakers.settings.pause_ms,
-        )
-        self._stopping = threading.Event()
-        self._gate: SendGate | None = None
-        self._claimed_total = 0
-        self._threads: list[threading.Thread] = []
-        self.fatal: BaseException | None = None
 
     def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
         """Call `observer(result, applied)` for every recorded result (metrics, tests)."""

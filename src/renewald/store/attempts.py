@@ -166,6 +166,21 @@ def record_results(
             # A retry of a commit whose answer was lost (the connection dropped during
             # COMMIT): the attempt row is there, so the result was applied, once.
             finished.add(r.job_id)
+    _write_recorded(conn, recorded, cancelled, now=now, writer=writer)
+    applied = finished | cancelled
+    return Recorded([r.job_id in applied for r in results], frozenset(cancelled))
+
+
+def _write_recorded(
+    conn: Connection,
+    recorded: Sequence[AttemptResult],
+    cancelled: set[str],
+    *,
+    now: int,
+    writer: str | None,
+) -> None:
+    """The attempt rows of the results whose fence held, their unlogged marks, and the
+    conversations' cooldowns."""
     for r in recorded:
         if r.cooldown_until is not None and r.local_conversation_id is not None:
             conn.execute(
@@ -183,8 +198,6 @@ def record_results(
               "created_at": now}
              for r in recorded],
         )  # fmt: skip
-    applied = finished | cancelled
-    return Recorded([r.job_id in applied for r in results], frozenset(cancelled))
 
 
 def _finish_cancelled(conn: Connection, r: AttemptResult, now: int) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from renewald.clock import iso_utc
 from renewald.store.attempts import CANCELLED
 from renewald.store.facts import JobFacts
+from renewald.store.models import Job
 from renewald.store.schema import (
     local_conversations,
     renewal_jobs,
@@ -123,22 +124,8 @@ def explain(
     uses the same threshold, 3 times the heartbeat interval).
     """
     job = facts.job
-    if job.status == "done":
-        return Explanation(
-            "finished",
-            "delivered",
-            f"delivered at {_at(job.finished_at or job.updated_at)}",
-            job.finished_at,
-            brief="delivered",
-        )
-    if job.status == "failed":
-        reason = job.terminal_reason or "failed"
-        detail = f"failed ({reason}) at {_at(job.finished_at or job.updated_at)}"
-        if job.last_error:
-            detail += f": {job.last_error}"
-        return Explanation(
-            "finished", reason, detail, job.finished_at, brief=ENDED.get(reason, reason)
-        )
+    if job.status in ("done", "failed"):
+        return _explain_finished(job)
     if job.status == "running":
         return _explain_running(facts, now=now, stale_before=stale_before)
     if job.status != "pending":
@@ -157,27 +144,48 @@ def explain(
     holds = _pending_holds(facts, now=now, dispatch_statuses=dispatch_statuses)
     holds += _busy_and_paused(facts, now=now, stale_before=stale_before)
     if not holds:
-        since = _at(job.next_attempt_at or now)
-        if any(
-            d.heartbeat_at >= stale_before and o not in facts.gone_owners
-            for o, d in facts.daemons.items()
-        ):
-            return Explanation(
-                "due",
-                "due",
-                f"due since {since}: the next poll claims it",
-                brief="due: the next poll claims it",
-            )
-        return Explanation(
-            "due",
-            "due",
-            f"due since {since}, but no live daemon is registered: "
-            "it goes out when `renewald run` (or the next `run --once`) polls",
-            brief="due, but no live daemon",
-        )
+        return _explain_due(facts, now=now, stale_before=stale_before)
     first, *rest = deciding_first(holds)
     return Explanation(
         "waiting", first.rule, first.detail, first.until, tuple(rest), brief=first.brief
+    )
+
+
+def _explain_finished(job: Job) -> Explanation:
+    if job.status == "done":
+        return Explanation(
+            "finished",
+            "delivered",
+            f"delivered at {_at(job.finished_at or job.updated_at)}",
+            job.finished_at,
+            brief="delivered",
+        )
+    reason = job.terminal_reason or "failed"
+    detail = f"failed ({reason}) at {_at(job.finished_at or job.updated_at)}"
+    if job.last_error:
+        detail += f": {job.last_error}"
+    return Explanation("finished", reason, detail, job.finished_at, brief=ENDED.get(reason, reason))
+
+
+def _explain_due(facts: JobFacts, *, now: int, stale_before: int) -> Explanation:
+    """Nothing holds the job back: whether a live daemon will claim it."""
+    since = _at(facts.job.next_attempt_at or now)
+    if any(
+        d.heartbeat_at >= stale_before and o not in facts.gone_owners
+        for o, d in facts.daemons.items()
+    ):
+        return Explanation(
+            "due",
+            "due",
+            f"due since {since}: the next poll claims it",
+            brief="due: the next poll claims it",
+        )
+    return Explanation(
+        "due",
+        "due",
+        f"due since {since}, but no live daemon is registered: "
+        "it goes out when `renewald run` (or the next `run --once`) polls",
+        brief="due, but no live daemon",
     )
 
 

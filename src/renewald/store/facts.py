@@ -69,6 +69,64 @@ def job_facts(
 _CHUNK = 500
 
 
+def _chunk_facts(
+    conn: Connection,
+    chunk: Sequence[Job],
+    registry: dict[str, DaemonRow],
+    open_pauses: Sequence[TargetPause],
+    target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None,
+) -> list[JobFacts]:
+    ids = sorted({j.local_conversation_id for j in chunk})
+    conversations = {
+        r["local_conversation_id"]: conversation_from_row(r)
+        for r in conn.execute(
+            select(convs).where(convs.c.local_conversation_id.in_(ids))
+        ).mappings()
+    }
+    running: dict[str, list[Job]] = {}
+    for r in conn.execute(
+        select(jobs)
+        .where(jobs.c.local_conversation_id.in_(ids), jobs.c.status == "running")
+        .order_by(jobs.c.started_at, jobs.c.job_id)
+    ).mappings():
+        other = Job.from_row(r)
+        running.setdefault(other.local_conversation_id, []).append(other)
+    claimed = {c.job.job_id: c for c in load_targets(conn, chunk)}
+    out = []
+    for job in chunk:
+        c = claimed[job.job_id]
+        kind, key = target_of(c) if target_of else (job.target_kind, None)
+        if kind is None and c.link is not None:
+            kind = c.link.target_kind
+        busy = next(
+            (r for r in running.get(job.local_conversation_id, ()) if r.job_id != job.job_id),
+            None,
+        )
+        out.append(
+            JobFacts(
+                job=job,
+                conversation=conversations.get(job.local_conversation_id),
+                target_kind=kind,
+                target_key=key,
+                busy=busy,
+                daemons=registry,
+                pauses=_pauses_of(kind, key, open_pauses),
+            )
+        )
+    return out
+
+
+def _pauses_of(
+    kind: str | None, key: str | None, open_pauses: Sequence[TargetPause]
+) -> tuple[TargetPause, ...]:
+    """The open pauses that hold a job back: its target's, or (no key) its whole kind's."""
+    if key is not None:
+        return tuple(p for p in open_pauses if p.target_key == key)
+    if kind is not None:
+        return tuple(p for p in open_pauses if p.adapter == kind)
+    return ()
+
+
 def jobs_facts(
     conn: Connection,
     found: Sequence[Job],
@@ -87,47 +145,5 @@ def jobs_facts(
     open_pauses = paused_targets(conn, now=now)
     out: list[JobFacts] = []
     for start in range(0, len(found), _CHUNK):
-        chunk = found[start : start + _CHUNK]
-        ids = sorted({j.local_conversation_id for j in chunk})
-        conversations = {
-            r["local_conversation_id"]: conversation_from_row(r)
-            for r in conn.execute(
-                select(convs).where(convs.c.local_conversation_id.in_(ids))
-            ).mappings()
-        }
-        running: dict[str, list[Job]] = {}
-        for r in conn.execute(
-            select(jobs)
-            .where(jobs.c.local_conversation_id.in_(ids), jobs.c.status == "running")
-            .order_by(jobs.c.started_at, jobs.c.job_id)
-        ).mappings():
-            other = Job.from_row(r)
-            running.setdefault(other.local_conversation_id, []).append(other)
-        claimed = {c.job.job_id: c for c in load_targets(conn, chunk)}
-        for job in chunk:
-            c = claimed[job.job_id]
-            kind, key = target_of(c) if target_of else (job.target_kind, None)
-            if kind is None and c.link is not None:
-                kind = c.link.target_kind
-            if key is not None:
-                held = [p for p in open_pauses if p.target_key == key]
-            elif kind is not None:
-                held = [p for p in open_pauses if p.adapter == kind]
-            else:
-                held = []
-            busy = next(
-                (r for r in running.get(job.local_conversation_id, ()) if r.job_id != job.job_id),
-                None,
-            )
-            out.append(
-                JobFacts(
-                    job=job,
-                    conversation=conversations.get(job.local_conversation_id),
-                    target_kind=kind,
-                    target_key=key,
-                    busy=busy,
-                    daemons=registry,
-                    pauses=tuple(held),
-                )
-            )
+        out += _chunk_facts(conn, found[start : start + _CHUNK], registry, open_pauses, target_of)
     return out

@@ -79,29 +79,7 @@ def stats(
         s: int(n)
         for s, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
     }
-    due_cond = due_condition(now, dispatch_statuses)
-    due, oldest_due = conn.execute(
-        select(func.count(), func.min(jobs.c.next_attempt_at)).select_from(jobs).where(due_cond)
-    ).one()
-    overdue = conn.execute(
-        select(func.count())
-        .select_from(jobs)
-        .where(due_cond, jobs.c.next_attempt_at < overdue_before)
-    ).scalar_one()
-    held = conn.execute(
-        select(func.count())
-        .select_from(jobs)
-        .where(
-            jobs.c.status == "pending",
-            jobs.c.next_attempt_at <= now,
-            ~dispatch_allowed(now, dispatch_statuses),
-        )
-    ).scalar_one()
-    unscheduled = conn.execute(
-        select(func.count())
-        .select_from(jobs)
-        .where(jobs.c.status == "pending", jobs.c.next_attempt_at.is_(None))
-    ).scalar_one()
+    counts = _pending_counts(conn, now, dispatch_statuses, overdue_before)
     running, oldest_running, expired = conn.execute(
         select(
             func.count(),
@@ -126,11 +104,7 @@ def stats(
     return Stats(
         now=now,
         by_status=by_status,
-        due=int(due),
-        oldest_due_at=epoch_ms_or_none(oldest_due),
-        overdue=int(overdue),
-        held=int(held),
-        unscheduled=int(unscheduled),
+        **counts,
         running=int(running),
         oldest_running_started_at=epoch_ms_or_none(oldest_running),
         expired_leases=int(expired),
@@ -139,6 +113,32 @@ def stats(
         daemons=[DaemonRow(**dict(r)) for r in daemon_rows],
         paused_targets=paused_targets(conn, now=now),
     )
+
+
+def _pending_counts(
+    conn: Connection, now: int, dispatch_statuses: Sequence[str], overdue_before: int
+) -> dict[str, Any]:
+    """The pending jobs: due (and the oldest), overdue, held back by their conversation,
+    and without a time."""
+    due_cond = due_condition(now, dispatch_statuses)
+    due, oldest_due = conn.execute(
+        select(func.count(), func.min(jobs.c.next_attempt_at)).select_from(jobs).where(due_cond)
+    ).one()
+
+    def count(*where: Any) -> int:
+        return int(conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one())
+
+    return {
+        "due": int(due),
+        "oldest_due_at": epoch_ms_or_none(oldest_due),
+        "overdue": count(due_cond, jobs.c.next_attempt_at < overdue_before),
+        "held": count(
+            jobs.c.status == "pending",
+            jobs.c.next_attempt_at <= now,
+            ~dispatch_allowed(now, dispatch_statuses),
+        ),
+        "unscheduled": count(jobs.c.status == "pending", jobs.c.next_attempt_at.is_(None)),
+    }
 
 
 def paused_targets(conn: Connection, *, now: int) -> list[TargetPause]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import report
 from bench.common import BENCH_DIR, Ctx, loadavg, machine_info, say, stop_started
-from bench.db import DEFAULT_PG_URL, PgDBs, SqliteDBs
+from bench.db import DEFAULT_PG_URL, DBs
 
 # section -> its module in bench/sections
 SECTIONS = {"limit": "limit", "drain": "drain", "peers": "peers", "pickup": "pickup",
@@ -39,26 +39,22 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _terminate(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     only = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     if unknown := set(only) - set(SECTIONS):
         print(f"unknown section(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # cleaned up as on Ctrl-C
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = (BENCH_DIR / "work" / stamp).resolve()
     work.mkdir(parents=True)
-    pg = None if args.no_pg else PgDBs(args.pg_url)
+    dbs = DBs(work, None if args.no_pg else args.pg_url)
     ctx = Ctx(quick=args.quick, reps=args.reps or (1 if args.quick else 3), work=work,
-              sqlite=SqliteDBs(work), pg=pg)  # fmt: skip
+              dbs=dbs)  # fmt: skip
     record: dict[str, Any] = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "reps": ctx.reps,
-        "sections_run": only, "machine": machine_info(pg.base_conninfo if pg else None),
+        "sections_run": only, "machine": machine_info(dbs.conninfo_base),
         "sections": {}, "timing": {}, "loadavg": {},
     }  # fmt: skip
     started, failed = time.monotonic(), False
@@ -74,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = record["interrupted"] = True
     finally:
         stop_started()
-        if pg is not None:
-            pg.close()
+        dbs.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     record["timing"]["total"] = round(time.monotonic() - started, 1)
@@ -106,25 +101,13 @@ def _run_sections(ctx: Ctx, only: list[str], record: dict[str, Any]) -> bool:
 def _write(args: argparse.Namespace, record: dict[str, Any], only: list[str], failed: bool) -> None:
     """The JSON record always; results.md for a full run of every section (or --markdown yes)."""
     record["targets"] = report.targets(record)
-    out_dir = BENCH_DIR / "results"
-    out_dir.mkdir(exist_ok=True)
-    json_path = out_dir / f"{record['timestamp']}.json"
+    json_path = BENCH_DIR / "results" / f"{record['timestamp']}.json"
     json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     text = report.markdown(record, json_name=json_path.name)
     full = not args.quick and set(only) == set(SECTIONS) and not failed
     write_md = args.markdown == "yes" or (args.markdown == "auto" and full)
-    results = BENCH_DIR / "results.md"
     if write_md:
-        report.write_results_md(results, text)
-    pages = record["sections"].get("pages")
-    if (
-        pages
-        and "error" not in pages
-        and (write_md or (args.markdown == "auto" and not args.quick))
-    ):
-        from bench.sections.pages import HEADING, markdown
-
-        report.replace_block(results, HEADING, markdown(pages, record["machine"]))
+        report.write_results_md(BENCH_DIR / "results.md", text)
     print(text)
     say(f"done in {record['timing']['total']:.0f}s; {json_path.relative_to(BENCH_DIR.parent)}"
         + ("; bench/results.md rewritten" if write_md else ""))  # fmt: skip

@@ -1,19 +1,14 @@
-"""The bare-SQL loop: claim -> no-op -> fenced job update + attempt row -> JSONL line.
+"""The bare-SQL loop: claim -> no-op -> fenced job update + attempt row -> JSONL line, in
+plain `sqlite3` (WAL, BEGIN IMMEDIATE) or psycopg (SKIP LOCKED, no advisory lock), two
+transactions per claim: renewald's statements (bench/statements.py) without a framework.
 
-renewald's own statements, compiled to SQL text by the parent (bench/statements.py) and
-run here in plain `sqlite3` (WAL, synchronous=NORMAL, BEGIN IMMEDIATE) or plain psycopg
-(`FOR UPDATE SKIP LOCKED`, no advisory lock: the limit SKIP LOCKED alone allows). No
-SQLAlchemy, no threads, no framework; two transactions per claim (the claim, the record).
-
-Run as a child process, timed spawn to exit like renewald and the peers:
-`python -m bench.bare BACKEND TARGET STATEMENTS.json --batch N --max-jobs M --jsonl FILE`
-(TARGET: a SQLite path or a libpq conninfo). It prints `{"jobs", "t0", "t1"}`, the loop's
-own start and end (epoch seconds), on its last line.
+`python -m bench.bare BACKEND TARGET STATEMENTS.json BATCH MAX_JOBS JSONL` (TARGET: a SQLite
+path or a libpq conninfo) prints `{"jobs", "t0", "t1"}` (the loop's start and end). It
+imports no SQLAlchemy: its start-up, timed like renewald's, is a plain driver's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sqlite3
@@ -58,6 +53,18 @@ class Statements:
         return cls(scan_factor=d.pop("scan_factor"), **{k: Sql(**v) for k, v in d.items()})
 
 
+def connect(backend: str, target: str, **kwargs: Any) -> Any:
+    """A plain driver's connection; SQLite with renewald's settings (WAL, synchronous=NORMAL)."""
+    if backend == "postgresql":
+        import psycopg  # not on SQLite: the loop's start-up is timed
+
+        return psycopg.connect(target, **kwargs)
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+    for pragma in ("busy_timeout = 5000", "journal_mode = WAL", "synchronous = NORMAL"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
 def _ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -91,14 +98,7 @@ def drain(
     backend: str, target: str, sql: Statements, *, batch: int, jsonl: Path, max_jobs: int
 ) -> dict[str, Any]:
     """Claim and record until a claim comes back empty or `max_jobs` are done."""
-    if backend == "sqlite":
-        conn: Any = sqlite3.connect(target, isolation_level=None)
-        for pragma in ("busy_timeout = 5000", "journal_mode = WAL", "synchronous = NORMAL"):
-            conn.execute(f"PRAGMA {pragma}")
-    else:
-        import psycopg
-
-        conn = psycopg.connect(target)
+    conn = connect(backend, target)
 
     def transaction(work: Any) -> Any:
         if backend == "sqlite":
@@ -142,22 +142,8 @@ def _rows(cursor: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.bare")
-    p.add_argument("backend", choices=("sqlite", "postgresql"))
-    p.add_argument("target")
-    p.add_argument("statements", type=Path)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--max-jobs", type=int, default=sys.maxsize)
-    p.add_argument("--jsonl", type=Path, required=True)
-    a = p.parse_args(argv)
-    sql = Statements.loads(a.statements.read_text())
-    print(
-        json.dumps(
-            drain(a.backend, a.target, sql, batch=a.batch, jsonl=a.jsonl, max_jobs=a.max_jobs)
-        )
-    )
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    backend, target, statements, batch, max_jobs, jsonl = sys.argv[1:]
+    sql = Statements.loads(Path(statements).read_text())
+    done = drain(backend, target, sql, batch=int(batch), jsonl=Path(jsonl), max_jobs=int(max_jobs))
+    print(json.dumps(done))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -14,14 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+import psycopg
+
 if TYPE_CHECKING:
-    from bench.db import PgDBs, SqliteDBs
+    from bench.db import DataSet, DBs, RunDB
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 BENCH_DIR = Path(__file__).resolve().parent
@@ -48,14 +50,31 @@ def spread(values: Iterable[float | None]) -> dict[str, Any]:
     return {"median": median, "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
 
 
-def summarise(rs: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
-    """Per key the spread over a configuration's repetitions, and their errors."""
-    out: dict[str, Any] = {k: spread(r.get(k) for r in rs) for k in keys}
-    return {**out, "errors": [r["error"] for r in rs if "error" in r]}
+Once = Callable[[], dict[str, Any]]
 
 
-def error(r: dict[str, Any]) -> str:
-    return f" ERROR {r['error']}" if "error" in r else ""
+def repeat(ctx: Ctx, label: str, configs: Mapping[str, Once], *keys: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Each configuration once per repetition, in turn (a drift of the machine falls on all):
+    every run's record, and per configuration the spread of `keys` and the errors."""
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in configs}
+    for rep in range(ctx.reps):
+        for key, once in configs.items():
+            try:
+                r = once()
+            except Exception as exc:
+                r = {"error": f"{type(exc).__name__}: {exc}"}
+            runs[key].append(r)
+            shown = ", ".join(f"{k} {r[k]:.0f}" for k in keys[:2] if r.get(k) is not None)
+            say(
+                f"{label} {key} rep {rep + 1}: {shown}"
+                + (f" ERROR {r['error']}" if "error" in r else "")
+            )
+    summary = {
+        key: {**{k: spread(r.get(k) for r in rs) for k in keys}, "jobs": rs[0].get("jobs"),
+              "errors": [r["error"] for r in rs if "error" in r]}
+        for key, rs in runs.items()
+    }  # fmt: skip
+    return runs, summary
 
 
 def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
@@ -80,11 +99,13 @@ def fmt_spread(s: dict[str, Any] | None, digits: int = 0, unit: str = "") -> str
 
 
 def versions(names: str) -> dict[str, str]:
-    out = {}
-    for name in names.split():
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {name: version(name) for name in names.split()}
 
 
 def loadavg() -> list[float]:
@@ -95,8 +116,6 @@ def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     pg: dict[str, Any] = {}
     if pg_conninfo:
-        import psycopg
-
         try:
             with psycopg.connect(pg_conninfo, autocommit=True) as conn:
                 for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
@@ -107,7 +126,7 @@ def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu.group(1) if cpu else "?",
-        "memory_gb": round(_psutil().virtual_memory().total / 2**30, 1),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
@@ -126,22 +145,16 @@ def _out(cmd: list[str]) -> str | None:
         return None
 
 
-def _psutil() -> Any:
-    """psutil, imported when a run measures (a `bench` extra; `--help` needs none)."""
-    import psutil
-
-    return psutil
-
-
 # -- child processes ---------------------------------------------------------------------
 
 
 def renewald_env(db_url: str, config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RENEWALD_")}
-    env.update(RENEWALD_DB=db_url, RENEWALD_CONFIG=str(config))
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
-        env.pop(name, None)
-    return env
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RENEWALD_", "NOTIFY_", "WATCHDOG_"))
+    }
+    return {**env, "RENEWALD_DB": db_url, "RENEWALD_CONFIG": str(config)}
 
 
 STARTED: list[Proc] = []
@@ -158,10 +171,6 @@ class Proc:
     cpu_seconds: float = 0.0
     ended: float | None = None
     sampler: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
     def wait(self, timeout: float | None = None) -> int:
         code = self.popen.wait(timeout)
@@ -216,7 +225,7 @@ def run_all(procs: list[Proc], timeout: float = 900) -> tuple[list[int], float]:
 
 
 def bench_cmd(module: str, *args: object) -> list[str]:
-    """`python -m bench.<module> args…`, run from the repository root's package."""
+    """`python -m bench.<module> args…` (with `child_env()`, from any directory)."""
     return [sys.executable, "-m", f"bench.{module}", *map(str, args)]
 
 
@@ -225,9 +234,8 @@ def child_env() -> dict[str, str]:
 
 
 def _sample(proc: Proc, every: float = 0.05) -> None:
-    psutil = _psutil()
     try:
-        ps = psutil.Process(proc.pid)
+        ps = psutil.Process(proc.popen.pid)
         while proc.popen.poll() is None:
             with ps.oneshot():
                 proc.rss_peak = max(proc.rss_peak, ps.memory_info().rss)
@@ -277,13 +285,19 @@ class Ctx:
     quick: bool
     reps: int
     work: Path
-    sqlite: SqliteDBs
-    pg: PgDBs | None
+    dbs: DBs
     _n: int = field(default=0)
 
     @property
+    def pg(self) -> bool:
+        return self.dbs.admin is not None
+
+    @property
     def backends(self) -> list[str]:
-        return ["sqlite", "postgresql"] if self.pg is not None else ["sqlite"]
+        return ["sqlite", "postgresql"] if self.pg else ["sqlite"]
+
+    def db(self, backend: str, ds: DataSet | None, *, fresh: bool = True) -> RunDB:
+        return self.dbs.get(backend, ds, fresh=fresh)
 
     def pick(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
@@ -295,6 +309,13 @@ class Ctx:
         path = self.work / f"{self._n:03d}-{safe}"
         path.mkdir(parents=True)
         return path
+
+    def renewald(self, db: RunDB, name: str, args: Sequence[str], *, sample: bool = True,
+                 **config: Any) -> Proc:  # fmt: skip
+        """`renewald ARGS` on `db`, in a fresh run directory with a config of its own."""
+        run_dir = self.run_dir(name)
+        env = renewald_env(db.url, self.config(run_dir, **config))
+        return spawn([RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
 
     def config(self, run_dir: Path, *, extra: str = "", **tables: dict[str, Any]) -> Path:
         """A config.toml with renewald's defaults except where the bench says otherwise

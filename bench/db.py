@@ -1,9 +1,6 @@
 """Databases for the bench: migrated by renewald itself, filled in bulk, one per run.
 
-SQLite: one template file per data set, copied for every run. PostgreSQL: one schema per
-run (`search_path` in the URL, like the test suite), migrated and loaded with COPY; every
-schema the bench creates is dropped when it ends. Column names and INSERT statements come
-from renewald's schema (bench/statements.py), not from a copy of it.
+Rows are built here; INSERT statements come from renewald's schema (bench/statements.py).
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +16,10 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
+from bench.bare import connect
 from bench.common import now_ms
 from bench.statements import insert_sql
 from renewald.store import Store, migrate
@@ -84,18 +82,10 @@ def renewald_migrate(url: str) -> None:
         store.close()
 
 
-def sqlite_connect(path: Path | str) -> sqlite3.Connection:
-    """A plain sqlite3 connection with renewald's settings (WAL, synchronous=NORMAL)."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("busy_timeout = 5000", "journal_mode = WAL", "synchronous = NORMAL"):
-        conn.execute(f"PRAGMA {pragma}")
-    return conn
-
-
 def load(backend: str, target: str | Path, ds: DataSet, now: int) -> None:
     """Bulk-load `ds`: one executemany transaction on SQLite, COPY on PostgreSQL."""
     tables = ((local_conversations, ds.conversation_rows(now)), (renewal_jobs, ds.rows(now)))
-    conn: Any = sqlite_connect(target) if backend == "sqlite" else psycopg.connect(str(target))
+    conn = connect(backend, str(target))
     if backend == "sqlite":
         conn.execute("BEGIN IMMEDIATE")
     for table, rows in tables:
@@ -113,107 +103,88 @@ def load(backend: str, target: str | Path, ds: DataSet, now: int) -> None:
     conn.close()
 
 
-class SqliteDBs:
-    """Template files per data set; `fresh()` hands out a copy for one run."""
+class DBs:
+    """The run's databases: SQLite files under `work` (one template per data set, copied
+    for each run) and schemas of one PostgreSQL database, every one dropped by `close()`."""
 
-    def __init__(self, work: Path) -> None:
-        self.work = work / "sqlite"
+    def __init__(self, work: Path, pg_url: str | None) -> None:
+        self.work, self.pg_url, self.prefix = work / "sqlite", pg_url, uuid.uuid4().hex[:8]
         self.work.mkdir(parents=True, exist_ok=True)
-        self._templates: dict[DataSet, Path] = {}
-        self._n = 0
-
-    def _path(self, what: str) -> Path:
-        self._n += 1
-        return self.work / f"{what}-{self._n}.db"
-
-    def loaded(self, ds: DataSet | None, now: int) -> Path:
-        """A migrated file holding `ds` (or nothing), not shared with any run."""
-        path = self._path("loaded")
-        renewald_migrate(f"sqlite:///{path}")
-        if ds is not None:
-            load("sqlite", path, ds, now)
-        return path
-
-    def fresh(self, ds: DataSet, now: int) -> Path:
-        if ds not in self._templates:
-            self._templates[ds] = self.loaded(ds, now)
-        copy = self._path("run")
-        shutil.copyfile(self._templates[ds], copy)
-        return copy
-
-    @staticmethod
-    def discard(path: Path) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-class PgDBs:
-    """Schemas of one PostgreSQL database; every one created here is dropped by `close()`."""
-
-    def __init__(self, url: str) -> None:
-        self.base_url = url
-        u = make_url(url)
-        self.base_conninfo = psycopg.conninfo.make_conninfo(
-            host=u.host or "127.0.0.1", port=str(u.port or 5432), user=u.username or "postgres",
-            dbname=u.database or "postgres", **({"password": u.password} if u.password else {}),
-        )  # fmt: skip
-        self.run_id = uuid.uuid4().hex[:8]
-        self._n = 0
-        self._schemas: list[str] = []
-        self._admin = psycopg.connect(self.base_conninfo, autocommit=True)
-
-    def url(self, schema: str) -> str:
-        sep = "&" if "?" in self.base_url else "?"
-        return f"{self.base_url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-    def conninfo(self, schema: str) -> str:
-        return psycopg.conninfo.make_conninfo(self.base_conninfo, options=f"-csearch_path={schema}")
+        self.templates: dict[DataSet, Path] = {}
+        self.schemas: list[str] = []
+        self.conninfo_base, self.admin, self._n = "", None, 0
+        if pg_url:
+            u = make_url(pg_url)
+            self.conninfo_base = make_conninfo(
+                host=u.host or "127.0.0.1", port=str(u.port or 5432), user=u.username or "postgres",
+                dbname=u.database or "postgres", **({"password": u.password} if u.password else {}),
+            )  # fmt: skip
+            self.admin = psycopg.connect(self.conninfo_base, autocommit=True)
 
     def schema(self, what: str) -> str:
-        """A new empty schema (no tables), dropped at the end of the run."""
+        """A new empty PostgreSQL schema, selected through `search_path` like the test suite."""
+        assert self.admin is not None
         self._n += 1
-        schema = f"bench_{self.run_id}_{what}_{self._n}"
-        self._admin.execute(f'CREATE SCHEMA "{schema}"')
-        self._schemas.append(schema)
-        return schema
+        self.schemas.append(f"bench_{self.prefix}_{what}_{self._n}")
+        self.admin.execute(f'CREATE SCHEMA "{self.schemas[-1]}"')
+        return self.schemas[-1]
 
-    def loaded(self, ds: DataSet | None, now: int) -> str:
-        """A migrated schema holding `ds` (or nothing), analyzed as autovacuum would."""
-        schema = self.schema("run")
-        renewald_migrate(self.url(schema))
-        if ds is not None:
-            load("postgresql", self.conninfo(schema), ds, now)
-            for table in ("renewal_jobs", "local_conversations"):
-                self._admin.execute(f'ANALYZE "{schema}".{table}')
-        return schema
+    def url(self, schema: str) -> str:
+        sep = "&" if "?" in str(self.pg_url) else "?"
+        return f"{self.pg_url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+    def conninfo(self, schema: str) -> str:
+        return make_conninfo(self.conninfo_base, options=f"-csearch_path={schema}")
+
+    def get(self, backend: str, ds: DataSet | None, *, fresh: bool = True) -> RunDB:
+        """A migrated database for one run holding `ds` (or nothing); `fresh`: on SQLite, a
+        copy of the data set's template file, loaded once."""
+        now = now_ms()
+        if backend == "postgresql":
+            schema = self.schema("run")
+            renewald_migrate(self.url(schema))
+            if ds is not None:
+                load(backend, self.conninfo(schema), ds, now)
+                for table in ("renewal_jobs", "local_conversations"):
+                    self.admin.execute(f'ANALYZE "{schema}".{table}')  # type: ignore[union-attr]
+            return RunDB(self, backend, self.url(schema), self.conninfo(schema), schema)
+        self._n += 1
+        path = self.work / f"run-{self._n}.db"
+        if fresh and ds is not None:
+            if ds not in self.templates:
+                self.templates[ds] = Path(self.get(backend, ds, fresh=False).target)
+            shutil.copyfile(self.templates[ds], path)
+        else:
+            renewald_migrate(f"sqlite:///{path}")
+            if ds is not None:
+                load(backend, path, ds, now)
+        return RunDB(self, backend, f"sqlite:///{path}", str(path))
 
     def drop(self, schema: str) -> None:
-        self._admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        self.admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[union-attr]
         with contextlib.suppress(ValueError):
-            self._schemas.remove(schema)
+            self.schemas.remove(schema)
 
     def close(self) -> None:
-        for schema in list(self._schemas):
+        for schema in list(self.schemas):
             with contextlib.suppress(psycopg.Error):
                 self.drop(schema)
-        self._admin.close()
+        if self.admin is not None:
+            self.admin.close()
 
 
 @dataclass
 class RunDB:
     """The database of one run, whichever the backend: its URL and a way to read it back."""
 
+    dbs: DBs
     backend: str
     url: str
     target: str  # the SQLite path or the libpq conninfo, for the plain drivers
-    sqlite: SqliteDBs
-    pg: PgDBs | None
     schema: str | None = None
 
     def connect(self, **kwargs: Any) -> Any:
-        if self.backend == "sqlite":
-            return sqlite_connect(self.target)
-        return psycopg.connect(self.target, **kwargs)
+        return connect(self.backend, self.target, **kwargs)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = self.connect()
@@ -235,26 +206,11 @@ class RunDB:
         if self.backend == "sqlite":
             conn.execute("BEGIN IMMEDIATE")
         conn.execute(insert_sql(renewal_jobs, list(row), self.backend), row)
-        if self.backend == "sqlite":
-            conn.execute("COMMIT")
-        else:
-            conn.commit()
+        conn.commit()
 
     def discard(self) -> None:
-        if self.schema is None:
-            self.sqlite.discard(Path(self.target))
-        elif self.pg is not None:
-            self.pg.drop(self.schema)
-
-
-def run_db(
-    backend: str, ds: DataSet | None, sqlite: SqliteDBs, pg: PgDBs | None, *, fresh: bool = True
-) -> RunDB:
-    """A database for one run: `ds` loaded (a copy of a template on SQLite), or empty."""
-    now = now_ms()
-    if backend == "sqlite":
-        path = sqlite.fresh(ds, now) if ds is not None and fresh else sqlite.loaded(ds, now)
-        return RunDB("sqlite", f"sqlite:///{path}", str(path), sqlite, pg)
-    assert pg is not None
-    schema = pg.loaded(ds, now)
-    return RunDB("postgresql", pg.url(schema), pg.conninfo(schema), sqlite, pg, schema)
+        if self.schema is not None:
+            self.dbs.drop(self.schema)
+            return
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.target}{suffix}").unlink(missing_ok=True)

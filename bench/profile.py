@@ -1,12 +1,7 @@
-"""`python -m bench --profile`: py-spy profiles of the real daemon, summarised as markdown.
-
-Each profile runs `renewald` under `py-spy record --format raw --threads` (collapsed
-stacks, the thread as the root frame) and writes `bench/results/profiles/<stamp>/<name>.md`:
-samples per thread, per area (the leaf frame's library), the top functions by self time
-and by inclusive time. py-spy samples every thread that is not idle (one waiting for the
-GIL counts); `-gil` profiles sample only the thread holding the GIL, i.e. where the
-process's one core of Python time goes. Leaf frames blocked in C (a lock, a socket, the
-server) are counted as waits, apart from busy samples.
+"""`python -m bench --profile`: py-spy profiles of the real daemon, summarised as markdown in
+bench/results/profiles/<stamp>/: samples per thread, per area (the leaf frame's library),
+top functions by self and inclusive time. `-gil` profiles sample only the GIL holder; leaf
+frames blocked in C (a lock, a socket, the server) count as waits, apart from busy samples.
 """
 
 from __future__ import annotations
@@ -20,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say, spawn, wait_until
-from bench.db import DataSet, RunDB, run_db
+from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say, wait_until
+from bench.db import DataSet, RunDB
 from bench.sections import iobound
 from bench.sections.pickup import registered
 
@@ -48,7 +43,6 @@ _AREAS = (
     (("alembic/", "mako/"), "alembic"), (("threading.py", "queue.py"), "threading/queue"),
     (("<frozen", "importlib"), "imports"),
 )  # fmt: skip
-
 
 _DRIVER_CALLS = {"do_execute", "do_executemany", "do_commit", "do_rollback", "_do_commit"}
 
@@ -117,18 +111,7 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
 def _record(args: list[str], run_dir: Path, db: RunDB, ctx: Ctx, *, gil: bool = False,
             rate: int = 250, **config: Any) -> tuple[Path, float]:  # fmt: skip
     raw = run_dir / f"raw-{time.monotonic_ns()}.txt"
-    cmd = [
-        PY_SPY,
-        "record",
-        "--nonblocking",
-        "-r",
-        str(rate),
-        "-f",
-        "raw",
-        "--threads",
-        "-o",
-        str(raw),
-    ]
+    cmd = [PY_SPY, *f"record --nonblocking -r {rate} -f raw --threads -o {raw}".split()]
     env = renewald_env(db.url, ctx.config(run_dir, **config))
     t = time.perf_counter()
     with open(run_dir / "console.txt", "ab") as fh:
@@ -145,16 +128,15 @@ def run(ctx: Ctx, stamp: str) -> None:
     def save(
         name: str, raw: Path, wall: float, title: str, rate: int = 250, note: str = ""
     ) -> None:
-        (out_dir / f"{name}.md").write_text(
-            summarise(raw, title=title, rate=rate, wall_s=wall, note=note) + "\n"
-        )
+        text = summarise(raw, title=title, rate=rate, wall_s=wall, note=note)
+        (out_dir / f"{name}.md").write_text(text + "\n")
         index.append(name)
         say(f"profile {name} written")
 
     n = ctx.pick(20_000, 3_000)
     for backend, gil in (("sqlite", False), ("sqlite", True), ("postgresql", False)):
         if backend in ctx.backends:
-            db = run_db(backend, DataSet(jobs=n, conversations=n // 2), ctx.sqlite, ctx.pg)
+            db = ctx.db(backend, DataSet(jobs=n, conversations=n // 2))
             raw, wall = _record(
                 ["run", "--once"], ctx.run_dir(f"prof-drain-{backend}"), db, ctx, gil=gil
             )
@@ -167,7 +149,7 @@ def run(ctx: Ctx, stamp: str) -> None:
     try:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
-            db = run_db("sqlite", ds, ctx.sqlite, ctx.pg)
+            db = ctx.db("sqlite", ds)
             raw, wall = _record(
                 iobound.ARGS, ctx.run_dir("prof-io"), db, ctx, gil=gil, **iobound.CONFIG
             )
@@ -178,33 +160,14 @@ def run(ctx: Ctx, stamp: str) -> None:
         target.stop()
 
     for backend in ctx.backends:
-        db = run_db(backend, None, ctx.sqlite, ctx.pg)
-        run_dir = ctx.run_dir(f"prof-startup-{backend}")
-        runs = [
-            _record(["run", "--once"], run_dir, db, ctx, rate=1000) for _ in range(ctx.pick(5, 2))
-        ]
-        merged = run_dir / "raw.txt"
-        merged.write_text("\n".join(raw.read_text() for raw, _ in runs))
-        db.discard()
-        title = f"`run --once` on an empty database, {backend} ({len(runs)} runs merged)"
-        save(f"startup-{backend}", merged, sum(w for _, w in runs), title, 1000)
-
-    for backend in ctx.backends:
-        db = run_db(backend, None, ctx.sqlite, ctx.pg)
-        run_dir = ctx.run_dir(f"prof-idle-{backend}")
-        proc = spawn(
-            [RENEWALD, "run"],
-            env=renewald_env(db.url, ctx.config(run_dir)),
-            cwd=run_dir,
-            sample=False,
-        )
-        seconds, raw = ctx.pick(30, 8), run_dir / "raw.txt"
+        db = ctx.db(backend, None)
+        proc = ctx.renewald(db, f"prof-idle-{backend}", ["run"], sample=False)
+        seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
         try:
             wait_until(functools.partial(registered, db), timeout=30, what="the daemon")
             time.sleep(3)
-            subprocess.run([PY_SPY, "record", "-r", "1000", "-f", "raw", "--threads", "-o",
-                            str(raw), "-d", str(seconds), "--pid", str(proc.pid)],
-                           check=True, capture_output=True, timeout=seconds + 60)  # fmt: skip
+            args = f"record -r 1000 -f raw --threads -o {raw} -d {seconds} --pid {proc.popen.pid}"
+            subprocess.run([PY_SPY, *args.split()], check=True, capture_output=True, timeout=99)
         finally:
             proc.stop()
             db.discard()

@@ -1,8 +1,5 @@
-"""From a run's record to the targets (met / missed) and to bench/results.md.
-
-Each section's table is a list of columns, (heading, cell of one summary row); a section
-that did not run, or failed, leaves its table out.
-"""
+"""From a run's record to the targets (met / missed) and to bench/results.md: each table is
+a list of columns, (heading, cell of one summary row)."""
 
 from __future__ import annotations
 
@@ -38,20 +35,17 @@ def _val(v: float | None, unit: str) -> str:
     return f"{v:,.{digits}f} {unit}".replace(" x", "\u00d7").replace(" %", "%")
 
 
+PAGE_MS = 50.0
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 _RATE = {"peers": "jobs_per_s", "io": "deliveries_per_s"}
 # (target, renewald's configuration, the other, least ratio)
 PEER_TARGETS = (
-    (
-        "SQLite run --once >= 1.0x bare per-job loop (JSONL)",
-        "renewald-sqlite",
-        "bare-sqlite-job",
-        1.0,
-    ),
+    ("SQLite run --once >= 1.0x bare per-job loop (JSONL)", "renewald-sqlite", "bare-sqlite-job",
+     1.0),
     ("SQLite run --once >= 2.5x Huey", "renewald-sqlite", "huey", 2.5),
     ("PostgreSQL 1 daemon >= 1.0x PgQueuer", "renewald-postgresql-1", "pgqueuer", 1.0),
     ("PostgreSQL 1 daemon >= 10x Procrastinate", "renewald-postgresql-1", "procrastinate", 10.0),
-)
+)  # fmt: skip
 
 
 def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,6 +69,9 @@ def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append((f"idle CPU < 0.3% of a core ({b})", cpu, "<", 0.3, "%"))
         p50 = _med(s, "pickup", b, "summary", "due", "p50")
         rows.append((f"pickup p50 <= 5 ms, job inserted due ({b})", p50, "<=", 5, "ms"))
+        pages = [p["median_ms"] for p in (_get(s, "pages", b) or {}).values()]
+        rows.append((f"status page: every page <= {PAGE_MS:g} ms ({b})", max(pages, default=None),
+                     "<=", PAGE_MS, "ms"))  # fmt: skip
     return [
         {"target": n, "value": v, "op": op, "limit": lim, "unit": unit,
          "met": None if v is None else _OPS[op](v, lim)}
@@ -87,12 +84,8 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [*out, *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def _columns(
-    summary: dict[str, Any], columns: list[Column], names: dict[str, str] | None = None
-) -> list[str]:
-    rows = [
-        [(names or {}).get(k, k), *(cell(k, v) for _, cell in columns)] for k, v in summary.items()
-    ]
+def _columns(summary: dict[str, Any], columns: list[Column]) -> list[str]:
+    rows = [[k, *(cell(k, v) for _, cell in columns)] for k, v in summary.items()]
     return _table(["", *(h for h, _ in columns)], rows)
 
 
@@ -127,9 +120,8 @@ def markdown(record: dict[str, Any], *, json_name: str) -> str:
         f"with min-max in brackets). The raw record is [`results/{json_name}`](results/"
         f"{json_name}). How to run: [README.md](README.md).", "",
         "## Machine", "", *_table(["machine", ""], machine),
-        "The machine is shared: other engineers ran test suites throughout, so absolute rates "
-        "move by a factor of 2 or more between repetitions. Ratios taken within one "
-        "repetition order (configurations interleaved) are the steadier figures.", "",
+        "The machine is shared: absolute rates move by 2x between repetitions; ratios within "
+        "one repetition (configurations interleaved) are steadier.", "",
         "## Targets", "",
         *_table(["target", "measured", "result"], [[t["target"], _val(t["value"], t["unit"]),
                                                      result[t["met"]]] for t in record["targets"]]),
@@ -166,10 +158,8 @@ def _peers(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 
     return [
         f"## Throughput beside the peers ({sec['jobs']:,} no-op jobs, same run)", "",
-        "Every configuration is timed the same way: jobs / wall time of a child process, "
-        "spawn to exit (start-up included): `renewald run --once`, the bare loops (`python "
-        "-m bench.bare`) and the peers (`python -m bench.peer`). Ratio = renewald on the "
-        "same backend / the row.", "",
+        "Every configuration timed the same way: jobs / wall time of a child process, spawn "
+        "to exit (start-up included). Ratio = renewald on the same backend / the row.", "",
         *_columns(summ, [("jobs/s", _sp("jobs_per_s")), ("renewald /", ratio),
                          ("per job, compared with renewald", lambda k, _v: notes.get(k, ""))]),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sec.get("versions", {}).items()), "",
@@ -179,12 +169,9 @@ def _peers(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 def _limit(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
     return [
         "## 1. Bare-SQL limit", "",
-        "Claim → no-op → fenced job update + attempt insert → one JSONL line per attempt, "
-        "renewald's own statements compiled to SQL text (bench/statements.py) and run in "
-        "plain `sqlite3` / psycopg (`FOR UPDATE SKIP LOCKED`, no advisory lock) by "
-        "`python -m bench.bare` processes (bench/bare.py). Data: the drain's set; each run "
-        "stops after the job count shown. In the loop: first loop start to last loop end; "
-        "spawn to exit: start-up included.", "",
+        "Claim → no-op → fenced update + attempt row → JSONL line, renewald's statements in "
+        "plain sqlite3 / psycopg (bench/bare.py), on the drain's data set. In the loop: first "
+        "loop start to last loop end; spawn to exit: start-up included.", "",
         *_columns(sec["summary"], [("jobs per run", lambda _k, v: f"{v['jobs']:,}"),
                                    ("jobs/s in the loop", _sp("loop_jobs_per_s")),
                                    ("jobs/s spawn to exit", _sp("jobs_per_s"))]),
@@ -208,11 +195,9 @@ def _drain(sec: dict[str, Any], s: dict[str, Any]) -> list[str]:
 
     return [
         "## 2. renewald drain (`run --once`)", "",
-        f"{ds['jobs']:,} due jobs over {ds['conversations']:,} conversations, `log` adapter, "
-        "default config, `renewald run --once` as real processes, console (JSON lines) to a "
-        "file. jobs/s = jobs / process wall time, spawn to exit; steady = jobs / (last "
-        "finished_at - first started_at). Ratios: to the bare loops' in-loop rates (same "
-        "backend and process count).", "",
+        f"{ds['jobs']:,} due `log` jobs over {ds['conversations']:,} conversations, default "
+        "config. jobs/s: spawn to exit; steady: last finished_at - first started_at. Ratios: "
+        "to the bare loops' in-loop rates (same backend and process count).", "",
         *_columns(sec["summary"], [
             ("jobs/s", _sp("jobs_per_s")), ("steady jobs/s", _sp("steady_jobs_per_s")),
             ("÷ bare per-job", over(0)), ("÷ bare batch-100", over(1)),
@@ -235,10 +220,9 @@ def _pickup(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 
     return [
         "## 3. Pickup latency (`renewald run`, default config)", "",
-        f"Jobs inserted one transaction each at {one['rate_per_s']}/s, each in its own "
-        f"conversation, for {one['window_s']:g} s per window; scheduled {one['lead_ms']} ms "
-        "ahead, or already due at insert. Latency = `started_at - next_attempt_at` (ms). Per "
-        "percentile: the median over windows (min-max); 'all' pools every window.", "",
+        f"{one['rate_per_s']} jobs/s for {one['window_s']:g} s a window, scheduled "
+        f"{one['lead_ms']} ms ahead or due at insert. Per percentile: the median over windows "
+        "(min-max); 'all' pools every window.", "",
         *_columns(rows, [*((f"{p} ms", _sp(p)) for p in ("p50", "p95", "p99", "max")),
                          ("all: p50 / p99 / max", pooled)]),
     ]  # fmt: skip
@@ -260,9 +244,8 @@ def _poll(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 
     L = [
         f"## 4. Poll cost at scale ({sec['rows']:,} rows)", "",
-        f"{ds['finished']:,} finished, {ds['jobs']:,} pending and due, {ds['future']:,} "
-        f"pending later. Per statement the median of per-repetition medians (ms, client "
-        "side); claims commit 32 jobs each. See bench/sections/pollcost.py.", "",
+        f"{ds['finished']:,} finished, {ds['jobs']:,} due, {ds['future']:,} later. Medians "
+        "of per-repetition medians (ms, client side); see bench/sections/pollcost.py.", "",
         *_columns(rows, [
             ("bulk load", _txt("load")), t("due"),
             ("due: server ms (EXPLAIN ANALYZE)", _txt("server")),
@@ -280,11 +263,10 @@ def _poll(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 def _io(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
     return [
         "## 5. I/O-bound scale-out (`http.webhook`, target answers after 50 ms)", "",
-        f"{sec['jobs']:,} jobs, one conversation each, `run --once --workers {sec['workers']}` "
-        "per daemon; ideal = daemons x workers / 50 ms. Rate = jobs / (last attempt finished - "
-        "first attempt started); 'spawn to exit' is first spawn to last exit.", "",
+        f"{sec['jobs']:,} jobs, `--workers {sec['workers']}` per daemon; ideal = daemons x "
+        "workers / 50 ms. Rate: first attempt started to last finished.", "",
         *_columns(sec["summary"], [
-            ("ideal /s", _txt("ideal_per_s")), ("deliveries/s", _sp("deliveries_per_s")),
+            ("ideal /s", _sp("ideal_per_s")), ("deliveries/s", _sp("deliveries_per_s")),
             ("of ideal", _sp("of_ideal_pct", 0, "%")),
             ("spawn to exit /s", _sp("wall_deliveries_per_s")),
             ("max in flight at the target", _sp("server_max_in_flight")),
@@ -319,8 +301,26 @@ def _footprint(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
     return L
 
 
+def _pages(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
+    backends = [b for b in ("sqlite", "postgresql") if b in sec]
+    rows = {page: {b: sec[b][page] for b in backends} for page in sec[backends[0]]}
+
+    def cell(b: str) -> Column:
+        return f"{b} median (max) ms", lambda _k, v: f"{v[b]['median_ms']} ({v[b]['max_ms']})"
+
+    def met(_k: str, v: dict[str, Any]) -> str:
+        return "yes" if all(x["median_ms"] <= PAGE_MS for x in v.values()) else "NO"
+
+    return [
+        f"## 7. Status page ({sec['rows']:,} jobs)", "",
+        "Server time of one request (`StatusApp.route`: store reads, `explain`, Jinja2 render), "
+        f"median of {sec['n']} after a warm-up; PostgreSQL after ANALYZE, without VACUUM.", "",
+        *_columns(rows, [*map(cell, backends), (f"<= {PAGE_MS:g} ms", met)]),
+    ]  # fmt: skip
+
+
 SECTIONS = [("peers", _peers), ("limit", _limit), ("drain", _drain), ("pickup", _pickup),
-            ("poll", _poll), ("io", _io), ("footprint", _footprint)]  # fmt: skip
+            ("poll", _poll), ("io", _io), ("footprint", _footprint), ("pages", _pages)]  # fmt: skip
 
 
 def write_results_md(path: Path, text: str) -> None:
@@ -328,14 +328,3 @@ def write_results_md(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     kept = old.split(MARKER, 1)[1] if MARKER in old else "\n## Profiles and plan\n"
     path.write_text(text.rstrip() + "\n\n" + MARKER + kept)
-
-
-def replace_block(path: Path, heading: str, block: str) -> None:
-    """Put `block` under its `heading` in results.md, replacing the previous one."""
-    text = path.read_text() if path.exists() else ""
-    if heading not in text:
-        path.write_text(text.rstrip() + "\n\n" + block)
-        return
-    before, rest = text.split(heading, 1)
-    after = rest.split("\n## ", 1)
-    path.write_text(before + block + ("\n## " + after[1] if len(after) > 1 else ""))

@@ -1,10 +1,7 @@
-"""renewald's own statements, compiled to SQL text for plain sqlite3 and psycopg.
-
-The bare loop (bare.py) and the poll section (sections/pollcost.py) run these without
-SQLAlchemy; nothing is written out by hand, so they always measure the landed statements:
-the claim and its due candidates (store/claim.py), the wake-up query (store/jobs.py), the
-fenced write of a result (store/attempts.py), the attempt row and the bench's own inserts
-(store/schema.py).
+"""renewald's own statements, compiled to SQL text for plain sqlite3 and psycopg (bare.py,
+sections/pollcost.py, db.py): nothing written out by hand, so the bench measures the landed
+claim (store/claim.py), wake-up query (store/jobs.py), fenced write (store/attempts.py) and
+the schema's tables (store/schema.py).
 """
 
 from __future__ import annotations

@@ -1,18 +1,15 @@
-"""Section 2, the renewald drain: N due `log` jobs, `renewald run --once` as real processes.
-
-jobs/s = N / wall time of the process(es), spawn to exit (start-up included, as cron sees
-it); the steady rate, N / (last finished_at - first started_at) from the database, beside
-it. The console (one JSON line per delivery from the `log` adapter, plus the daemon's own)
-goes to a file: that output is part of the cost measured; the quiet variant prices it by
-setting the console level to warning.
+"""Section 2, the renewald drain: N due `log` jobs, `renewald run --once` as real processes,
+timed spawn to exit, with the steady rate from the database beside it. The console goes to
+a file (part of the cost); the quiet variant sets its level to warning.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from bench.common import RENEWALD, Ctx, error, renewald_env, run_all, say, spawn, summarise
-from bench.db import DataSet, RunDB, run_db
+from bench.common import Ctx, repeat, run_all
+from bench.db import DataSet
 
 CONFIGS = (("sqlite", 1, None), ("sqlite", 1, "warning"), ("postgresql", 1, None),
            ("postgresql", 3, None))  # fmt: skip
@@ -23,26 +20,16 @@ def dataset(ctx: Ctx) -> DataSet:
     return DataSet(jobs=n, conversations=n // 2)
 
 
-def spawn_renewald(
-    ctx: Ctx, db: RunDB, name: str, daemons: int, args: list[str], **config: Any
-) -> tuple[list[int], float, list[Any]]:
-    """`renewald ARGS` in `daemons` processes on `db`, spawned together, waited for."""
-    run_dir = ctx.run_dir(name)
-    env = renewald_env(db.url, ctx.config(run_dir, **config))
-    procs = [spawn([RENEWALD, *args], env=env, cwd=run_dir) for _ in range(daemons)]
-    codes, wall = run_all(procs)
-    return codes, wall, procs
-
-
 def drain_once(
     ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | None = None
 ) -> dict[str, Any]:
-    db = run_db(backend, ds, ctx.sqlite, ctx.pg)
+    db = ctx.db(backend, ds)
     key = f"{backend}-{daemons}" + ("-quiet" if level else "")
     try:
         logging = {"level": level} if level else {}
-        codes, wall, procs = spawn_renewald(ctx, db, f"drain-{key}", daemons, ["run", "--once"],
-                                            logging=logging)  # fmt: skip
+        procs = [ctx.renewald(db, f"drain-{key}", ["run", "--once"], logging=logging)
+                 for _ in range(daemons)]  # fmt: skip
+        codes, wall = run_all(procs)
         counts = db.status_counts()
         span_ms, attempts = db.query(
             "SELECT max(finished_at) - min(started_at), count(*) FROM renewal_job_attempts"
@@ -66,16 +53,9 @@ def drain_once(
 
 def run(ctx: Ctx) -> dict[str, Any]:
     ds = dataset(ctx)
-    configs = [c for c in CONFIGS if c[0] in ctx.backends]
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for rep in range(ctx.reps):
-        for backend, daemons, level in configs:
-            r = drain_once(ctx, backend, daemons, ds, level)
-            runs.setdefault(r["key"], []).append(r)
-            say(f"drain {r['key']} rep {rep + 1}: {r['jobs_per_s']:.0f} jobs/s (wall "
-                f"{r['wall_s']:.1f}s, steady {r['steady_jobs_per_s'] or 0:.0f}/s)"
-                + error(r))  # fmt: skip
+    todo = {f"{b}-{d}" + "-quiet" * bool(level): functools.partial(drain_once, ctx, b, d, ds, level)
+            for b, d, level in CONFIGS if b in ctx.backends}  # fmt: skip
     keys = ("jobs_per_s", "steady_jobs_per_s", "rss_peak_mb", "cpu_s_per_1k_jobs",
             "console_bytes_per_job")  # fmt: skip
-    summary = {key: summarise(rs, *keys) for key, rs in runs.items()}
+    runs, summary = repeat(ctx, "drain", todo, *keys)
     return {"dataset": ds.__dict__, "runs": runs, "summary": summary}

@@ -1,12 +1,6 @@
-"""Section 6, footprint: idle CPU and RSS of `renewald run`, and `run --once` start-up.
-
-- Idle: one `renewald run` per backend on an empty (migrated) database, default config,
-  both started together; after a settle time, CPU (user + system, psutil) over the window
-  as % of one core, and RSS/USS at its end.
-- Start-up: `renewald run --once` on an empty database, spawn to exit (what cron pays),
-  beside `python -c pass` and `renewald --version`, and one run under `python -X
-  importtime` for where the import time goes.
-- RSS while draining: the peak RSS sampled during section 2.
+"""Section 6, footprint: idle CPU and RSS of `renewald run` (one per backend, empty database,
+after a settle time), `run --once` start-up on an empty database (spawn to exit, beside
+`python -c pass` and `renewald --version`, and one `-X importtime` run), peak RSS draining.
 """
 
 from __future__ import annotations
@@ -20,23 +14,20 @@ from typing import Any
 
 import psutil
 
-from bench.common import RENEWALD, Ctx, importtime_top, renewald_env, say, spawn, spread, wait_until
-from bench.db import run_db
+from bench.common import RENEWALD, Ctx, Proc, importtime_top, renewald_env, say, spread, wait_until
 from bench.sections.pickup import registered
 
 
 def _idle(ctx: Ctx) -> dict[str, Any]:
-    dbs = {b: run_db(b, None, ctx.sqlite, ctx.pg) for b in ctx.backends}
-    procs = {}
+    dbs = {b: ctx.db(b, None) for b in ctx.backends}
+    procs: dict[str, Proc] = {}
     try:
         for b, db in dbs.items():
-            run_dir = ctx.run_dir(f"idle-{b}")
-            env = renewald_env(db.url, ctx.config(run_dir))
-            procs[b] = spawn([RENEWALD, "run"], env=env, cwd=run_dir, sample=False)
+            procs[b] = ctx.renewald(db, f"idle-{b}", ["run"], sample=False)
         for b, db in dbs.items():
             wait_until(functools.partial(registered, db), timeout=30, what=f"the {b} daemon")
         time.sleep(ctx.pick(5.0, 2.0))
-        ps = {b: psutil.Process(p.pid) for b, p in procs.items()}
+        ps = {b: psutil.Process(p.popen.pid) for b, p in procs.items()}
         before = {b: p.cpu_times() for b, p in ps.items()}
         t0 = time.monotonic()
         time.sleep(ctx.pick(60.0, 5.0))
@@ -72,7 +63,7 @@ def _startup(ctx: Ctx) -> dict[str, Any]:
         "renewald_version_s": spread(_timed([RENEWALD, "--version"])[0] for _ in range(reps)),
     }
     for backend in ctx.backends:
-        db = run_db(backend, None, ctx.sqlite, ctx.pg)
+        db = ctx.db(backend, None)
         env = renewald_env(db.url, ctx.config(ctx.run_dir(f"startup-{backend}")))
         try:
             walls = []

@@ -1,26 +1,22 @@
 """Section 5, I/O-bound delivery: `http.webhook` to a local target that answers after 50 ms.
 
-The target is a threaded HTTP/1.1 server (keep-alive) on 127.0.0.1 in the bench process.
-M jobs, each in a conversation of its own (so "one at a time per conversation" never
-holds one back), `renewald run --once --workers 8` in 1 and in 3 daemons on PostgreSQL
-(1 daemon on SQLite without PostgreSQL). The ideal is daemons x 8 / 0.05 s (160 or 480
-deliveries/s). deliveries/s = M / (last attempt finished_at - first attempt started_at);
-the rate spawn to exit (start-up included) beside it. `max_in_flight_per_target` is set
-to the workers, so that the test measures the pipeline, not the per-target limit (every
-job goes to the same origin). bench/profile.py uses the same figures.
+M jobs, one conversation each, `run --once --workers 8` in 1 and 3 daemons on PostgreSQL
+(1 on SQLite without it) against the ideal daemons x 8 / 50 ms. `max_in_flight_per_target`
+is the workers: the pipeline is measured, not the per-target limit. bench/profile.py uses
+the same figures (ARGS, CONFIG).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bench.common import Ctx, error, say, summarise
-from bench.db import DataSet, run_db
-from bench.sections.drain import spawn_renewald
+from bench.common import Ctx, repeat, run_all
+from bench.db import DataSet
 
 DELAY = 0.05
 WORKERS = 8
@@ -84,13 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def once(ctx: Ctx, backend: str, daemons: int, target: Target, ds: DataSet) -> dict[str, Any]:
-    db = run_db(backend, ds, ctx.sqlite, ctx.pg)
+    db = ctx.db(backend, ds)
     target.max_in_flight = 0
     ideal = daemons * WORKERS / DELAY
     try:
-        codes, wall, procs = spawn_renewald(
-            ctx, db, f"io-{backend}-{daemons}", daemons, ARGS, **CONFIG
-        )
+        procs = [
+            ctx.renewald(db, f"io-{backend}-{daemons}", ARGS, **CONFIG) for _ in range(daemons)
+        ]
+        codes, wall = run_all(procs)
         span_ms = db.one("SELECT max(finished_at) - min(started_at) FROM renewal_job_attempts")
         counts = db.status_counts()
         rate = ds.jobs / (span_ms / 1000) if span_ms else 0.0
@@ -113,26 +110,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
     try:
         ds = target.dataset(ctx.pick(3_200, 640))
         configs = [("postgresql", 1), ("postgresql", 3)] if ctx.pg else [("sqlite", 1)]
-        runs: dict[str, list[dict[str, Any]]] = {f"{b}-{d}": [] for b, d in configs}
-        for rep in range(ctx.reps):
-            for backend, daemons in configs:
-                r = once(ctx, backend, daemons, target, ds)
-                runs[f"{backend}-{daemons}"].append(r)
-                say(f"io {backend}-{daemons} rep {rep + 1}: {r['deliveries_per_s']:.0f}/s "
-                    f"({r['of_ideal_pct']:.0f}% of {r['ideal_per_s']:.0f}), max in flight "
-                    f"{r['server_max_in_flight']}" + error(r))  # fmt: skip
-        keys = ("deliveries_per_s", "of_ideal_pct", "wall_deliveries_per_s",
-                "server_max_in_flight", "cpu_ms_per_delivery")  # fmt: skip
-        summary = {
-            k: {"ideal_per_s": rs[0]["ideal_per_s"], **summarise(rs, *keys)}
-            for k, rs in runs.items()
-        }
-        return {
-            "delay_s": DELAY,
-            "workers": WORKERS,
-            "jobs": ds.jobs,
-            "runs": runs,
-            "summary": summary,
-        }
+        todo = {f"{b}-{d}": functools.partial(once, ctx, b, d, target, ds) for b, d in configs}
+        keys = ("deliveries_per_s", "of_ideal_pct", "wall_deliveries_per_s", "server_max_in_flight",
+                "cpu_ms_per_delivery", "ideal_per_s")  # fmt: skip
+        runs, summary = repeat(ctx, "io", todo, *keys)
+        return {"workers": WORKERS, "jobs": ds.jobs, "runs": runs, "summary": summary}
     finally:
         target.stop()

@@ -1,18 +1,15 @@
-"""Section 1, the bare-SQL limit (bench/bare.py: the loop and its statements).
-
-Every run starts on a fresh copy of the drain's data set (N due jobs, two per
-conversation); each of 1 or 3 processes (`python -m bench.bare`) stops after its share of
-`max_jobs`: rates, not totals, are compared (the per-job loops on PostgreSQL are too slow
-to take through all N). Two rates: in the loop (jobs / first loop start to last loop end)
-and spawn to exit (start-up included, as renewald and the peers are timed).
+"""Section 1, the bare-SQL limit: `python -m bench.bare` processes (bench/bare.py) on a copy
+of the drain's data set, each stopping after its share of `max_jobs`; the rate in the
+loop and spawn to exit (start-up included, as renewald and the peers are timed).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from bench.common import Ctx, bench_cmd, child_env, error, run_all, say, spawn, summarise
-from bench.db import DataSet, run_db
+from bench.common import Ctx, bench_cmd, child_env, repeat, run_all, spawn
+from bench.db import DataSet
 from bench.sections.drain import dataset
 from bench.statements import statements
 
@@ -21,7 +18,7 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
     """key -> backend, claim batch, processes, jobs per run."""
     n = dataset(ctx).jobs
     rows = [("sqlite", 1, 1, ctx.pick(10_000, 1_000)), ("sqlite", 100, 1, n)]
-    if ctx.pg is not None:
+    if ctx.pg:
         per_job = ctx.pick(3_000, 300)
         rows += [("postgresql", b, p, per_job if b == 1 else n) for b in (1, 100) for p in (1, 3)]
     return [
@@ -33,17 +30,15 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
 
 def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
     """One run of `c`: its processes spawned together, each timed spawn to exit."""
-    db = run_db(c["backend"], ds, ctx.sqlite, ctx.pg)
+    db = ctx.db(c["backend"], ds)
     run_dir = ctx.run_dir(f"bare-{c['key']}")
     sql = run_dir / "statements.json"
     sql.write_text(statements(c["backend"]).dumps())
     share = -(-c["max_jobs"] // c["procs"])
     try:
-        cmd = bench_cmd(
-            "bare", c["backend"], db.target, sql, "--batch", c["batch"], "--max-jobs", share
-        )
+        cmd = bench_cmd("bare", c["backend"], db.target, sql, c["batch"], share)
         jsonl = [run_dir / f"bare-{i}.jsonl" for i in range(c["procs"])]
-        procs = [spawn([*cmd, "--jsonl", str(j)], env=child_env(), cwd=run_dir) for j in jsonl]
+        procs = [spawn([*cmd, str(j)], env=child_env(), cwd=run_dir) for j in jsonl]
         codes, wall = run_all(procs)
         if any(codes):
             raise RuntimeError(f"bare loop exit {codes}: {procs[0].tail()}")
@@ -63,15 +58,6 @@ def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
 
 def run(ctx: Ctx) -> dict[str, Any]:
     cs, ds = configs(ctx), dataset(ctx)
-    runs: dict[str, list[dict[str, Any]]] = {c["key"]: [] for c in cs}
-    for rep in range(ctx.reps):
-        for c in cs:
-            r = once(ctx, c, ds)
-            runs[c["key"]].append(r)
-            say(f"bare {c['key']} rep {rep + 1}: {r['loop_jobs_per_s']:.0f} jobs/s in the loop, "
-                f"{r['jobs_per_s']:.0f} spawn to exit ({r['jobs']} jobs)" + error(r))  # fmt: skip
-    summary = {
-        key: {"jobs": rs[0]["jobs"], **summarise(rs, "jobs_per_s", "loop_jobs_per_s")}
-        for key, rs in runs.items()
-    }
+    todo = {c["key"]: functools.partial(once, ctx, c, ds) for c in cs}
+    runs, summary = repeat(ctx, "bare", todo, "jobs_per_s", "loop_jobs_per_s")
     return {"configs": cs, "runs": runs, "summary": summary}

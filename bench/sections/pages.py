@@ -1,10 +1,6 @@
-"""The status page at scale: each page's server time on 1,000,000 jobs (issue 17).
-
-Rows: the poll section's data set plus a handful of schedules. Each page is rendered by
-`StatusApp.route` in this process (the store reads, `explain`, the Jinja2 render: all a
-request costs but the socket), `reps x 5` times after one warm-up; the median is recorded.
-The target is 50 ms a page. A full run writes its block under "Status page" in
-bench/results.md (in the hand-written part, which the other sections keep).
+"""Section 7, the status page on 1,000,000 jobs (issue 17): each page rendered by
+`StatusApp.route` in this process (store reads, `explain`, Jinja2: all a request costs but
+the socket), `reps x 5` times after a warm-up. The target (50 ms) is in bench/report.py.
 """
 
 from __future__ import annotations
@@ -16,26 +12,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bench.common import Ctx, now_ms, say
-from bench.db import run_db
 from bench.sections.pollcost import dataset
 from renewald.clock import SystemClock
 from renewald.daemon.listener import Request
 from renewald.store import Store
 from renewald.store.models import Schedule
 from renewald.web.app import Settings, StatusApp
-
-TARGET_MS = 50.0
-HEADING = "## Status page (1,000,000 jobs)"
-NOTE = (
-    "Plans (EXPLAIN on both backends): the jobs pages walk `idx_renewal_jobs_created` or "
-    "`idx_renewal_jobs_status_created` (migration 0005) backwards from the keyset cursor; "
-    "the overview's counts are index ranges that stop after 10,000 rows (due: 1,000). "
-    "On PostgreSQL the status is written into the counts' SQL: psycopg prepares a "
-    "statement after five runs, and the generic plan for `status = $1` could not use "
-    "the partial index of running jobs and scanned the table (overview 690 ms before). "
-    "PostgreSQL is measured after ANALYZE without VACUUM, so index-only scans still "
-    "visit the heap; autovacuum would make the counts cheaper."
-)
 
 
 def _schedules(store: Store, now: int) -> None:
@@ -95,30 +77,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": ds.finished + ds.jobs + ds.future, "n": ctx.reps * 5}
     for backend in ctx.backends:
         t = time.perf_counter()
-        db = run_db(backend, ds, ctx.sqlite, ctx.pg, fresh=False)
+        db = ctx.db(backend, ds, fresh=False)
         say(f"pages: {backend} with {result['rows']:,} rows in {time.perf_counter() - t:.1f}s")
         try:
             result[backend] = _time_pages(db.url, result["n"])
         finally:
             db.discard()
     return result
-
-
-def markdown(result: dict[str, Any], machine: dict[str, Any]) -> str:
-    backends = [b for b in ("sqlite", "postgresql") if b in result]
-    lines = [
-        HEADING, "",
-        f"`python -m bench --only pages` on {result['rows']:,} rows; server time of one "
-        f"request (`StatusApp.route`: store reads, `explain`, Jinja2 render), median of "
-        f"{result['n']} after a warm-up. Target: each page <= {TARGET_MS:g} ms. Machine: "
-        f"{machine.get('cpu_model', '?')}, {machine.get('nproc', '?')} CPUs. See "
-        "bench/sections/pages.py.", "", NOTE, "",
-        "| page | " + " | ".join(f"{b} median (max) ms" for b in backends) + " | target met |",
-        "|---|" + "---|" * len(backends) + "---|",
-    ]  # fmt: skip
-    for name in result[backends[0]]:
-        cells = [result[b][name] for b in backends]
-        met = "yes" if all(c["median_ms"] <= TARGET_MS for c in cells) else "NO"
-        shown = " | ".join(f"{c['median_ms']} ({c['max_ms']})" for c in cells)
-        lines.append(f"| {name} | {shown} | {met} |")
-    return "\n".join(lines) + "\n"

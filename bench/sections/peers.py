@@ -1,32 +1,16 @@
-"""Section `peers`: renewald, the bare loops and other Python queues, same jobs, same run.
-
-Every configuration drains N (10,000) no-op jobs from a fresh store in a child process
-timed spawn to exit (import, connect and start-up included): `renewald run --once`, the
-bare loops (`python -m bench.bare`) and the peers alike, one repetition of each in turn.
-Each peer's jobs are enqueued before, by a separate process, untimed. What each peer does
-less than renewald is in PEERS.
-
-The peers themselves run in bench/peer.py, which imports nothing of the bench's or
-renewald's: a peer's start-up is its own.
+"""Section `peers`: renewald, the bare loops and other Python queues drain the same N no-op
+jobs, one repetition of each in turn, every one in a child process timed spawn to exit:
+`renewald run --once`, `python -m bench.bare`, `python -m bench.peer` (bench/peer.py; each
+peer's jobs are enqueued before, untimed). What each peer does less is in PEERS.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from typing import Any
 
-from bench.common import (
-    PEER_PACKAGES,
-    Ctx,
-    bench_cmd,
-    child_env,
-    error,
-    run_all,
-    say,
-    spawn,
-    summarise,
-    versions,
-)  # fmt: skip
+from bench.common import PEER_PACKAGES, Ctx, bench_cmd, child_env, repeat, run_all, spawn, versions
 from bench.db import DataSet
 from bench.sections import drain, limit
 
@@ -45,8 +29,8 @@ PEERS = {
 
 def peer_once(ctx: Ctx, peer: str, n: int) -> dict[str, Any]:
     run_dir = ctx.run_dir(f"peer-{peer}")
-    schema = ctx.pg.schema(peer) if PEERS[peer][0] == "postgresql" and ctx.pg else None
-    target = ctx.pg.conninfo(schema) if ctx.pg and schema else str(run_dir / "huey.db")
+    schema = ctx.dbs.schema(peer) if PEERS[peer][0] == "postgresql" else None
+    target = ctx.dbs.conninfo(schema) if schema else str(run_dir / "huey.db")
     try:
         cmd = bench_cmd("peer", peer, "setup", target, n)
         subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=900)
@@ -57,8 +41,8 @@ def peer_once(ctx: Ctx, peer: str, n: int) -> dict[str, Any]:
             raise RuntimeError(f"{peer} exit {codes[0]}: {proc.tail(5)}")
         got = proc.last_json()
     finally:
-        if schema is not None and ctx.pg is not None:
-            ctx.pg.drop(schema)
+        if schema is not None:
+            ctx.dbs.drop(schema)
     out = {"peer": peer, "jobs": n, "wall_s": wall, "jobs_per_s": n / wall, **got}
     if got["done"] != n or got["left"]:
         out["error"] = f"{got['done']} of {n} ran, {got['left']} left"
@@ -78,21 +62,14 @@ def run(ctx: Ctx) -> dict[str, Any]:
     n = ctx.pick(10_000, 1_000)
     ds = DataSet(jobs=n, conversations=n // 2)
     keys = ["renewald-sqlite", "bare-sqlite-job", "huey"]
-    if ctx.pg is not None:
+    if ctx.pg:
         keys += ["renewald-postgresql-1", "pgqueuer", "procrastinate", "bare-postgresql-job-1",
                  "bare-postgresql-100-1"]  # fmt: skip
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
-    for rep in range(ctx.reps):
-        for key in keys:
-            try:
-                r = _one(ctx, key, ds)
-            except Exception as exc:
-                r = {"error": f"{type(exc).__name__}: {exc}"}
-            runs[key].append(r)
-            say(f"peers {key} rep {rep + 1}: {r.get('jobs_per_s') or 0:.0f} jobs/s" + error(r))
+    runs, summary = repeat(ctx, "peers", {k: functools.partial(_one, ctx, k, ds) for k in keys},
+                           "jobs_per_s")  # fmt: skip
     oban = {"oban": "not installed (oban 0.7 needs Python >= 3.12)"}
     return {
         "jobs": n, "versions": {**oban, **versions(PEER_PACKAGES)}, "runs": runs,
         "does_less": {k: v[1] for k, v in PEERS.items()},
-        "summary": {k: summarise(rs, "jobs_per_s") for k, rs in runs.items()},
+        "summary": summary,
     }  # fmt: skip

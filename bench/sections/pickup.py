@@ -1,10 +1,6 @@
-"""Section 3, pickup latency with a running daemon (`renewald run`, default config).
-
-The bench process plays the tracker: it inserts jobs one transaction each at a steady
-50/s, every job in a conversation of its own, either scheduled `LEAD_MS` ahead
-("scheduled": the daemon saw them in an earlier poll and wakes for them) or already due
-at insert ("due": the daemon finds them at its next poll or change notification).
-Latency per job = `started_at - next_attempt_at`, read back from the database.
+"""Section 3, pickup latency of `renewald run` (default config): the bench plays the tracker,
+inserting jobs one transaction each at 50/s, one conversation each, scheduled `LEAD_MS`
+ahead or already due; latency = `started_at - next_attempt_at` from the database.
 """
 
 from __future__ import annotations
@@ -13,17 +9,14 @@ import time
 from typing import Any
 
 from bench.common import (
-    RENEWALD,
     Ctx,
     now_ms,
     percentiles,
-    renewald_env,
     say,
-    spawn,
     spread,
     wait_until,
 )  # fmt: skip
-from bench.db import DataSet, RunDB, run_db
+from bench.db import DataSet, RunDB
 
 RATE = 50
 LEAD_MS = 2_000
@@ -51,9 +44,8 @@ def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
     seconds = ctx.pick(6.0, 2.0)
     per_window = int(RATE * seconds)
     ds = DataSet(jobs=0, conversations=ctx.reps * len(KINDS) * per_window)
-    db = run_db(backend, ds, ctx.sqlite, ctx.pg)
-    run_dir = ctx.run_dir(f"pickup-{backend}")
-    proc = spawn([RENEWALD, "run"], env=renewald_env(db.url, ctx.config(run_dir)), cwd=run_dir)
+    db = ctx.db(backend, ds)
+    proc = ctx.renewald(db, f"pickup-{backend}", ["run"])
     conn = db.connect()
     try:
         wait_until(lambda: registered(db) or proc.popen.poll() is not None, timeout=30,

@@ -1,19 +1,10 @@
 """Section 4, poll cost at scale: the due query and the claim on 1,000,000 rows, 99% finished.
 
-Rows: 990,000 done/failed (old), 9,000 pending and due, 1,000 pending in an hour; 10,000
-conversations. Statements timed one by one from Python with the plain drivers
-(`perf_counter` around execute + fetch), after warm-up:
-
-- due: the claim's candidate SELECT (scan limit 4 x 32, limit 32; on PostgreSQL with
-  `FOR UPDATE SKIP LOCKED`, in autocommit), with a backlog; `due_empty`: the same with
-  `now` just before the first due job (an idle poll);
-- next_due: `min(next_attempt_at)` of future pending jobs (the wake-up query);
-- claim_sql: `BEGIN IMMEDIATE` (SQLite) or the advisory lock (PostgreSQL), the claim
-  UPDATE … RETURNING of 32 jobs, COMMIT; claim_renewald: `Store.claim_due_jobs(limit=32)`,
-  renewald's own code path (SQLAlchemy, the transaction), for the framework's share.
-
-Claims commit, so they use up due jobs: the counts are sized to stay inside the 9,000.
-SQLite is measured as renewald leaves it (no ANALYZE); PostgreSQL after ANALYZE.
+Each statement timed from Python with the plain drivers (execute + fetch), after warm-up:
+`due` (the claim's candidate SELECT, with a backlog), `due_empty` (an idle poll),
+`next_due` (the wake-up query), `claim_sql` (lock, claim UPDATE … RETURNING 32, COMMIT)
+and `claim_renewald` (`Store.claim_due_jobs`, for the framework's share). Claims use up
+due jobs: the counts stay inside the 9,000. SQLite as renewald leaves it (no ANALYZE).
 """
 
 from __future__ import annotations
@@ -24,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import Ctx, now_ms, percentiles, say, spread
-from bench.db import DataSet, RunDB, run_db
+from bench.common import Ctx, now_ms, say, spread
+from bench.db import DataSet
 from bench.statements import statements
 from renewald.store import Store
 
@@ -60,7 +51,7 @@ def _plan(rows: list[tuple[Any, ...]], backend: str) -> dict[str, Any]:
 
 def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str, Any]:
     t = time.perf_counter()
-    db = run_db(backend, ds, ctx.sqlite, ctx.pg, fresh=False)
+    db = ctx.db(backend, ds, fresh=False)
     load_s = time.perf_counter() - t
     say(f"poll: {backend} with {ds.finished + ds.jobs + ds.future:,} rows in {load_s:.1f}s")
     sql, now = statements(backend), now_ms()
@@ -69,6 +60,7 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
     quiet = dict(params, now=db.one("SELECT min(next_attempt_at) FROM renewal_jobs "
                                     "WHERE status = 'pending'") - 1)  # fmt: skip
     conn, auto = db.connect(), db.connect(autocommit=True)  # auto: no BEGIN round trip
+    store = Store.open(db.url, pool_size=2)
     try:
         plans = {}
         for name in ("due", "claim", "next_due"):
@@ -90,48 +82,41 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
             conn.commit()
             assert len(rows) == BATCH, len(rows)
 
+        def claim_renewald() -> None:
+            got = store.claim_due_jobs(owner="bench", now=now_ms(), lease_ms=60_000, limit=BATCH)
+            assert len(got) == BATCH, len(got)
+
         fns = {"due": query(sql.due, params), "due_empty": query(sql.due, quiet),
-               "next_due": query(sql.next_due, params), "claim_sql": claim}  # fmt: skip
+               "next_due": query(sql.next_due, params), "claim_sql": claim,
+               "claim_renewald": claim_renewald}  # fmt: skip
         timings = _measure(fns, ctx.reps, n)
     finally:
         conn.close()
         auto.close()
-    timings["claim_renewald"] = _renewald_claims(db, ctx.reps, n["claim_sql"])
+        store.close()
     db.discard()
     return {"load_s": load_s, "plans": plans, "timings": timings}
 
 
 def _measure(fns: dict[str, Callable[[], Any]], reps: int, n: dict[str, int]) -> dict[str, Any]:
-    """Per statement: the spread of per-repetition medians (ms), and pooled percentiles."""
+    """Per statement the spread of per-repetition medians (ms), after a warm-up."""
     for name, fn in fns.items():
-        _time(fn, 5 if name.startswith("claim") else 20)  # warm-up: caches, prepared statements
+        _time(fn, 5 if name.startswith("claim") else 20)
     groups = {name: [_time(fn, n[name]) for _ in range(reps)] for name, fn in fns.items()}
-    return {
-        name: {
-            "ms": spread(statistics.median(g) for g in gs),
-            "pooled": percentiles(x for g in gs for x in g),
-        }
-        for name, gs in groups.items()
-    }
-
-
-def _renewald_claims(db: RunDB, reps: int, count: int) -> dict[str, Any]:
-    store = Store.open(db.url, pool_size=2)
-    try:
-
-        def claim() -> None:
-            got = store.claim_due_jobs(owner="bench", now=now_ms(), lease_ms=60_000, limit=BATCH)
-            assert len(got) == BATCH, len(got)
-
-        return _measure({"c": claim}, reps, {"c": count})["c"]
-    finally:
-        store.close()
+    return {name: {"ms": spread(statistics.median(g) for g in gs)} for name, gs in groups.items()}
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
     ds = dataset(ctx)
     due = ctx.pick(300, 100)
-    n = {"due": due, "due_empty": due, "next_due": due, "claim_sql": ctx.pick(40, 20)}
+    claims = ctx.pick(40, 20)
+    n = {
+        "due": due,
+        "due_empty": due,
+        "next_due": due,
+        "claim_sql": claims,
+        "claim_renewald": claims,
+    }
     out: dict[str, Any] = {"dataset": ds.__dict__, "rows": ds.finished + ds.jobs + ds.future}
     for backend in ctx.backends:
         out[backend] = _backend(ctx, backend, ds, n)

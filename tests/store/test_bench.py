@@ -50,7 +50,7 @@ def test_the_bare_loop_drains_with_renewalds_statements_as_a_child_process(
     sql = tmp_path / "statements.json"
     sql.write_text(statements(store.dialect).dumps())
     jsonl = tmp_path / "bare.jsonl"
-    cmd = ["-m", "bench.bare", store.dialect, target, str(sql), "--batch", "5", "--jsonl", jsonl]
+    cmd = ["-m", "bench.bare", store.dialect, target, sql, 5, 100, jsonl]
     out = subprocess.run(
         [sys.executable, *map(str, cmd)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

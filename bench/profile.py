@@ -69,7 +69,7 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
     }
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_s.isdigit():  # not a "stack count" line (seen on PostgreSQL)
             continue
         n, frames = int(count_s), stack.split(";")
         thread = frames.pop(0).split(": ", 1)[-1] if frames[0].startswith("thread (") else "?"

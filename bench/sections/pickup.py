@@ -8,14 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import (
-    Ctx,
-    now_ms,
-    percentiles,
-    say,
-    spread,
-    wait_until,
-)  # fmt: skip
+from bench.common import Ctx, now_ms, percentiles, say, spread, wait_until
 from bench.db import DataSet, RunDB
 
 RATE = 50

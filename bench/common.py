@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -99,13 +100,11 @@ def fmt_spread(s: dict[str, Any] | None, digits: int = 0, unit: str = "") -> str
 
 
 def versions(names: str) -> dict[str, str]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {name: version(name) for name in names.split()}
+    out = {}
+    for name in names.split():
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
 
 
 def loadavg() -> list[float]:

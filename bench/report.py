@@ -99,18 +99,20 @@ def _txt(key: str, digits: int | None = None) -> Callable[[str, dict[str, Any]],
 
 def markdown(record: dict[str, Any], *, json_name: str) -> str:
     m, s = record["machine"], record["sections"]
-    pkgs = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
-    pg = m.get("postgresql") or {}
+
+    def items(d: dict[str, Any], sep: str = " ") -> str:
+        return ", ".join(f"{k}{sep}{v}" for k, v in (d or {}).items())
+
     machine = [
-        ["CPUs (`nproc`), model", f"{m.get('nproc')}, {m.get('cpu_model')}"],
-        ["memory, kernel", f"{m.get('memory_gb')} GB, {m.get('kernel')}"],
-        ["Python, SQLite", f"{m.get('python')}, {m.get('sqlite')}"],
-        ["PostgreSQL", ", ".join(f"{k}={v}" for k, v in pg.items()) or DASH],
-        ["packages", pkgs],
-        ["renewald commit", f"{m.get('git_commit')} (branch {m.get('git_branch')})"],
-        ["load average (1/5/15 min)", f"at start {m.get('loadavg_at_start')}; after each "
-         "section: " + "; ".join(f"{k} {v}" for k, v in record.get("loadavg", {}).items())],
-        ["seconds per section", ", ".join(f"{k} {v}" for k, v in record["timing"].items())],
+        ["CPUs, memory, kernel",
+         f"{m['nproc']} x {m['cpu_model']}, {m['memory_gb']} GB, {m['kernel']}"],
+        ["Python, SQLite, PostgreSQL",
+         f"{m['python']}, {m['sqlite']}, {items(m['postgresql'], '=')}"],
+        ["packages", items(m["packages"])],
+        ["renewald commit", f"{m['git_commit']} (branch {m['git_branch']})"],
+        ["load average (1/5/15 min)", f"at start {m['loadavg_at_start']}; after each "
+         f"section: {items(record['loadavg'])}"],
+        ["seconds per section", items(record["timing"])],
     ]  # fmt: skip
     result = {True: "**met**", False: "**missed**", None: "not measured"}
     L = [

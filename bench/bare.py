@@ -1,272 +1,151 @@
-"""Section 1, the bare-SQL limit: claim -> no-op -> job update + attempt row -> JSONL line.
+"""The bare-SQL loop: claim -> no-op -> fenced job update + attempt row -> JSONL line, in
+plain `sqlite3` (WAL, BEGIN IMMEDIATE) or psycopg (SKIP LOCKED, no advisory lock), two
+transactions per claim: renewald's statements (bench/statements.py) without a framework.
 
-The statements are renewald's own, compiled to SQL text (bench/statements.py): the claim
-with its due candidates, the fenced write of the result and the attempt insert. No
-SQLAlchemy at run time, no threads, no framework: plain `sqlite3` (WAL,
-synchronous=NORMAL, BEGIN IMMEDIATE) and plain psycopg (`FOR UPDATE SKIP LOCKED`; no
-advisory lock: this is the limit SKIP LOCKED alone allows). Two transactions per claim:
-the claim, then the record.
+`python -m bench.bare BACKEND TARGET STATEMENTS.json BATCH MAX_JOBS JSONL` (TARGET: a SQLite
+path or a libpq conninfo) prints `{"jobs", "t0", "t1"}` (the loop's start and end). It
+imports no SQLAlchemy: its start-up, timed like renewald's, is a plain driver's.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import sqlite3
+import sys
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.statements import JOB_COLUMNS, SCAN_FACTOR, Statements, statements
 
-_COL = {name: i for i, name in enumerate(JOB_COLUMNS)}
+@dataclass(frozen=True)
+class Sql:
+    """A statement's text and the values of the parameters it fixes (literals, IN lists)."""
+
+    text: str
+    fixed: dict[str, Any]
+
+    def params(self, **values: Any) -> dict[str, Any]:
+        return {**self.fixed, **values}
+
+
+@dataclass(frozen=True)
+class Statements:
+    """What the loop runs, as bench/statements.py compiles it from renewald's store; plain
+    text and JSON here, so that the loop's process never imports SQLAlchemy."""
+
+    claim: Sql
+    due: Sql
+    next_due: Sql
+    finish: Sql
+    attempt: Sql
+    scan_factor: int
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> Statements:
+        d = json.loads(text)
+        return cls(scan_factor=d.pop("scan_factor"), **{k: Sql(**v) for k, v in d.items()})
+
+
+def connect(backend: str, target: str, **kwargs: Any) -> Any:
+    """A plain driver's connection; SQLite with renewald's settings (WAL, synchronous=NORMAL)."""
+    if backend == "postgresql":
+        import psycopg  # not on SQLite: the loop's start-up is timed
+
+        return psycopg.connect(target, **kwargs)
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+    for pragma in ("busy_timeout = 5000", "journal_mode = WAL", "synchronous = NORMAL"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
 
 
 def _ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _iso(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+def _record(sql: Statements, row: dict[str, Any], owner: str, log: str, started: int) -> tuple:  # type: ignore[type-arg]
+    """The fenced update's row of a claimed job, its attempt row, and its JSONL line."""
+    end = _ms()
+    job, attempt_no, token = row["job_id"], row["attempt_count"], row["lease_token"]
+    update = dict(
+        job_id=job, lease_token=token, owner=owner, status="done", log_path=log, ends=1,
+        finished_at=end, terminal_reason="delivered", attempt_count=attempt_no, delivered_at=end,
+    )  # fmt: skip
+    attempt = dict(
+        attempt_id=uuid.uuid4().hex, job_id=job, attempt_no=attempt_no, lease_owner=owner,
+        lease_token=token, adapter="log", target=None, started_at=started, finished_at=end,
+        duration_ms=end - started, outcome="delivered", error_class=None, error_message=None,
+        response_summary="no-op", next_attempt_at=None, decision="done", decision_reason=None,
+    )  # fmt: skip
+    stamp = datetime.fromtimestamp(end / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    line = json.dumps({
+        "ts": stamp + "Z", "event": "attempt.finished", "job_id": job,
+        "attempt_id": attempt["attempt_id"], "attempt": attempt_no,
+        "conversation": row["local_conversation_id"], "adapter": "log", "outcome": "delivered",
+        "duration_ms": end - started, "status": "done", "decision": "done", "owner": owner,
+    })  # fmt: skip
+    return update, attempt, line
 
 
-class _Loop:
-    """claim -> no-op -> record, until a claim comes back empty."""
-
-    def __init__(self, sql: Statements, batch: int, jsonl: Path, owner: str) -> None:
-        self.sql = sql
-        self.batch = batch
-        self.owner = owner
-        self.jsonl = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115
-        self.log_path = str(jsonl)
-
-    def claim_params(self, now: int) -> dict[str, Any]:
-        return self.sql.claim.params(
-            now=now,
-            owner=self.owner,
-            lease_until=now + 60_000,
-            scan_limit=self.batch * SCAN_FACTOR,
-            limit=self.batch,
-        )
-
-    def results(self, rows: list[tuple[Any, ...]], started: int) -> tuple[dict, list]:
-        """The batch's fenced finish (one statement, its rows as JSON) and attempt rows."""
-        finished = _ms()
-        updates = []
-        attempts = []
-        for row in rows:
-            job_id, conv = row[_COL["job_id"]], row[_COL["local_conversation_id"]]
-            attempt_no, token = row[_COL["attempt_count"]], row[_COL["lease_token"]]
-            attempt_id = uuid.uuid4().hex
-            updates.append(
-                {
-                    "job_id": job_id,
-                    "lease_token": token,
-                    "owner": self.owner,
-                    "status": "done",
-                    "log_path": self.log_path,
-                    "ends": 1,
-                    "finished_at": finished,
-                    "terminal_reason": "delivered",
-                    "attempt_count": attempt_no,
-                    "delivered_at": finished,
-                }
-            )
-            attempts.append(
-                {
-                    "attempt_id": attempt_id,
-                    "job_id": job_id,
-                    "attempt_no": attempt_no,
-                    "lease_owner": self.owner,
-                    "lease_token": token,
-                    "adapter": "log",
-                    "target": None,
-                    "started_at": started,
-                    "finished_at": finished,
-                    "duration_ms": finished - started,
-                    "outcome": "delivered",
-                    "error_class": None,
-                    "error_message": None,
-                    "response_summary": "no-op",
-                    "next_attempt_at": None,
-                    "decision": "done",
-                    "decision_reason": None,
-                    "_conv": conv,
-                }
-            )
-        finish = self.sql.finish.params(p_rows=json.dumps(updates), p_now=finished)
-        return finish, attempts
-
-    def log(self, attempts: list[dict[str, Any]]) -> None:
-        for a in attempts:
-            self.jsonl.write(
-                json.dumps(
-                    {
-                        "ts": _iso(a["finished_at"]),
-                        "event": "attempt.finished",
-                        "job_id": a["job_id"],
-                        "attempt_id": a["attempt_id"],
-                        "attempt": a["attempt_no"],
-                        "conversation": a["_conv"],
-                        "adapter": "log",
-                        "outcome": "delivered",
-                        "duration_ms": a["duration_ms"],
-                        "status": "done",
-                        "decision": "done",
-                        "owner": self.owner,
-                    }
-                )
-                + "\n"
-            )
-        self.jsonl.flush()
-
-
-def run_sqlite(path: Path, *, batch: int, jsonl: Path, max_jobs: int) -> dict[str, Any]:
-    sql = statements("sqlite")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    loop = _Loop(sql, batch, jsonl, f"bare-sqlite:{os.getpid()}")
-    done = 0
-    t0 = time.monotonic()
-    while done < max_jobs:
-        now = _ms()
-        conn.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(sql.claim.text, loop.claim_params(now)).fetchall()
-        conn.execute("COMMIT")
-        if not rows:
-            break
-        finish, attempts = loop.results(rows, now)
-        conn.execute("BEGIN IMMEDIATE")
-        done_ids = {r[0] for r in conn.execute(sql.finish.text, finish).fetchall()}
-        kept = [a for a in attempts if a["job_id"] in done_ids]
-        conn.executemany(sql.attempt.text, kept)
-        conn.execute("COMMIT")
-        loop.log(kept)
-        done += len(kept)
-    t1 = time.monotonic()
-    conn.close()
-    loop.jsonl.close()
-    return {"jobs": done, "t0": t0, "t1": t1}
-
-
-def run_pg(
-    conninfo: str,
-    *,
-    batch: int,
-    jsonl: Path,
-    max_jobs: int,
-    ready: Any = None,
-    go: Any = None,
-    claimed: Any = None,
+def drain(
+    backend: str, target: str, sql: Statements, *, batch: int, jsonl: Path, max_jobs: int
 ) -> dict[str, Any]:
-    import psycopg
+    """Claim and record until a claim comes back empty or `max_jobs` are done."""
+    conn = connect(backend, target)
 
-    sql = statements("postgresql")
-    conn = psycopg.connect(conninfo)
-    loop = _Loop(sql, batch, jsonl, f"bare-pg:{os.getpid()}")
-    conn.execute("SELECT 1")
-    conn.commit()
-    if ready is not None:
-        ready.set()
-        go.wait()
-    done = 0
-    t0 = time.monotonic()
-    with conn.cursor() as cur:
-        while _take(claimed, max_jobs, done):
+    def transaction(work: Any) -> Any:
+        if backend == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+            out = work(conn)
+            conn.execute("COMMIT")
+            return out
+        with conn.cursor() as cur:
+            out = work(cur)
+        conn.commit()
+        return out
+
+    owner, done = f"bare-{backend}:{os.getpid()}", 0
+    t0 = time.time()
+    with open(jsonl, "a", encoding="utf-8") as log:
+        while done < max_jobs:
             now = _ms()
-            rows = cur.execute(sql.claim.text, loop.claim_params(now)).fetchall()
-            conn.commit()
+            params = sql.claim.params(now=now, owner=owner, lease_until=now + 60_000,
+                                      scan_limit=batch * sql.scan_factor, limit=batch)  # fmt: skip
+            rows = transaction(lambda c: _rows(c.execute(sql.claim.text, params)))  # noqa: B023
             if not rows:
                 break
-            if claimed is not None:
-                with claimed.get_lock():
-                    claimed.value += len(rows)
-            finish, attempts = loop.results(rows, now)
-            done_ids = {r[0] for r in cur.execute(sql.finish.text, finish).fetchall()}
-            kept = [a for a in attempts if a["job_id"] in done_ids]
-            cur.executemany(sql.attempt.text, kept)
-            conn.commit()
-            loop.log(kept)
+            records = [_record(sql, r, owner, str(jsonl), now) for r in rows]
+
+            def write(c: Any, records: list[tuple] = records) -> list[tuple]:  # type: ignore[type-arg]
+                # renewald's finish: one statement per batch, its rows as one JSON parameter.
+                finish = sql.finish.params(p_rows=json.dumps([r[0] for r in records]), p_now=_ms())
+                done = {row[0] for row in c.execute(sql.finish.text, finish).fetchall()}
+                kept = [r for r in records if r[0]["job_id"] in done]
+                c.executemany(sql.attempt.text, [r[1] for r in kept])
+                return kept
+
+            kept = transaction(write)
+            log.writelines(r[2] + "\n" for r in kept)
+            log.flush()
             done += len(kept)
-    t1 = time.monotonic()
+    t1 = time.time()
     conn.close()
-    loop.jsonl.close()
     return {"jobs": done, "t0": t0, "t1": t1}
 
 
-def _take(claimed: Any, max_jobs: int, done: int) -> bool:
-    """Whether to claim again: processes share one budget of `max_jobs` claims."""
-    if claimed is None:
-        return done < max_jobs
-    return bool(claimed.value < max_jobs)
+def _rows(cursor: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
-def _pg_child(
-    conninfo: str,
-    batch: int,
-    jsonl: str,
-    max_jobs: int,
-    ready: Any,
-    go: Any,
-    claimed: Any,
-    out: Any,
-) -> None:
-    out.put(
-        run_pg(
-            conninfo,
-            batch=batch,
-            jsonl=Path(jsonl),
-            max_jobs=max_jobs,
-            ready=ready,
-            go=go,
-            claimed=claimed,
-        )
-    )
-
-
-def run_pg_procs(
-    conninfo: str, *, procs: int, batch: int, work: Path, max_jobs: int
-) -> dict[str, Any]:
-    """`procs` processes, started together (the clock starts when all are connected)."""
-    ctx = mp.get_context("spawn")
-    go = ctx.Event()
-    out = ctx.Queue()
-    claimed = ctx.Value("q", 0)
-    readies = []
-    children = []
-    for n in range(procs):
-        ready = ctx.Event()
-        child = ctx.Process(
-            target=_pg_child,
-            args=(
-                conninfo,
-                batch,
-                str(work / f"bare-pg-{n}.jsonl"),
-                max_jobs,
-                ready,
-                go,
-                claimed,
-                out,
-            ),
-        )
-        child.start()
-        readies.append(ready)
-        children.append(child)
-    for ready in readies:
-        ready.wait(60)
-    go.set()
-    parts = [out.get(timeout=600) for _ in children]
-    for child in children:
-        child.join(30)
-    return {
-        "jobs": sum(p["jobs"] for p in parts),
-        "t0": min(p["t0"] for p in parts),
-        "t1": max(p["t1"] for p in parts),
-        "per_process": [p["jobs"] for p in parts],
-    }
+if __name__ == "__main__":
+    backend, target, statements, batch, max_jobs, jsonl = sys.argv[1:]
+    sql = Statements.loads(Path(statements).read_text())
+    done = drain(backend, target, sql, batch=int(batch), jsonl=Path(jsonl), max_jobs=int(max_jobs))
+    print(json.dumps(done))

@@ -1,4 +1,4 @@
-"""What every section shares: statistics, the machine, the renewald executable, processes."""
+"""What every section shares: statistics, the machine, child processes timed spawn to exit."""
 
 from __future__ import annotations
 
@@ -14,31 +14,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import psycopg
+
+if TYPE_CHECKING:
+    from bench.db import DataSet, DBs, RunDB
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 BENCH_DIR = Path(__file__).resolve().parent
-PACKAGES = (
-    "renewald",
-    "SQLAlchemy",
-    "psycopg",
-    "psycopg-binary",
-    "alembic",
-    "APScheduler",
-    "structlog",
-    "httpx",
-    "click",
-    "psutil",
-    "py-spy",
-    "pgqueuer",
-    "asyncpg",
-    "huey",
-    "procrastinate",
-)
+PACKAGES = "renewald SQLAlchemy psycopg alembic APScheduler structlog httpx click psutil py-spy"
+PEER_PACKAGES = "pgqueuer asyncpg huey procrastinate"
+DASH = "\u2013"
 
 
 def now_ms() -> int:
@@ -50,54 +42,69 @@ def say(*parts: object) -> None:
     print("[bench]", *parts, file=sys.stderr, flush=True)
 
 
-# -- statistics --------------------------------------------------------------------------
-
-
-def spread(values: Sequence[float]) -> dict[str, Any]:
-    """Median with min-max, and the values themselves."""
-    vals = [float(v) for v in values]
+def spread(values: Iterable[float | None]) -> dict[str, Any]:
+    """Median with min-max, and the values themselves (None values left out)."""
+    vals = [float(v) for v in values if v is not None]
     if not vals:
-        return {"median": None, "min": None, "max": None, "n": 0, "values": []}
-    return {
-        "median": statistics.median(vals),
-        "min": min(vals),
-        "max": max(vals),
-        "n": len(vals),
-        "values": vals,
-    }
+        return {"median": None, "n": 0, "values": []}
+    median = statistics.median(vals)
+    return {"median": median, "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
+
+
+Once = Callable[[], dict[str, Any]]
+
+
+def repeat(ctx: Ctx, label: str, configs: Mapping[str, Once], *keys: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Each configuration once per repetition, in turn (a drift of the machine falls on all):
+    every run's record, and per configuration the spread of `keys` and the errors."""
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in configs}
+    for rep in range(ctx.reps):
+        for key, once in configs.items():
+            try:
+                r = once()
+            except Exception as exc:
+                r = {"error": f"{type(exc).__name__}: {exc}"}
+            runs[key].append(r)
+            shown = ", ".join(f"{k} {r[k]:.0f}" for k in keys[:2] if r.get(k) is not None)
+            say(
+                f"{label} {key} rep {rep + 1}: {shown}"
+                + (f" ERROR {r['error']}" if "error" in r else "")
+            )
+    summary = {
+        key: {**{k: spread(r.get(k) for r in rs) for k in keys}, "jobs": rs[0].get("jobs"),
+              "errors": [r["error"] for r in rs if "error" in r]}
+        for key, rs in runs.items()
+    }  # fmt: skip
+    return runs, summary
 
 
 def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
-    """Nearest-rank percentiles plus max (and count)."""
+    """Nearest-rank percentiles plus max and count."""
     vals = sorted(values)
-    out: dict[str, float] = {}
     if not vals:
-        return out
-    for p in ps:
-        rank = max(1, -(-len(vals) * p // 100))  # ceil(n * p / 100)
-        out[f"p{p:g}"] = vals[int(rank) - 1]
-    out["max"] = vals[-1]
-    out["n"] = len(vals)
-    return out
+        return {}
+    out = {f"p{p:g}": vals[int(max(1, -(-len(vals) * p // 100))) - 1] for p in ps}
+    return {**out, "max": vals[-1], "n": len(vals)}
 
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "\u2013"
-    return f"{value:,.{digits}f}"
+def fmt(value: float | None, digits: int = 0, unit: str = "") -> str:
+    return DASH if value is None else f"{value:,.{digits}f}{unit}"
 
 
 def fmt_spread(s: dict[str, Any] | None, digits: int = 0, unit: str = "") -> str:
     """`1,234 (1,100-1,300)` for a spread; a single value when there was one run."""
     if not s or s.get("median") is None:
-        return "\u2013"
-    head = f"{fmt(s['median'], digits)}{unit}"
-    if s["n"] == 1:
-        return head
-    return f"{head} ({fmt(s['min'], digits)}\u2013{fmt(s['max'], digits)})"
+        return DASH
+    head = fmt(s["median"], digits, unit)
+    return head if s["n"] == 1 else f"{head} ({fmt(s['min'], digits)}{DASH}{fmt(s['max'], digits)})"
 
 
-# -- the machine -------------------------------------------------------------------------
+def versions(names: str) -> dict[str, str]:
+    out = {}
+    for name in names.split():
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
 
 
 def loadavg() -> list[float]:
@@ -105,88 +112,48 @@ def loadavg() -> list[float]:
 
 
 def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
-    cpu_model = "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions: dict[str, str] = {}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    pg_version = None
-    pg_settings: dict[str, str] = {}
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    pg: dict[str, Any] = {}
     if pg_conninfo:
         try:
-            import psycopg
-
             with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-                pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-                for name in ("synchronous_commit", "fsync", "shared_buffers", "max_connections"):
-                    pg_settings[name] = conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-        except Exception as exc:
-            pg_version = f"unreachable: {str(exc).splitlines()[0]}"
+                for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
+                    pg[name] = conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+        except psycopg.Error as exc:
+            pg["server_version"] = f"unreachable: {str(exc).splitlines()[0]}"
+    git = ["git", "-C", str(BENCH_DIR), "rev-parse"]
     return {
         "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": round(_psutil().virtual_memory().total / 2**30, 1),
+        "cpu_model": cpu.group(1) if cpu else "?",
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "python_impl": platform.python_implementation(),
         "sqlite": sqlite3.sqlite_version,
-        "postgresql": pg_version,
-        "postgresql_settings": pg_settings,
-        "packages": versions,
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "postgresql": pg,
+        "packages": versions(f"{PACKAGES} {PEER_PACKAGES}"),
+        "git_commit": _out([*git, "--short", "HEAD"]),
+        "git_branch": _out([*git, "--abbrev-ref", "HEAD"]),
         "loadavg_at_start": loadavg(),
     }
 
 
-def _git(*args: str) -> str | None:
+def _out(cmd: list[str]) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=BENCH_DIR, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-# -- renewald as a real process ----------------------------------------------------------
-
-
-def write_config(
-    path: Path,
-    *,
-    log_dir: Path,
-    daemon: dict[str, Any] | None = None,
-    log_level: str | None = None,
-    extra: str = "",
-) -> Path:
-    """A config.toml with renewald's defaults except where the bench says otherwise."""
-    lines: list[str] = []
-    if daemon:
-        lines.append("[daemon]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in daemon.items()]
-    lines += ["[logging]", f"dir = {json.dumps(str(log_dir))}", 'console = "json"']
-    if log_level:
-        lines.append(f"level = {json.dumps(log_level)}")
-    lines.append(extra)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+# -- child processes ---------------------------------------------------------------------
 
 
 def renewald_env(db_url: str, config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RENEWALD_")}
-    env.update(RENEWALD_DB=db_url, RENEWALD_CONFIG=str(config), PYTHONUNBUFFERED="0")
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    return env
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RENEWALD_", "NOTIFY_", "WATCHDOG_"))
+    }
+    return {**env, "RENEWALD_DB": db_url, "RENEWALD_CONFIG": str(config)}
 
 
 STARTED: list[Proc] = []
@@ -194,99 +161,84 @@ STARTED: list[Proc] = []
 
 @dataclass
 class Proc:
-    """A renewald process with its console in a file and its RSS sampled while it runs."""
+    """A child process, its console in a file, its RSS and CPU sampled while it runs."""
 
     popen: subprocess.Popen[bytes]
     console: Path
     started: float
     rss_peak: int = 0
     cpu_seconds: float = 0.0
-    rss_samples: list[int] = field(default_factory=list)
     ended: float | None = None
-    _sampler: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    sampler: threading.Thread | None = None
 
     def wait(self, timeout: float | None = None) -> int:
         code = self.popen.wait(timeout)
-        if self.ended is None:
-            self.ended = time.perf_counter()
-        if self._sampler is not None:
-            self._sampler.join(timeout=1)
+        self.ended = self.ended or time.perf_counter()
+        if self.sampler is not None:
+            self.sampler.join(timeout=1)
         return code
-
-    @property
-    def wall(self) -> float:
-        assert self.ended is not None
-        return self.ended - self.started
 
     def stop(self, timeout: float = 30) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
-    def console_stats(self) -> dict[str, int]:
+    def console_text(self) -> str:
         try:
-            data = self.console.read_bytes()
-        except OSError:
-            return {"bytes": 0, "lines": 0}
-        return {"bytes": len(data), "lines": data.count(b"\n")}
-
-    def console_tail(self, n: int = 5) -> str:
-        try:
-            lines = self.console.read_text(errors="replace").splitlines()
+            return self.console.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+
+    def last_json(self) -> dict[str, Any]:
+        """The last line of the console, a JSON object (what a bench child prints)."""
+        lines = self.console_text().strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    def tail(self, n: int = 3) -> str:
+        return "\n".join(self.console_text().splitlines()[-n:])
 
 
 def spawn(
-    args: Sequence[str],
-    *,
-    env: dict[str, str],
-    cwd: Path,
-    console: Path,
-    sample_rss: bool = True,
+    cmd: Sequence[str], *, env: dict[str, str] | None, cwd: Path, sample: bool = True
 ) -> Proc:
-    """Start `renewald <args>`, stdout and stderr into `console` (never a TTY)."""
-    fh = open(console, "wb")  # noqa: SIM115 - handed to the child, closed below
-    started = time.perf_counter()
-    popen = subprocess.Popen(
-        [RENEWALD, *args],
-        env=env,
-        cwd=cwd,
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    fh.close()
+    """Start `cmd` (`renewald …` or `python -m bench…`), stdout and stderr to a file."""
+    console = cwd / f"console-{len(STARTED)}.txt"
+    with open(console, "wb") as fh:
+        started = time.perf_counter()
+        popen = subprocess.Popen(
+            list(cmd), env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
     proc = Proc(popen=popen, console=console, started=started)
     STARTED.append(proc)
-    if sample_rss:
-        proc._sampler = threading.Thread(target=_sample_rss, args=(proc,), daemon=True)
-        proc._sampler.start()
+    if sample:
+        proc.sampler = threading.Thread(target=_sample, args=(proc,), daemon=True)
+        proc.sampler.start()
     return proc
 
 
-def _psutil() -> Any:
-    """psutil, imported when a run measures (it is a `bench` extra; `--help` needs none)."""
-    import psutil
+def run_all(procs: list[Proc], timeout: float = 900) -> tuple[list[int], float]:
+    """Wait for every process: exit codes, and seconds from the first spawn to the last exit."""
+    codes = [p.wait(timeout) for p in procs]
+    return codes, max(p.ended or 0.0 for p in procs) - min(p.started for p in procs)
 
-    return psutil
+
+def bench_cmd(module: str, *args: object) -> list[str]:
+    """`python -m bench.<module> args…` (with `child_env()`, from any directory)."""
+    return [sys.executable, "-m", f"bench.{module}", *map(str, args)]
 
 
-def _sample_rss(proc: Proc, every: float = 0.05) -> None:
-    psutil = _psutil()
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(BENCH_DIR.parent)}
+
+
+def _sample(proc: Proc, every: float = 0.05) -> None:
     try:
-        ps = psutil.Process(proc.pid)
+        ps = psutil.Process(proc.popen.pid)
         while proc.popen.poll() is None:
             with ps.oneshot():
-                rss = ps.memory_info().rss
+                proc.rss_peak = max(proc.rss_peak, ps.memory_info().rss)
                 times = ps.cpu_times()
-            proc.rss_samples.append(rss)
-            proc.rss_peak = max(proc.rss_peak, rss)
             proc.cpu_seconds = times.user + times.system
             time.sleep(every)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -294,7 +246,7 @@ def _sample_rss(proc: Proc, every: float = 0.05) -> None:
 
 
 def stop_started() -> None:
-    """End the renewald processes this bench started (by pid) that are still running."""
+    """Kill the processes this bench started (by pid) that are still running."""
     for proc in STARTED:
         if proc.popen.poll() is None:
             proc.popen.kill()
@@ -305,35 +257,72 @@ def wait_until(
     predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.02
 ) -> Any:
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
+    while not (value := predicate()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(every)
+    return value
 
 
 def importtime_top(stderr: str, n: int = 15) -> list[dict[str, Any]]:
     """The slowest imports (cumulative µs) from `python -X importtime` output."""
-    rows = []
     pattern = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
-    for line in stderr.splitlines():
-        m = pattern.match(line)
-        if m:
-            rows.append(
-                {
-                    "self_us": int(m.group(1)),
-                    "cumulative_us": int(m.group(2)),
-                    "depth": len(m.group(3)) // 2,
-                    "module": m.group(4),
-                }
-            )
-    total = max((r["cumulative_us"] for r in rows if r["depth"] == 0), default=0)
+    rows: list[dict[str, Any]] = [
+        {"self_us": int(m[1]), "cumulative_us": int(m[2]), "depth": len(m[3]) // 2, "module": m[4]}
+        for m in map(pattern.match, stderr.splitlines())
+        if m
+    ]
+    total = sum(r["cumulative_us"] for r in rows if r["depth"] == 0)
     top = sorted(rows, key=lambda r: r["cumulative_us"], reverse=True)
     return [{"total_top_level_us": total}, *top[:n]]
 
 
-def registered(db: Any) -> bool:
-    """A renewald daemon has registered in `db`."""
-    return bool(db.query("SELECT count(*) FROM renewald_daemons")[0][0] > 0)
+@dataclass
+class Ctx:
+    """One benchmark run's settings and resources, handed to every section."""
+
+    quick: bool
+    reps: int
+    work: Path
+    dbs: DBs
+    _n: int = field(default=0)
+
+    @property
+    def pg(self) -> bool:
+        return self.dbs.admin is not None
+
+    @property
+    def backends(self) -> list[str]:
+        return ["sqlite", "postgresql"] if self.pg else ["sqlite"]
+
+    def db(self, backend: str, ds: DataSet | None, *, fresh: bool = True) -> RunDB:
+        return self.dbs.get(backend, ds, fresh=fresh)
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+    def run_dir(self, name: str) -> Path:
+        """A fresh directory for one run: its config, consoles and JSONL logs."""
+        self._n += 1
+        safe = re.sub(r"[^\w.-]+", "-", name)
+        path = self.work / f"{self._n:03d}-{safe}"
+        path.mkdir(parents=True)
+        return path
+
+    def renewald(self, db: RunDB, name: str, args: Sequence[str], *, sample: bool = True,
+                 **config: Any) -> Proc:  # fmt: skip
+        """`renewald ARGS` on `db`, in a fresh run directory with a config of its own."""
+        run_dir = self.run_dir(name)
+        env = renewald_env(db.url, self.config(run_dir, **config))
+        return spawn([RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
+
+    def config(self, run_dir: Path, *, extra: str = "", **tables: dict[str, Any]) -> Path:
+        """A config.toml with renewald's defaults except where the bench says otherwise
+        (`daemon={"workers": 8}`, `logging={"level": "warning"}`)."""
+        logs = {"dir": str(run_dir / "logs"), "console": "json", **tables.pop("logging", {})}
+        lines = []
+        for table, values in {**tables, "logging": logs}.items():
+            lines += [f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+        path = run_dir / "renewald.toml"
+        path.write_text("\n".join([*lines, extra]) + "\n")
+        return path

@@ -1,48 +1,33 @@
-"""renewald's own statements, compiled to SQL text for plain sqlite3 and psycopg.
-
-The bare loop (bare.py) and the poll section (sections/pollcost.py) run these without
-SQLAlchemy; nothing is written out by hand, so they always measure the landed statements:
-the claim and its due candidates (store/claim.py), the wake-up query (store/jobs.py), the
-fenced write of a result (store/attempts.py) and the attempt row (store/schema.py).
+"""renewald's own statements, compiled to SQL text for plain sqlite3 and psycopg (bare.py,
+sections/pollcost.py, db.py): nothing written out by hand, so the bench measures the landed
+claim (store/claim.py), wake-up query (store/jobs.py), fenced write (store/attempts.py) and
+the schema's tables (store/schema.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
+from bench.bare import Sql, Statements
 from renewald.store import attempts, claim, jobs
 from renewald.store.engine import BACKENDS
-from renewald.store.schema import renewal_job_attempts, renewal_jobs
+from renewald.store.schema import renewal_job_attempts
 
 STATUSES = ("auto",)
-SCAN_FACTOR = claim.SCAN_FACTOR
-JOB_COLUMNS = tuple(renewal_jobs.c.keys())
 
 
-@dataclass(frozen=True)
-class Sql:
-    """A statement's text and the values of the parameters it fixes (literals, IN lists)."""
-
-    text: str
-    fixed: dict[str, Any]
-
-    def params(self, **values: Any) -> dict[str, Any]:
-        return {**self.fixed, **values}
-
-
-def _compile(stmt: ClauseElement, backend: str) -> Sql:
+def _compile(stmt: ClauseElement, backend: str, columns: Sequence[str] | None = None) -> Sql:
     dialect: Dialect
     if backend == "sqlite":
         dialect, mark = sqlite.dialect(paramstyle="named"), ":{}"
     else:
         dialect, mark = postgresql.psycopg.dialect(paramstyle="pyformat"), "%({})s"
-    compiled = stmt.compile(dialect=dialect)
+    compiled = stmt.compile(dialect=dialect, column_keys=columns)
     text, fixed = str(compiled), dict(compiled.params)
     for name, value in list(fixed.items()):
         token = f"__[POSTCOMPILE_{name}]"
@@ -54,15 +39,6 @@ def _compile(stmt: ClauseElement, backend: str) -> Sql:
     return Sql(text, fixed)
 
 
-@dataclass(frozen=True)
-class Statements:
-    claim: Sql
-    due: Sql
-    next_due: Sql
-    finish: Sql
-    attempt: Sql
-
-
 def statements(backend: str) -> Statements:
     skip_locked = BACKENDS[backend].skip_locked
     return Statements(
@@ -71,4 +47,10 @@ def statements(backend: str) -> Statements:
         next_due=_compile(jobs.next_due_query(), backend),
         finish=_compile(attempts._finish_statement(BACKENDS[backend]), backend),
         attempt=_compile(insert(renewal_job_attempts), backend),
+        scan_factor=claim.SCAN_FACTOR,
     )
+
+
+def insert_sql(table: Table, columns: Sequence[str], backend: str) -> str:
+    """renewald's table, inserted into the way the tracker does: the columns given."""
+    return _compile(insert(table), backend, columns).text

@@ -1,150 +1,78 @@
-"""Section 3, pickup latency with a running daemon (`renewald run`, default config).
-
-The bench process plays the tracker: it inserts jobs one transaction each at a steady
-50/s, every job in a conversation of its own, either scheduled `lead` ahead
-("scheduled": the daemon has seen them in an earlier poll and wakes for them) or already
-due at insert ("due": nothing tells the daemon; it finds them at its next poll, so the
-latency is bounded by `poll_interval`, 1 s by default). Latency per job =
-`started_at - next_attempt_at`, read back from the database.
+"""Section 3, pickup latency of `renewald run` (default config): the bench plays the tracker,
+inserting jobs one transaction each at 50/s, one conversation each, scheduled `LEAD_MS`
+ahead or already due; latency = `started_at - next_attempt_at` from the database.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
-from bench.common import now_ms, percentiles, renewald_env, say, spawn, spread, wait_until
-from bench.context import Ctx
-from bench.db import DataSet, fresh_db, insert_job_pg, insert_job_sqlite, sqlite_connect
+from bench.common import Ctx, now_ms, percentiles, say, spread, wait_until
+from bench.db import DataSet, RunDB
 
 RATE = 50
 LEAD_MS = 2_000
 KINDS = ("scheduled", "due")
 
 
-def _done_at_least(db: Any, like: str, n: int) -> bool:
-    done = db.query(
-        "SELECT count(*) FROM renewal_jobs WHERE job_id LIKE ? AND status = 'done'", (like,)
-    )
-    return bool(done[0][0] >= n)
+def registered(db: RunDB) -> bool:
+    """A renewald daemon has registered in `db`."""
+    return bool(db.one("SELECT count(*) FROM renewald_daemons") > 0)
 
 
-def _inserter(ctx: Ctx, db: Any):  # type: ignore[no-untyped-def]
-    if db.backend == "sqlite":
-        lite = sqlite_connect(db.path)
-        return lite, lambda **kw: insert_job_sqlite(lite, kind="log", **kw)
-    assert ctx.pg is not None
-    pg = ctx.pg.connect(db.schema)
-    return pg, lambda **kw: insert_job_pg(pg, kind="log", **kw)
-
-
-def _window(insert, *, kind: str, prefix: str, seconds: float, first_conv: int) -> dict:  # type: ignore[no-untyped-def]
-    n = int(RATE * seconds)
+def _window(
+    db: RunDB, conn: Any, ds: DataSet, kind: str, prefix: str, seconds: float, conv: int
+) -> None:
+    """Insert RATE jobs a second for `seconds`, one transaction each."""
     start = time.monotonic()
-    late = 0.0
-    for k in range(n):
-        slot = start + k / RATE
-        delay = slot - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            late = max(late, -delay)
+    for k in range(int(RATE * seconds)):
+        time.sleep(max(0.0, start + k / RATE - time.monotonic()))
         now = now_ms()
         at = now + LEAD_MS if kind == "scheduled" else now
-        insert(job_id=f"{prefix}{k:05d}", conversation=f"conv-{first_conv + k:07d}", at=at, now=now)
-    return {"inserted": n, "insert_seconds": time.monotonic() - start, "max_insert_lag_s": late}
+        db.insert_job(conn, ds.job(f"{prefix}{k:05d}", conv + k, at, now))
 
 
-def pickup_backend(
-    ctx: Ctx,
-    backend: str,
-    *,
-    kinds: tuple[str, ...] = KINDS,
-    windows: int | None = None,
-) -> dict[str, Any]:
-    windows = windows or ctx.reps
+def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
     seconds = ctx.pick(6.0, 2.0)
     per_window = int(RATE * seconds)
-    ds = DataSet(jobs=0, conversations=windows * len(kinds) * per_window)
-    db = fresh_db(backend, ds, now_ms(), ctx.sqlite, ctx.pg)
-    run_dir = ctx.run_dir(f"pickup-{backend}")
-    config = ctx.config(run_dir)
-    proc = spawn(
-        ["run"],
-        env=renewald_env(db.url, config),
-        cwd=run_dir,
-        console=run_dir / "console.txt",
-    )
-    conn = None
+    ds = DataSet(jobs=0, conversations=ctx.reps * len(KINDS) * per_window)
+    db = ctx.db(backend, ds)
+    proc = ctx.renewald(db, f"pickup-{backend}", ["run"])
+    conn = db.connect()
     try:
-        wait_until(
-            lambda: (
-                db.query("SELECT count(*) FROM renewald_daemons")[0][0] > 0
-                or proc.popen.poll() is not None
-            ),
-            timeout=30,
-            what="the daemon to register",
-        )
+        wait_until(lambda: registered(db) or proc.popen.poll() is not None, timeout=30,
+                   what="the daemon to register")  # fmt: skip
         if proc.popen.poll() is not None:
-            raise RuntimeError(f"renewald run exited: {proc.console_tail()}")
+            raise RuntimeError(f"renewald run exited: {proc.tail()}")
         time.sleep(1.5)  # past the first poll
-        conn, insert = _inserter(ctx, db)
-        per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-        pooled: dict[str, list[int]] = {k: [] for k in kinds}
-        conv = 0
-        for w in range(windows):
-            for kind in kinds:
+        windows: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+        pooled: dict[str, list[int]] = {k: [] for k in KINDS}
+        for w in range(ctx.reps):
+            for i, kind in enumerate(KINDS):
                 prefix = f"{kind}-{w}-"
-                info = _window(insert, kind=kind, prefix=prefix, seconds=seconds, first_conv=conv)
-                conv += per_window
-                like = prefix + "%"
-                wait_until(
-                    functools.partial(_done_at_least, db, like, per_window),
-                    timeout=LEAD_MS / 1000 + 30,
-                    what=f"{kind} window {w} to be delivered",
-                    every=0.1,
-                )
-                lat = [
-                    r[0]
-                    for r in db.query(
-                        "SELECT started_at - next_attempt_at FROM renewal_jobs WHERE job_id LIKE ?",
-                        (like,),
-                    )
-                ]
-                pct = percentiles(lat)
-                per_kind[kind].append({**pct, **info})
-                pooled[kind].extend(lat)
-                say(
-                    f"pickup {backend} {kind} window {w + 1}: p50 {pct['p50']} ms, "
-                    f"p95 {pct['p95']} ms, p99 {pct['p99']} ms, max {pct['max']} ms"
-                )
-        code = proc.stop()
+                _window(db, conn, ds, kind, prefix, seconds, (w * len(KINDS) + i) * per_window)
+                done = "SELECT count(*) FROM renewal_jobs WHERE job_id LIKE ? AND status = 'done'"
+                wait_until(lambda: db.one(done, (prefix + "%",)) >= per_window,  # noqa: B023
+                           timeout=30 + LEAD_MS / 1000, what=f"{kind} window {w}")  # fmt: skip
+                late = "SELECT started_at - next_attempt_at FROM renewal_jobs WHERE job_id LIKE ?"
+                lat = [r[0] for r in db.query(late, (prefix + "%",))]
+                windows[kind].append(percentiles(lat))
+                pooled[kind] += lat
+                say(f"pickup {backend} {kind} window {w + 1}: {windows[kind][-1]}")
         summary = {
             kind: {
-                **{
-                    p: spread([win[p] for win in per_kind[kind]])
-                    for p in ("p50", "p95", "p99", "max")
-                },
+                **{p: spread(x[p] for x in windows[kind]) for p in ("p50", "p95", "p99", "max")},
                 "pooled": percentiles(pooled[kind]),
             }
-            for kind in kinds
+            for kind in KINDS
         }
-        return {
-            "rate_per_s": RATE,
-            "lead_ms": LEAD_MS,
-            "window_s": seconds,
-            "windows": per_kind,
-            "summary": summary,
-            "exit_code": code,
-            "rss_peak_mb": round(proc.rss_peak / 2**20, 1),
-        }
+        return {"rate_per_s": RATE, "lead_ms": LEAD_MS, "window_s": seconds,
+                "windows": windows, "summary": summary, "exit_code": proc.stop()}  # fmt: skip
     finally:
-        if conn is not None:
-            conn.close()
-        if proc.popen.poll() is None:
-            proc.stop()
-        db.discard(ctx.sqlite)
+        conn.close()
+        proc.stop()
+        db.discard()
 
 
 def run(ctx: Ctx) -> dict[str, Any]:

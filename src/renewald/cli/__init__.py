@@ -4,7 +4,8 @@ Every user error ends in one line on stderr and exit 2: click's usage errors, co
 errors, a database URL that cannot work, a missing job. A database that is down or
 locked is not a user error: one line and exit 69 (EX_UNAVAILABLE). Nothing is written
 unless the whole input is valid.
-Commands live in one module per family and register themselves on the `cli` group.
+Commands live in one module per family and register themselves on the `cli` group when
+that module is imported, which the group does on first use (`COMMANDS` in cli/app.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import NoReturn
 
 import click
 
-from renewald.cli import daemons, jobs, logs, ops, run, schedules, web  # noqa: F401  (registers)
 from renewald.cli.app import EXIT_USAGE, cli
 from renewald.errors import EX_UNAVAILABLE, RenewaldError
 from renewald.store.engine import describe, is_unavailable

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import importlib
 import json
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -136,11 +138,35 @@ def _global_options() -> list[click.Parameter]:
     ]
 
 
+# The module of each top-level command, imported when that command runs (or when
+# `--help` lists them all): `run --once` does not pay for Jinja2, prometheus_client or the
+# operator commands' imports.
+COMMANDS: dict[str, str] = {
+    **dict.fromkeys(("enqueue", "jobs", "show", "retry", "cancel"), "jobs"),
+    **dict.fromkeys(("health", "conversations", "stats", "prune"), "ops"),
+    **dict.fromkeys(("migrate", "run"), "run"),
+    "logs": "logs",
+    "schedules": "schedules",
+    "web": "web",
+    "daemons": "daemons",
+}
+
+
 class Group(click.Group):
     """A command group whose commands, and its subgroups' commands, also take the global
-    options after their name: `renewald jobs --db URL` as well as `renewald --db URL jobs`."""
+    options after their name: `renewald jobs --db URL` as well as `renewald --db URL jobs`.
+    Commands named in `lazy` are registered by importing their module on first use."""
 
     group_class = type  # subgroups (`conversations`, `schedules`) are this class too
+    lazy: Mapping[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(f"renewald.cli.{self.lazy[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
@@ -158,6 +184,9 @@ def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None
     obj = Context(config_path=config_path, db_url=db_url)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
+
+
+cli.lazy = COMMANDS
 
 
 def parse_when(value: str, *, now: int, option: str) -> int:

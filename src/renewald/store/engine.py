@@ -9,14 +9,17 @@ into exit 69 instead of exit 2, and nowhere else guesses from error text.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator, Mapping
+
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from renewald.errors import DatabaseError
 from renewald.store.backend import READ_ONLY, Backend
-from renewald.store.backend_postgresql import POSTGRESQL
-from renewald.store.backend_sqlite import SQLITE, sqlite_path
+from renewald.store.backend_sqlite import sqlite_path
 
 __all__ = [
     "BACKENDS",
@@ -31,13 +34,38 @@ __all__ = [
     "sqlite_path",
 ]
 
-BACKENDS: dict[str, Backend] = {SQLITE.name: SQLITE, POSTGRESQL.name: POSTGRESQL}
 
-_DRIVER_ERRORS = tuple(e for b in BACKENDS.values() for e in b.driver_errors)
-_UNAVAILABLE_STATES = frozenset().union(*(b.unavailable_states for b in BACKENDS.values()))
-_RACE_STATES = frozenset().union(*(b.race_states for b in BACKENDS.values()))
-# Connection failures carry no SQLSTATE (psycopg, sqlite3): their text is all there is.
-_UNAVAILABLE_TEXT = tuple(t for b in BACKENDS.values() for t in b.unavailable_text)
+class _Backends(Mapping[str, Backend]):
+    """The backends by dialect name, each module imported on first use: a SQLite daemon
+    never imports psycopg."""
+
+    # name -> (module, attribute, the driver whose errors it classifies)
+    _MODULES = {
+        "sqlite": ("renewald.store.backend_sqlite", "SQLITE", "sqlite3"),
+        "postgresql": ("renewald.store.backend_postgresql", "POSTGRESQL", "psycopg"),
+    }
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Backend] = {}
+
+    def __getitem__(self, name: str) -> Backend:
+        if name not in self._loaded:
+            module, attr, _driver = self._MODULES[name]
+            self._loaded[name] = getattr(importlib.import_module(module), attr)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._MODULES)
+
+    def __len__(self) -> int:
+        return len(self._MODULES)
+
+    def loaded(self) -> list[Backend]:
+        """The backends whose driver is imported: no other driver can have raised."""
+        return [self[n] for n, (_m, _a, driver) in self._MODULES.items() if driver in sys.modules]
+
+
+BACKENDS = _Backends()
 
 
 def _parse(url: str) -> URL:
@@ -85,18 +113,22 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     orig = _dbapi_error(exc)
-    if getattr(orig, "sqlstate", None) in _UNAVAILABLE_STATES:
+    backends = BACKENDS.loaded()
+    if any(getattr(orig, "sqlstate", None) in b.unavailable_states for b in backends):
         return True
-    if not isinstance(exc, DBAPIError) and not isinstance(orig, _DRIVER_ERRORS):
+    drivers = tuple(e for b in backends for e in b.driver_errors)
+    if not isinstance(exc, DBAPIError) and not isinstance(orig, drivers):
         return False
+    # Connection failures carry no SQLSTATE (psycopg, sqlite3): their text is all there is.
     message = str(orig).lower()
-    return any(marker in message for marker in _UNAVAILABLE_TEXT)
+    return any(marker in message for b in backends for marker in b.unavailable_text)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Running the failed transaction again may succeed: the database is unavailable, or
     the transaction lost a serialization or deadlock race."""
-    return is_unavailable(exc) or getattr(_dbapi_error(exc), "sqlstate", None) in _RACE_STATES
+    state = getattr(_dbapi_error(exc), "sqlstate", None)
+    return is_unavailable(exc) or any(state in b.race_states for b in BACKENDS.loaded())
 
 
 def describe(exc: BaseException) -> str:

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import event
 
 from renewald.adapters import Outcome
-from renewald.daemon.breaker import DELIVER, Breakers, BreakerSettings, Verdict
+from renewald.daemon.breaker import Breakers
+from renewald.daemon.breaker_rules import DELIVER, BreakerSettings, Verdict
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
 from tests.store.factories import T0

@@ -14,7 +14,17 @@ from typing import NoReturn
 
 import click
 
-from renewald.cli import daemons, jobs, logs, ops, run, schedules, web  # noqa: F401  (registers)
+from renewald.cli import (  # noqa: F401  (each module registers its commands on `cli`)
+    actions,
+    daemons,
+    jobs,
+    logs,
+    ops,
+    run,
+    schedules,
+    show,
+    web,
+)
 from renewald.cli.app import EXIT_USAGE, cli
 from renewald.errors import EX_UNAVAILABLE, RenewaldError
 from renewald.store.engine import describe, is_unavailable

@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
-from renewald.store.ops import Conversation, OperatorAction
+from renewald.store.conversations import Conversation
+from renewald.store.ops import OperatorAction
 from renewald.store.schema import (
     local_conversations,
     renewal_job_attempts,

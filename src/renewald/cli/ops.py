@@ -15,7 +15,7 @@ from renewald.cli.app import STATUSES, Context, cli, parse_age, pass_ctx, stale_
 from renewald.durations import format_duration
 from renewald.errors import DatabaseError, UsageError
 from renewald.render import relative
-from renewald.store.ops import Stats
+from renewald.store.stats import Stats
 
 # A probe answers within its own timeout (Docker's HEALTHCHECK gives 10s): a database
 # that does not answer within this long is unhealthy, not waited for.

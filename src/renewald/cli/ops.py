@@ -250,46 +250,45 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
         f"running    {stats.running}{lease}; expired leases {stats.expired_leases}",
         f"failures   last {since}: {render.counts(stats.failures)}",
     ]
-    stale_before = now - stale_ms
-    if stats.daemons:
-        rows = [
-            (
-                d.owner_id,
-                d.host,
-                d.pid,
-                d.version,
-                render.short_when(d.heartbeat_at, now),
-                "alive" if d.heartbeat_at >= stale_before else "stale",
-                d.status,
-            )
-            for d in stats.daemons
-        ]
-        lines += [
-            "",
-            render.table(
-                ("DAEMON", "HOST", "PID", "VERSION", "HEARTBEAT", "STATE", "STATUS"), rows
-            ),
-        ]
-    else:
-        lines += ["", "no daemons registered"]
-    if stats.paused_targets:
-        paused = [
-            (
-                p.target_key,
-                p.adapter,
-                render.short_when(p.paused_until, now),
-                p.failures,
-                render.truncate(p.last_error, 50),
-            )
-            for p in stats.paused_targets
-        ]
-        lines += [
-            "",
-            render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), paused),
-        ]
-    else:
-        lines += ["no paused targets"]
+    lines += [
+        "",
+        _daemons_table(stats, now, stale_ms) if stats.daemons else "no daemons registered",
+    ]
+    lines += ["", _paused_table(stats, now)] if stats.paused_targets else ["no paused targets"]
     return "\n".join(lines)
+
+
+def _daemons_table(stats: Stats, now: int, stale_ms: int) -> str:
+    if not stats.daemons:
+        return "no daemons registered"
+    stale_before = now - stale_ms
+    rows = [
+        (
+            d.owner_id,
+            d.host,
+            d.pid,
+            d.version,
+            render.short_when(d.heartbeat_at, now),
+            "alive" if d.heartbeat_at >= stale_before else "stale",
+            d.status,
+        )
+        for d in stats.daemons
+    ]
+    return render.table(("DAEMON", "HOST", "PID", "VERSION", "HEARTBEAT", "STATE", "STATUS"), rows)
+
+
+def _paused_table(stats: Stats, now: int) -> str:
+    paused = [
+        (
+            p.target_key,
+            p.adapter,
+            render.short_when(p.paused_until, now),
+            p.failures,
+            render.truncate(p.last_error, 50),
+        )
+        for p in stats.paused_targets
+    ]
+    return render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), paused)
 
 
 # -- prune -----------------------------------------------------------------------------

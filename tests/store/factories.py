@@ -10,7 +10,7 @@ from sqlalchemy import Connection, insert, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
-from renewald.store import Job, NewJob, Store
+from renewald.store import AttemptResult, ClaimedJob, Job, NewJob, Store
 from renewald.store.schema import conversation_links, local_conversations
 
 T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
@@ -91,3 +91,24 @@ def make_job(store: Store, *, now: int = T0, **overrides: Any) -> Job:
     }
     fields.update(overrides)
     return store.enqueue(job=NewJob(**fields), now=now)
+
+
+def delivered(claimed: ClaimedJob, *, now: int, owner: str) -> AttemptResult:
+    """What the owner's recorder writes when the delivery of `claimed` went through."""
+    job = claimed.job
+    return AttemptResult(
+        attempt_id=f"owner-{job.job_id}-{claimed.lease_token}",
+        job_id=job.job_id,
+        attempt_no=job.attempt_count,
+        lease_owner=owner,
+        lease_token=claimed.lease_token,
+        adapter="log",
+        target=None,
+        started_at=job.started_at or now,
+        finished_at=now,
+        outcome="delivered",
+        status="done",
+        terminal_reason="delivered",
+        decision="done",
+        decision_reason="delivered",
+    )

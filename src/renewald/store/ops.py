@@ -54,36 +54,14 @@ class OperatorAction:
     log_path: str | None = None
 
 
-def _operator_attempt(
-    job: Job,
-    *,
-    attempt_id: str,
-    now: int,
-    action: OperatorAction,
-    outcome: str,
-    decision: str,
-    reason: str,
-    next_attempt_at: int | None,
-) -> dict[str, Any]:
-    return {
-        "attempt_id": attempt_id,
-        "job_id": job.job_id,
-        "attempt_no": job.attempt_count,
-        "lease_owner": action.operator,
-        "lease_token": job.lease_token,
-        "adapter": None,
-        "target": None,
-        "started_at": now,
-        "finished_at": now,
-        "duration_ms": 0,
-        "outcome": outcome,
-        "error_class": None,
-        "error_message": None,
-        "response_summary": None,
-        "next_attempt_at": next_attempt_at,
-        "decision": decision,
-        "decision_reason": reason,
-    }
+@dataclass(frozen=True)
+class _Entry:
+    """How an operator's write is told in its attempt row."""
+
+    outcome: str
+    decision: str
+    reason: str
+    next_attempt_at: int | None
 
 
 def _operator_write(
@@ -92,8 +70,10 @@ def _operator_write(
     *,
     fence: Sequence[ColumnElement[bool]],
     values: dict[str, Any],
+    entry: _Entry,
+    attempt_id: str,
+    now: int,
     action: OperatorAction,
-    attempt: dict[str, Any],
 ) -> Job | None:
     """Apply `values` to `job` if it still matches `fence`, record the operator's attempt
     row, and return the job as it is now; None (and nothing written) when it changed."""
@@ -104,7 +84,26 @@ def _operator_write(
     ).rowcount
     if matched != 1:
         return None
-    conn.execute(insert(attempts).values(**attempt))
+    row: dict[str, Any] = {
+        "attempt_id": attempt_id,
+        "job_id": job.job_id,
+        "attempt_no": job.attempt_count,
+        "lease_owner": action.operator,
+        "lease_token": job.lease_token,
+        "adapter": None,
+        "target": None,
+        "started_at": now,
+        "finished_at": now,
+        "duration_ms": 0,
+        "outcome": entry.outcome,
+        "error_class": None,
+        "error_message": None,
+        "response_summary": None,
+        "next_attempt_at": entry.next_attempt_at,
+        "decision": entry.decision,
+        "decision_reason": entry.reason,
+    }
+    conn.execute(insert(attempts).values(**row))
     after = get_job(conn, job.job_id)
     assert after is not None
     return after
@@ -139,17 +138,10 @@ def retry_job(
             "lease_expires_at": None,
             "updated_at": now,
         },
+        entry=_Entry("operator_retry", "retry", RETRY_REASON, next_attempt_at=now),
+        attempt_id=attempt_id,
+        now=now,
         action=action,
-        attempt=_operator_attempt(
-            job,
-            attempt_id=attempt_id,
-            now=now,
-            action=action,
-            outcome="operator_retry",
-            decision="retry",
-            reason=RETRY_REASON,
-            next_attempt_at=now,
-        ),
     )
     return None if after is None else Retried(after, attempt_id, job.terminal_reason)
 
@@ -229,17 +221,10 @@ def cancel_job(
                 "finished_at": now,
                 "updated_at": now,
             },
+            entry=_Entry(CANCELLED, "failed", CANCEL_REASON, next_attempt_at=None),
+            attempt_id=attempt_id,
+            now=now,
             action=action,
-            attempt=_operator_attempt(
-                job,
-                attempt_id=attempt_id,
-                now=now,
-                action=action,
-                outcome=CANCELLED,
-                decision="failed",
-                reason=CANCEL_REASON,
-                next_attempt_at=None,
-            ),
         )
         if after is not None:
             return Cancelled(CANCELLED, after, attempt_id)

@@ -22,6 +22,7 @@ from sqlalchemy import Table, insert, select, text
 
 from renewald.store import Store, migrate
 from renewald.store.schema import conversation_links, local_conversations, renewal_jobs
+from tests.httpd import reply
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 
@@ -201,6 +202,15 @@ class RecordingTarget(Generic[R]):
         self.server.server_close()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (kept-alive connections, as the daemon's client uses them), no access log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def read_body(handler: BaseHTTPRequestHandler) -> bytes | None:
     """The request's body; None (and the connection closed) when the sender died mid-request:
     nothing was delivered."""
@@ -227,9 +237,7 @@ class HookTarget(RecordingTarget[Seen]):
         self.status: Callable[[str, int], int] = lambda job_id, attempt: 200
         target = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 raw = read_body(self)
                 if raw is None:
@@ -244,20 +252,12 @@ class HookTarget(RecordingTarget[Seen]):
                     target.in_flight[job_id] += 1
                 try:
                     target.release.wait(target.delay(job_id, attempt))
-                    reply = b'{"ok": true}'
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
+                    reply(self, status, b'{"ok": true}', {"Content-Type": "application/json"})
                 except ConnectionError:
                     pass  # the daemon was killed while we held its request
                 finally:
                     with target.lock:
                         target.in_flight[job_id] -= 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self._serve(Handler, "/hook")
 

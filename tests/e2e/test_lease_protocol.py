@@ -7,6 +7,7 @@ deliveries of one conversation in flight at once are seen where they happen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -15,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -29,7 +29,8 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from tests.e2e.conftest import RecordingTarget, Renewald, read_body, table
+from tests.e2e.conftest import QuietHandler, RecordingTarget, Renewald, read_body, table
+from tests.httpd import reply
 from tests.waiting import wait_for
 
 BRIDGE = "browser.proxy_delivery"
@@ -61,9 +62,7 @@ class Bridge(RecordingTarget[Request]):
         self.peak: Counter[str] = Counter()
         bridge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 raw = read_body(self)
                 if raw is None:
@@ -89,17 +88,8 @@ class Bridge(RecordingTarget[Request]):
                     with bridge.lock:
                         bridge.in_flight[req.conversation] -= 1
                         req.answered = now_ms()
-                try:
-                    reply = b'{"accepted":true}'
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
-                except ConnectionError:
-                    pass  # the sender is gone
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                with contextlib.suppress(ConnectionError):  # the sender may be gone
+                    reply(self, 200, b'{"accepted":true}')
 
         self._serve(Handler, "/deliver")
 

@@ -20,13 +20,12 @@ from sqlalchemy import insert, select, update
 
 from renewald.store import Store
 from renewald.store.schema import (
-    local_conversations,
     renewal_job_attempts,
     renewal_jobs,
     renewal_target_pauses,
 )
 from tests.e2e.conftest import RENEWALD, Renewald
-from tests.store.factories import job_of
+from tests.store.factories import conversation_row, job_of
 from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
@@ -104,17 +103,7 @@ def test_pause_explain_resume(renewald: Renewald, e2e_store: Store) -> None:
     assert ok(renewald.run("run", "--once")) and job_of(e2e_store, "now").status == "pending"
 
     assert "resumed" in ok(renewald.run("conversations", "resume", "c1"))
-    row = e2e_store.read(
-        lambda c: (
-            c.execute(
-                select(local_conversations).where(
-                    local_conversations.c.local_conversation_id == "c1"
-                )
-            )
-            .mappings()
-            .one()
-        )
-    )
+    row = conversation_row(e2e_store, "c1")
     assert (row["automation_status"], row["paused_at"]) == ("auto", None)
     ok(renewald.run("run", "--once"))
     text = ok(renewald.run("show", "now"))
@@ -185,16 +174,7 @@ def test_cancel_running_job(renewald: Renewald, e2e_store: Store, tmp_path: Path
         'touch "$GATE/started-$RENEWALD_JOB_ID"; '
         'while [ ! -e "$GATE/release" ]; do sleep 0.02; done'
     )
-    renewald.write_config(
-        extra="\n".join(
-            [
-                "[adapters.command]",
-                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
-                'timeout = "60s"',
-                f"env = {{ GATE = {json.dumps(str(tmp_path))} }}",
-            ]
-        )
-    )
+    gated_command_config(renewald, script, gate=tmp_path)
     renewald.enqueue("c", "first", "--job-id", "a", "--target-kind", "command")
     renewald.enqueue("c", "second", "--job-id", "b", "--target-kind", "command", "--at", "+0s")
     proc = renewald.start()
@@ -423,3 +403,18 @@ def test_metrics_port_in_use_is_one_line(renewald: Renewald, e2e_store: Store) -
     line = one_line_error(out)
     assert "[http] listen" in line and "cannot listen" in line
     assert e2e_store.list_daemons() == []
+
+
+def gated_command_config(renewald: Renewald, script: str, *, gate: Path) -> None:
+    """The command adapter runs `script` under /bin/sh with $GATE, a directory the test
+    uses to see a delivery start and to let it finish."""
+    renewald.write_config(
+        extra="\n".join(
+            [
+                "[adapters.command]",
+                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
+                'timeout = "60s"',
+                f"env = {{ GATE = {json.dumps(str(gate))} }}",
+            ]
+        )
+    )

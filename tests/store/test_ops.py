@@ -10,12 +10,11 @@ from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
 from renewald.store.conversations import Conversation
 from renewald.store.ops import OperatorAction
 from renewald.store.schema import (
-    local_conversations,
     renewal_job_attempts,
     renewal_jobs,
     renewal_target_pauses,
 )
-from tests.store.factories import T0, make_conversation, make_job, make_link
+from tests.store.factories import T0, conversation_row, make_conversation, make_job, make_link
 
 OWNER = "host:1:boot"
 LEASE = 60_000
@@ -440,17 +439,7 @@ def test_conversation_rows_are_the_trackers(store: Store) -> None:
     """Pause writes only the tracker's columns, with its values ('paused', epoch ms)."""
     make_conversation(store, "c")
     store.set_automation_status("c", status="paused", now=T0 + 1)
-    row = store.read(
-        lambda c: (
-            c.execute(
-                select(local_conversations).where(
-                    local_conversations.c.local_conversation_id == "c"
-                )
-            )
-            .mappings()
-            .one()
-        )
-    )
+    row = conversation_row(store, "c")
     assert (row["automation_status"], row["paused_at"], row["updated_at"]) == (
         "paused",
         T0 + 1,

@@ -18,7 +18,8 @@ import pytest
 
 from renewald.store import Store
 from tests.e2e.conftest import RENEWALD, HookTarget, Renewald, add_webhook_jobs
-from tests.e2e.test_ops import attempt_rows, gated_command_config, ok, one_line_error
+from tests.e2e.test_ops import gated_command_config, ok, one_line_error
+from tests.store.factories import attempt_rows
 from tests.waiting import wait_for
 
 

@@ -16,16 +16,15 @@ from pathlib import Path
 from select import select as wait_readable
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 
 from renewald.store import Store
 from renewald.store.schema import (
-    renewal_job_attempts,
     renewal_jobs,
     renewal_target_pauses,
 )
 from tests.e2e.conftest import RENEWALD, Renewald
-from tests.store.factories import conversation_row, job_of
+from tests.store.factories import attempt_rows, conversation_row, job_of
 from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
@@ -50,21 +49,6 @@ def ok(out) -> str:
 
 def show(renewald: Renewald, job_id: str) -> dict:
     return json.loads(ok(renewald.run("show", job_id, "--json")))
-
-
-def attempt_rows(store: Store, job_id: str) -> list[dict]:
-    rows = store.read(
-        lambda c: (
-            c.execute(
-                select(renewal_job_attempts)
-                .where(renewal_job_attempts.c.job_id == job_id)
-                .order_by(renewal_job_attempts.c.started_at)
-            )
-            .mappings()
-            .all()
-        )
-    )
-    return [dict(r) for r in rows]
 
 
 def set_job(store: Store, job_id: str, **values) -> None:

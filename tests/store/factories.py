@@ -12,7 +12,7 @@ from sqlalchemy.pool import QueuePool
 
 from renewald.store import AttemptResult, ClaimedJob, Job, NewJob, Store
 from renewald.store.models import Schedule
-from renewald.store.schema import conversation_links, local_conversations
+from renewald.store.schema import conversation_links, local_conversations, renewal_job_attempts
 
 T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
 _seq = itertools.count(1)
@@ -43,6 +43,16 @@ def conversation_row(store: Store, conversation_id: str) -> RowMapping:
         local_conversations.c.local_conversation_id == conversation_id
     )
     return store.read(lambda c: c.execute(query).mappings().one())
+
+
+def attempt_rows(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """The job's attempt rows, oldest first."""
+    query = (
+        select(renewal_job_attempts)
+        .where(renewal_job_attempts.c.job_id == job_id)
+        .order_by(renewal_job_attempts.c.started_at, renewal_job_attempts.c.attempt_no)
+    )
+    return [dict(r) for r in store.read(lambda c: c.execute(query).mappings().all())]
 
 
 def make_conversation(

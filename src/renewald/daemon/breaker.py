@@ -41,6 +41,8 @@ from renewald.logging import JobLog, emit
 from renewald.store import Store
 from renewald.store.models import TargetPause
 
+# The settings and verdicts are part of what Breakers takes and returns: its callers
+# (dispatcher, service) import the three from here.
 __all__ = ["BreakerSettings", "Breakers", "Verdict"]
 
 _log = structlog.get_logger("renewald.breaker")

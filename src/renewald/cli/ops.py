@@ -104,22 +104,27 @@ def _set_status(ctx: Context, conversation_id: str, status: str, as_json: bool) 
             click.echo(f"note: [daemon] dispatch_statuses does not include {status!r}", err=True)
 
 
-@conversations_cmd.command("pause")
-@click.argument("conversation_id")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def conversations_pause_cmd(ctx: Context, conversation_id: str, as_json: bool) -> None:
-    """Stop dispatching a conversation's jobs (automation_status 'paused', paused_at now)."""
-    _set_status(ctx, conversation_id, "paused", as_json)
+def _status_command(name: str, status: str, help: str) -> None:
+    """`conversations pause|resume ID [--json]`: set the conversation's automation_status."""
+
+    @conversations_cmd.command(name, help=help)
+    @click.argument("conversation_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @pass_ctx
+    def command(ctx: Context, conversation_id: str, as_json: bool) -> None:
+        _set_status(ctx, conversation_id, status, as_json)
 
 
-@conversations_cmd.command("resume")
-@click.argument("conversation_id")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def conversations_resume_cmd(ctx: Context, conversation_id: str, as_json: bool) -> None:
-    """Dispatch a conversation's jobs again (automation_status 'auto', paused_at cleared)."""
-    _set_status(ctx, conversation_id, "auto", as_json)
+_status_command(
+    "pause",
+    "paused",
+    "Stop dispatching a conversation's jobs (automation_status 'paused', paused_at now).",
+)
+_status_command(
+    "resume",
+    "auto",
+    "Dispatch a conversation's jobs again (automation_status 'auto', paused_at cleared).",
+)
 
 
 @conversations_cmd.command("list")

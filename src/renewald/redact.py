@@ -219,11 +219,6 @@ def redact_text(text: str | None) -> str | None:
     return _KEY_VALUE.sub(_mask_key_value, out)
 
 
-def redact_url(url: str) -> str:
-    """A URL without its credentials: user info and token-like query values masked."""
-    return redact_text(url) or ""
-
-
 def redact_value(value: Any, key: str | None = None) -> Any:
     """Redact a JSON-like value; values under secret-looking keys are masked whole.
 

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from renewald.adapters.base import Conversation, Delivery
+from tests.httpd import reply
 
 Route = Callable[["Handler"], None]
 
@@ -60,12 +61,7 @@ class _Server(ThreadingHTTPServer):
 
 def respond(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Route:
     def route(handler: Handler) -> None:
-        handler.send_response(status)
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        reply(handler, status, body, headers)
 
     return route
 

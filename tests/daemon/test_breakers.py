@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import event
 
 from renewald.adapters import Outcome
-from renewald.daemon.breaker import DELIVER, Breakers, BreakerSettings, Verdict
+from renewald.daemon.breaker import Breakers
+from renewald.daemon.breaker_rules import DELIVER, BreakerSettings, Verdict
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
 from tests.store.factories import T0
@@ -103,12 +104,18 @@ def test_one_probe_across_daemons_then_closed(store: Store, job_log: JobLog) -> 
     ]
 
 
-def test_a_failed_probe_opens_again(store: Store, job_log: JobLog) -> None:
-    b = breakers(store, job_log)
+def open_then_probe(b: Breakers) -> Verdict:
+    """Two failures at T0 open the breaker; at the end of the pause this delivery probes."""
     record(b, FAILED, T0)
     record(b, FAILED, T0)
     probe = admit(b, T0 + 1_000)
     assert probe.action == "probe"
+    return probe
+
+
+def test_a_failed_probe_opens_again(store: Store, job_log: JobLog) -> None:
+    b = breakers(store, job_log)
+    probe = open_then_probe(b)
     record(b, FAILED, T0 + 1_050, probe)
     row = store.get_target_pause(target_key=KEY)
     assert row is not None and row.paused_until == T0 + 1_050 + 1_000
@@ -124,9 +131,7 @@ def test_a_failed_probe_opens_again(store: Store, job_log: JobLog) -> None:
 
 def test_an_inconclusive_probe_lets_the_next_job_probe(store: Store, job_log: JobLog) -> None:
     b = breakers(store, job_log)
-    record(b, FAILED, T0)
-    record(b, FAILED, T0)
-    probe = admit(b, T0 + 1_000)
+    probe = open_then_probe(b)
     record(b, Outcome.permanent("HTTP 400: bad payload"), T0 + 1_010, probe)
     assert admit(b, T0 + 1_011).action == "probe"
 

@@ -15,7 +15,7 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
-from tests.daemon.test_dispatcher import ManualClock
+from tests.clock import ManualClock
 from tests.store.factories import T0, make_job
 
 OWNER = "test-host:1:at-once"

@@ -4,7 +4,6 @@ for a retry), and a manual clock, so every time it writes comes from the test.""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,22 +14,12 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, Store
+from tests.clock import ManualClock
 from tests.store.factories import T0, make_job
 from tests.store.test_hostile_rows import attempts
 
 OWNER = "test-host:1:dispatcher"
 POLICY = RetryPolicy(base=30, factor=2, cap=3600, jitter=0)
-
-
-class ManualClock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 class BusyAdapter:

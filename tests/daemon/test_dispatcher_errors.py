@@ -3,7 +3,6 @@ ends only that job."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,25 +12,15 @@ import pytest
 from renewald.config import Config, DaemonConfig, LoggingConfig
 from renewald.daemon.service import Service
 from renewald.store import Store
+from tests.clock import ManualClock
 from tests.store.factories import T0, make_conversation, make_job, make_link
 from tests.store.test_hostile_rows import attempts, set_raw
-
-
-class Clock:
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @pytest.fixture
 def service(store: Store, tmp_path: Path) -> Iterator[Service]:
     config = Config(daemon=DaemonConfig(workers=2), logging=LoggingConfig(dir=tmp_path / "logs"))
-    svc = Service(config, store, clock=Clock(T0))
+    svc = Service(config, store, clock=ManualClock(T0))
     svc.dispatcher.start()
     yield svc
     svc.dispatcher.close(now=T0)

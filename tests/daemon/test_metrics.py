@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from renewald.daemon.metrics import Metrics
 from renewald.store import AttemptResult, Store
+from tests.clock import ManualClock
 from tests.store.factories import T0, make_job
 from tests.store.test_ops import OWNER, add_pause, claim, finish
-
-
-class FixedClock:
-    def __init__(self, now_ms: int, monotonic: float) -> None:
-        self.now = now_ms
-        self.mono = monotonic
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
 
 
 def sample(text: str, name: str) -> float | None:
@@ -32,7 +21,7 @@ def test_metrics_gauges_and_health(store: Store) -> None:
     [c] = claim(store, now=T0)
     make_job(store, job_id="due", conversation="c", next_attempt_at=T0 - 90_000)
     add_pause(store, "log:x", until=T0 + 30_000)
-    clock = FixedClock(T0, monotonic=100.0)
+    clock = ManualClock(T0, monotonic=100.0)
     last_poll: list[float | None] = [None]
     metrics = Metrics(
         store=store,

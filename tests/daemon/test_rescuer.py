@@ -18,9 +18,9 @@ from sqlalchemy import text
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.rescuer import Rescuer
 from renewald.logging import JobLog, read_lines
-from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store import ClaimedJob, Store
 from renewald.store import attempts as attempt_sql
-from tests.store.factories import T0, make_job
+from tests.store.factories import T0, delivered, make_job
 
 OWNER = "host-a:1:boot"
 RESCUER = "host-b:2:boot"
@@ -57,27 +57,6 @@ def claim_one(
     return claimed
 
 
-def delivered(claimed: ClaimedJob, *, now: int) -> AttemptResult:
-    """What the owner's recorder writes when the delivery went through."""
-    job = claimed.job
-    return AttemptResult(
-        attempt_id=f"owner-{job.job_id}-{job.lease_token}",
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
-        lease_owner=OWNER,
-        lease_token=job.lease_token,
-        adapter="log",
-        target=None,
-        started_at=job.started_at or now,
-        finished_at=now,
-        outcome="delivered",
-        status="done",
-        terminal_reason="delivered",
-        decision="done",
-        decision_reason="delivered",
-    )
-
-
 def assert_one_end(store: Store, job_id: str, *, winner: str) -> None:
     """Exactly one attempt row, the winner's, and the job in the winner's state."""
     job = store.get_job(job_id)
@@ -103,7 +82,7 @@ def test_owner_finishes_first_rescue_matches_nothing(store: Store, job_log: JobL
     found = store.find_abandoned(now=expiry)
     assert [j.job_id for j in found] == ["j"]
     rescue = rescuer.results_for(found, now=expiry)
-    assert store.record_results([delivered(c, now=expiry)], now=expiry) == [True]
+    assert store.record_results([delivered(c, now=expiry, owner=OWNER)], now=expiry) == [True]
     assert store.record_results(rescue, now=expiry) == [False]
     assert_one_end(store, "j", winner="owner")
     # And the whole duty, run after the owner's write, finds nothing to take.
@@ -115,7 +94,7 @@ def test_rescue_first_owner_record_matches_nothing(store: Store, job_log: JobLog
     expiry = T0 + LEASE
     rescuer = rescuer_for(store, job_log)
     assert rescuer.run_once(expiry) == 1
-    assert store.record_results([delivered(c, now=expiry)], now=expiry) == [False]
+    assert store.record_results([delivered(c, now=expiry, owner=OWNER)], now=expiry) == [False]
     assert_one_end(store, "j", winner="rescuer")
     [line] = [x for x in read_lines(job_log.path_for(expiry)) if x["event"] == "job.rescued"]
     assert (line["job_id"], line["previous_owner"], line["owner"]) == ("j", OWNER, RESCUER)
@@ -164,7 +143,7 @@ def test_concurrent_writes_one_wins(
     expiry = T0 + LEASE
     rescuer = rescuer_for(store, job_log)
     rescue = rescuer.results_for(store.find_abandoned(now=expiry), now=expiry)
-    owner = [delivered(c, now=expiry)]
+    owner = [delivered(c, now=expiry, owner=OWNER)]
     first_batch, second_batch = (owner, rescue) if first == "owner" else (rescue, owner)
 
     app = f"renewald-race-{uuid.uuid4().hex[:8]}"

@@ -9,8 +9,8 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.rescuer import Rescuer
 from renewald.logging import JobLog
 from renewald.store import Store
-from tests.store.factories import T0, make_job
-from tests.store.test_ops import LEASE, OPERATOR, attempt_rows, claim
+from tests.store.factories import T0, attempt_rows, make_job
+from tests.store.test_ops import LEASE, OPERATOR, claim
 
 
 def test_rescued_cancelled_job_ends_cancelled(store: Store, tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.rescuer import Rescuer
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
-from tests.store.factories import T0, make_job
+from tests.store.factories import T0, delivered, make_job
 from tests.store.test_lease_protocol import (
     LEASE,
     OTHER,
+    OWNER,
     claim,
-    delivered,
     send,
     tracker_upsert,
 )
@@ -29,7 +29,7 @@ def test_rewound_delivered_job_is_reconciled_not_resent(store: Store, job_log: J
     make_job(store, job_id="j")
     [c] = claim(store)
     assert send(store, c)
-    assert store.record_results([delivered(c, now=T0 + 1)], now=T0 + 1) == [True]
+    assert store.record_results([delivered(c, now=T0 + 1, owner=OWNER)], now=T0 + 1) == [True]
     for stale in ("pending", "running"):
         tracker_upsert(store, "j", status=stale, finished_at=None, attempt_count=0)
         assert claim(store, now=T0 + 2, owner=OTHER) == []
@@ -49,4 +49,4 @@ def test_a_fresh_claim_is_not_taken_for_a_rewound_one(store: Store, job_log: Job
     assert send(store, c)
     tracker_upsert(store, "j", status="running")
     assert rescuer(store, job_log).run_once(T0 + LEASE - 1) == 0
-    assert store.record_results([delivered(c, now=T0 + 5)], now=T0 + 5) == [True]
+    assert store.record_results([delivered(c, now=T0 + 5, owner=OWNER)], now=T0 + 5) == [True]

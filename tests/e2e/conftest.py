@@ -10,17 +10,19 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 from sqlalchemy import Table, insert, select, text
 
 from renewald.store import Store, migrate
 from renewald.store.schema import conversation_links, local_conversations, renewal_jobs
+from tests.httpd import reply
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 
@@ -154,8 +156,74 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # a killed client is expected
 
 
-class HookTarget:
-    """A real HTTP endpoint on 127.0.0.1 for the `http.webhook` adapter.
+class _Received(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Received)
+
+
+class RecordingTarget(Generic[R]):
+    """A real HTTP endpoint on 127.0.0.1 that records what it receives (`requests`, in
+    order of arrival) and counts what it holds (`in_flight`, by a key of the subclass's
+    choosing). `release` ends every hold at once; `close` sets it and stops the server."""
+
+    def __init__(self) -> None:
+        self.requests: list[R] = []
+        self.in_flight: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], path: str) -> None:
+        self.server = _QuietServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def busy(self) -> int:
+        with self.lock:
+            return sum(self.in_flight.values())
+
+    def by_job(self) -> dict[str, list[R]]:
+        with self.lock:
+            received = list(self.requests)
+        out: dict[str, list[R]] = {}
+        for r in received:
+            out.setdefault(r.job_id, []).append(r)
+        return out
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (kept-alive connections, as the daemon's client uses them), no access log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes | None:
+    """The request's body; None (and the connection closed) when the sender died mid-request:
+    nothing was delivered."""
+    length = int(handler.headers["Content-Length"])
+    raw = handler.rfile.read(length)
+    if len(raw) < length:
+        handler.close_connection = True
+        return None
+    return raw
+
+
+class HookTarget(RecordingTarget[Seen]):
+    """The endpoint of the `http.webhook` adapter.
 
     Records every POST the moment its body has arrived — before it answers, so a daemon
     killed mid-delivery leaves a request the target saw and the database never recorded.
@@ -164,73 +232,34 @@ class HookTarget:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.delay: Callable[[str, int], float] = lambda job_id, attempt: 0.0
         self.status: Callable[[str, int], int] = lambda job_id, attempt: 200
-        self.seen: list[Seen] = []
-        self.in_flight = 0
-        self._lock = threading.Lock()
-        self.release = threading.Event()  # set: every delay ends at once
         target = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                raw = self.rfile.read(length)
-                if len(raw) < length:
-                    self.close_connection = True
-                    return  # the sender died mid-request: nothing was delivered
+                raw = read_body(self)
+                if raw is None:
+                    return
                 body = json.loads(raw)
                 job_id, attempt = body["job_id"], int(self.headers["X-Renewald-Attempt"])
                 status = target.status(job_id, attempt)
-                with target._lock:
-                    target.seen.append(
+                with target.lock:
+                    target.requests.append(
                         Seen(job_id, self.headers.get("Idempotency-Key"), attempt, status)
                     )
-                    target.in_flight += 1
+                    target.in_flight[job_id] += 1
                 try:
                     target.release.wait(target.delay(job_id, attempt))
-                    reply = b'{"ok": true}'
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
+                    reply(self, status, b'{"ok": true}', {"Content-Type": "application/json"})
                 except ConnectionError:
                     pass  # the daemon was killed while we held its request
                 finally:
-                    with target._lock:
-                        target.in_flight -= 1
+                    with target.lock:
+                        target.in_flight[job_id] -= 1
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.seen)
-
-    def busy(self) -> int:
-        with self._lock:
-            return self.in_flight
-
-    def by_job(self) -> dict[str, list[Seen]]:
-        with self._lock:
-            seen = list(self.seen)
-        out: dict[str, list[Seen]] = {}
-        for s in seen:
-            out.setdefault(s.job_id, []).append(s)
-        return out
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler, "/hook")
 
 
 @pytest.fixture

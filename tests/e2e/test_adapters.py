@@ -36,6 +36,7 @@ from renewald.store.schema import (
     renewal_target_pauses,
 )
 from tests.e2e.conftest import Renewald
+from tests.httpd import reply
 from tests.waiting import wait_for
 
 SECRET = "e2e-webhook-secret-5f0c9a2d"
@@ -102,12 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with target.lock:
                 target.in_flight[unit] -= 1
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, status, body, headers)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -239,6 +235,18 @@ def assert_log_matches(renewald: Renewald, store: Store) -> dict[str, dict[str, 
         assert line.get("next_attempt_at") == row["next_attempt_at"]
         assert line["duration_ms"] == row["duration_ms"]
     return by_id
+
+
+def run_until_all_done(renewald: Renewald, store: Store, *, what: str) -> str:
+    """Start the daemon, wait (30s at most) until every job is done, stop it cleanly; its
+    stderr."""
+    proc = renewald.start()
+    wait_for(
+        lambda: all(j["status"] == "done" for j in jobs(store).values()), timeout=30, what=what
+    )
+    code, err = renewald.stop(proc)
+    assert code == 0, err
+    return err
 
 
 def config(renewald: Renewald, text: str, **daemon: Any) -> None:
@@ -527,14 +535,7 @@ def test_breaker_pauses_a_failing_target_without_spending_attempts(
         add_conversation(e2e_store, f"c{n}", kind=BRIDGE, client_id="tab-1")
         add_job(e2e_store, job_id, f"c{n}", max_attempts=5)
 
-    proc = renewald.start()
-    wait_for(
-        lambda: all(j["status"] == "done" for j in jobs(e2e_store).values()),
-        timeout=30,
-        what="every job delivered after the pause",
-    )
-    code, err = renewald.stop(proc)
-    assert code == 0, err
+    err = run_until_all_done(renewald, e2e_store, what="every job delivered after the pause")
     assert "Traceback" not in err
 
     rows = attempts(e2e_store)
@@ -610,14 +611,7 @@ def test_jobs_in_line_keep_their_lease_past_its_length(
         add_conversation(e2e_store, f"c{n}", kind=BRIDGE, client_id="tab-slow")
         add_job(e2e_store, f"j{n}", f"c{n}")
 
-    proc = renewald.start()
-    wait_for(
-        lambda: all(j["status"] == "done" for j in jobs(e2e_store).values()),
-        timeout=30,
-        what="four deliveries, one at a time",
-    )
-    code, err = renewald.stop(proc)
-    assert code == 0, err
+    run_until_all_done(renewald, e2e_store, what="four deliveries, one at a time")
     rows = attempts(e2e_store)
     assert [r["outcome"] for r in rows] == ["delivered"] * 4, "nothing rescued or repeated"
     assert rows[-1]["started_at"] - rows[0]["started_at"] > 3000, "the last waited > a lease"

@@ -9,14 +9,7 @@ import pytest
 
 from renewald.store import Store
 from tests.e2e.conftest import Renewald
-
-
-def one_line_error(out, code: int = 2) -> str:
-    assert out.returncode == code, (out.stdout, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    return lines[0]
+from tests.e2e.test_ops import one_line_error
 
 
 def test_migrate_is_idempotent(renewald: Renewald) -> None:

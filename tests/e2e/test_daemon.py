@@ -193,12 +193,20 @@ def test_three_daemons_drain_exactly_once(renewald: Renewald, e2e_store: Store) 
         code, err = renewald.stop(proc)
         assert code == 0, err
 
-    rows = attempts(e2e_store)
-    assert len(rows) == 2000
-    assert {r["job_id"] for r in rows} == {j for j, _ in specs}
+    job_ids = {j for j, _ in specs}
+    assert len(job_ids) == 2000
+    assert_delivered_exactly_once(e2e_store, job_ids, daemons=3)
+
+
+def assert_delivered_exactly_once(store: Store, job_ids: set[str], *, daemons: int) -> None:
+    """Each job delivered by one attempt, every daemon took a share, and no two jobs of one
+    conversation ran at the same time."""
+    rows = attempts(store)
+    assert len(rows) == len(job_ids)
+    assert {r["job_id"] for r in rows} == job_ids
     assert all(r["outcome"] == "delivered" for r in rows)
-    assert len({r["lease_owner"] for r in rows}) == 3, "every daemon took a share"
-    jobs = jobs_by_id(e2e_store)
+    assert len({r["lease_owner"] for r in rows}) == daemons, "every daemon took a share"
+    jobs = jobs_by_id(store)
     assert all(j["attempt_count"] == 1 for j in jobs.values())
     by_conv: dict[str, list[tuple[int, int]]] = {}
     for r in rows:

@@ -7,16 +7,15 @@ deliveries of one conversation in flight at once are seen where they happen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -30,7 +29,8 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from tests.e2e.conftest import Renewald, table
+from tests.e2e.conftest import QuietHandler, RecordingTarget, Renewald, read_body, table
+from tests.httpd import reply
 from tests.waiting import wait_for
 
 BRIDGE = "browser.proxy_delivery"
@@ -52,26 +52,20 @@ class Request:
     answered: int | None = None
 
 
-class Bridge:
-    """A browser bridge on 127.0.0.1: holds each request `hold(job_id)` seconds."""
+class Bridge(RecordingTarget[Request]):
+    """A browser bridge on 127.0.0.1: holds each request `hold(job_id)` seconds, and
+    counts what it holds per conversation (`peak`: the most at once)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.hold: Callable[[str], float] = lambda job_id: 0.0
-        self.requests: list[Request] = []
-        self.in_flight: Counter[str] = Counter()  # per conversation
         self.peak: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.release = threading.Event()
         bridge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                raw = self.rfile.read(length)
-                if len(raw) < length:
-                    self.close_connection = True
+                raw = read_body(self)
+                if raw is None:
                     return
                 body = json.loads(raw)
                 req = Request(
@@ -94,47 +88,10 @@ class Bridge:
                     with bridge.lock:
                         bridge.in_flight[req.conversation] -= 1
                         req.answered = now_ms()
-                try:
-                    reply = b'{"accepted":true}'
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
-                except ConnectionError:
-                    pass  # the sender is gone
+                with contextlib.suppress(ConnectionError):  # the sender may be gone
+                    reply(self, 200, b'{"accepted":true}')
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a killed client mid-request
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/deliver"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
-    def busy(self) -> int:
-        with self.lock:
-            return sum(self.in_flight.values())
-
-    def by_job(self) -> dict[str, list[Request]]:
-        with self.lock:
-            out: dict[str, list[Request]] = {}
-            for r in self.requests:
-                out.setdefault(r.job_id, []).append(r)
-        return out
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler, "/deliver")
 
 
 @pytest.fixture

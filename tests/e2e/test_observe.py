@@ -18,7 +18,8 @@ import pytest
 
 from renewald.store import Store
 from tests.e2e.conftest import RENEWALD, HookTarget, Renewald, add_webhook_jobs
-from tests.e2e.test_ops import attempt_rows, ok, one_line_error
+from tests.e2e.test_ops import gated_command_config, ok, one_line_error
+from tests.store.factories import attempt_rows
 from tests.waiting import wait_for
 
 
@@ -340,16 +341,7 @@ def test_a_job_cancelled_while_running_ends_on_job_cancelled(
     renewald: Renewald, e2e_store: Store, tmp_path: Path
 ) -> None:
     script = 'touch "$GATE/started"; while [ ! -e "$GATE/release" ]; do sleep 0.02; done'
-    renewald.write_config(
-        extra="\n".join(
-            [
-                "[adapters.command]",
-                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
-                'timeout = "60s"',
-                f"env = {{ GATE = {json.dumps(str(tmp_path))} }}",
-            ]
-        )
-    )
+    gated_command_config(renewald, script, gate=tmp_path)
     renewald.enqueue("c", "first", "--job-id", "a", "--target-kind", "command")
     proc = renewald.start()
     try:

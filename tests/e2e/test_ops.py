@@ -16,17 +16,15 @@ from pathlib import Path
 from select import select as wait_readable
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 
 from renewald.store import Store
 from renewald.store.schema import (
-    local_conversations,
-    renewal_job_attempts,
     renewal_jobs,
     renewal_target_pauses,
 )
 from tests.e2e.conftest import RENEWALD, Renewald
-from tests.store.factories import job_of
+from tests.store.factories import attempt_rows, conversation_row, job_of
 from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
@@ -51,21 +49,6 @@ def ok(out) -> str:
 
 def show(renewald: Renewald, job_id: str) -> dict:
     return json.loads(ok(renewald.run("show", job_id, "--json")))
-
-
-def attempt_rows(store: Store, job_id: str) -> list[dict]:
-    rows = store.read(
-        lambda c: (
-            c.execute(
-                select(renewal_job_attempts)
-                .where(renewal_job_attempts.c.job_id == job_id)
-                .order_by(renewal_job_attempts.c.started_at)
-            )
-            .mappings()
-            .all()
-        )
-    )
-    return [dict(r) for r in rows]
 
 
 def set_job(store: Store, job_id: str, **values) -> None:
@@ -104,17 +87,7 @@ def test_pause_explain_resume(renewald: Renewald, e2e_store: Store) -> None:
     assert ok(renewald.run("run", "--once")) and job_of(e2e_store, "now").status == "pending"
 
     assert "resumed" in ok(renewald.run("conversations", "resume", "c1"))
-    row = e2e_store.read(
-        lambda c: (
-            c.execute(
-                select(local_conversations).where(
-                    local_conversations.c.local_conversation_id == "c1"
-                )
-            )
-            .mappings()
-            .one()
-        )
-    )
+    row = conversation_row(e2e_store, "c1")
     assert (row["automation_status"], row["paused_at"]) == ("auto", None)
     ok(renewald.run("run", "--once"))
     text = ok(renewald.run("show", "now"))
@@ -185,16 +158,7 @@ def test_cancel_running_job(renewald: Renewald, e2e_store: Store, tmp_path: Path
         'touch "$GATE/started-$RENEWALD_JOB_ID"; '
         'while [ ! -e "$GATE/release" ]; do sleep 0.02; done'
     )
-    renewald.write_config(
-        extra="\n".join(
-            [
-                "[adapters.command]",
-                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
-                'timeout = "60s"',
-                f"env = {{ GATE = {json.dumps(str(tmp_path))} }}",
-            ]
-        )
-    )
+    gated_command_config(renewald, script, gate=tmp_path)
     renewald.enqueue("c", "first", "--job-id", "a", "--target-kind", "command")
     renewald.enqueue("c", "second", "--job-id", "b", "--target-kind", "command", "--at", "+0s")
     proc = renewald.start()
@@ -423,3 +387,18 @@ def test_metrics_port_in_use_is_one_line(renewald: Renewald, e2e_store: Store) -
     line = one_line_error(out)
     assert "[http] listen" in line and "cannot listen" in line
     assert e2e_store.list_daemons() == []
+
+
+def gated_command_config(renewald: Renewald, script: str, *, gate: Path) -> None:
+    """The command adapter runs `script` under /bin/sh with $GATE, a directory the test
+    uses to see a delivery start and to let it finish."""
+    renewald.write_config(
+        extra="\n".join(
+            [
+                "[adapters.command]",
+                f"argv = {json.dumps(['/bin/sh', '-c', script])}",
+                'timeout = "60s"',
+                f"env = {{ GATE = {json.dumps(str(gate))} }}",
+            ]
+        )
+    )

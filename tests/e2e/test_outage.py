@@ -17,8 +17,6 @@ import socket
 import sqlite3
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from renewald.store import Store
 from tests.e2e.conftest import RENEWALD, Renewald
+from tests.e2e.test_ops import get
 from tests.e2e.test_service import FakeSystemd
 from tests.store.factories import job_of
 from tests.waiting import wait_for
@@ -245,14 +244,6 @@ def test_down_for_longer_than_startup_wait_is_exit_69(
             assert "startup_wait = 1s" in last, last
         else:
             assert err.count("\n") == 1, (name, err)  # one line, nothing else
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def store_up(base: str) -> float | None:

@@ -8,7 +8,6 @@ URL renewald is given: no prepared statements, no LISTEN, polling only.
 
 from __future__ import annotations
 
-import itertools
 import os
 import pwd
 import shutil
@@ -26,7 +25,12 @@ from sqlalchemy.engine import make_url
 from renewald.store import Store, migrate
 from tests.conftest import PG_URL, require_pg
 from tests.e2e.conftest import Renewald
-from tests.e2e.test_daemon import add_conversations, add_jobs, attempts, jobs_by_id
+from tests.e2e.test_daemon import (
+    add_conversations,
+    add_jobs,
+    assert_delivered_exactly_once,
+    jobs_by_id,
+)
 from tests.waiting import wait_for
 
 JOBS = 10_000
@@ -149,7 +153,7 @@ def test_three_daemons_through_pgbouncer_deliver_exactly_once(
                 assert "prepared statement" not in err
         finally:
             renewald.cleanup()
-        _assert_exactly_once(store, {j for j, _ in specs})
+        assert_delivered_exactly_once(store, {j for j, _ in specs}, daemons=3)
     finally:
         store.close()
 
@@ -166,21 +170,3 @@ def _wait_delivered(store: Store, renewald: Renewald, procs: list[subprocess.Pop
         for proc in procs:
             print(renewald.stderr(proc)[-3000:])
         raise
-
-
-def _assert_exactly_once(store: Store, job_ids: set[str]) -> None:
-    rows = attempts(store)
-    assert len(rows) == len(job_ids)
-    assert {r["job_id"] for r in rows} == job_ids
-    assert all(r["outcome"] == "delivered" for r in rows)
-    assert len({r["lease_owner"] for r in rows}) == 3, "every daemon took a share"
-    jobs = jobs_by_id(store)
-    assert all(j["attempt_count"] == 1 for j in jobs.values())
-    by_conv: dict[str, list[tuple[int, int]]] = {}
-    for r in rows:
-        conv = jobs[r["job_id"]]["local_conversation_id"]
-        by_conv.setdefault(conv, []).append((r["started_at"], r["finished_at"]))
-    for conv, spans in by_conv.items():
-        spans.sort()
-        for (_, end), (start, _) in itertools.pairwise(spans):
-            assert start >= end, f"two running jobs overlapped in {conv}"

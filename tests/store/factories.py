@@ -6,12 +6,13 @@ import itertools
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, RowMapping, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
-from renewald.store import Job, NewJob, Store
-from renewald.store.schema import conversation_links, local_conversations
+from renewald.store import AttemptResult, ClaimedJob, Job, NewJob, Store
+from renewald.store.models import Schedule
+from renewald.store.schema import conversation_links, local_conversations, renewal_job_attempts
 
 T0 = 1_800_000_000_000  # a fixed "now" in epoch ms (2027-01-15)
 _seq = itertools.count(1)
@@ -34,6 +35,24 @@ def job_of(store: Store, job_id: str) -> Job:
     job = store.get_job(job_id)
     assert job is not None, f"job {job_id} is missing"
     return job
+
+
+def conversation_row(store: Store, conversation_id: str) -> RowMapping:
+    """The conversation's row as the tracker would read it."""
+    query = select(local_conversations).where(
+        local_conversations.c.local_conversation_id == conversation_id
+    )
+    return store.read(lambda c: c.execute(query).mappings().one())
+
+
+def attempt_rows(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """The job's attempt rows, oldest first."""
+    query = (
+        select(renewal_job_attempts)
+        .where(renewal_job_attempts.c.job_id == job_id)
+        .order_by(renewal_job_attempts.c.started_at, renewal_job_attempts.c.attempt_no)
+    )
+    return [dict(r) for r in store.read(lambda c: c.execute(query).mappings().all())]
 
 
 def make_conversation(
@@ -91,3 +110,52 @@ def make_job(store: Store, *, now: int = T0, **overrides: Any) -> Job:
     }
     fields.update(overrides)
     return store.enqueue(job=NewJob(**fields), now=now)
+
+
+def delivered(claimed: ClaimedJob, *, now: int, owner: str) -> AttemptResult:
+    """What the owner's recorder writes when the delivery of `claimed` went through."""
+    job = claimed.job
+    return AttemptResult(
+        attempt_id=f"owner-{job.job_id}-{claimed.lease_token}",
+        job_id=job.job_id,
+        attempt_no=job.attempt_count,
+        lease_owner=owner,
+        lease_token=claimed.lease_token,
+        adapter="log",
+        target=None,
+        started_at=job.started_at or now,
+        finished_at=now,
+        outcome="delivered",
+        status="done",
+        terminal_reason="delivered",
+        decision="done",
+        decision_reason="delivered",
+    )
+
+
+def schedule_row(**overrides: Any) -> Schedule:
+    """A schedule (not stored): every hour, due at T0, added an hour before."""
+    values: dict[str, Any] = {
+        "schedule_id": "s1",
+        "local_conversation_id": "c1",
+        "trigger_kind": "every",
+        "every_ms": 3_600_000,
+        "cron": None,
+        "timezone": "UTC",
+        "payload": "keepalive",
+        "payload_kind": "text",
+        "target_kind": "log",
+        "target_snapshot": None,
+        "max_attempts": 3,
+        "jitter_ms": 0,
+        "misfire": "coalesce",
+        "misfire_grace_ms": None,
+        "allow_overlap": False,
+        "enabled": True,
+        "next_fire_at": T0,
+        "last_fire_at": None,
+        "last_job_id": None,
+        "created_at": T0 - 3_600_000,
+        "updated_at": T0 - 3_600_000,
+    }
+    return Schedule(**(values | overrides))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.store import ClaimedJob, Store
 from renewald.store.schema import TRACKER_JOB_COLUMNS
-from tests.store.factories import T0, make_job
+from tests.store.factories import T0, delivered, make_job
 
 OWNER = "host-a:1:boot"
 OTHER = "host-b:2:boot"
@@ -43,26 +43,6 @@ def send(store: Store, c: ClaimedJob, *, now: int = T0, owner: str = OWNER) -> b
     )
 
 
-def delivered(c: ClaimedJob, *, now: int, owner: str = OWNER) -> AttemptResult:
-    job = c.job
-    return AttemptResult(
-        attempt_id=f"{job.job_id}-{c.lease_token}",
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
-        lease_owner=owner,
-        lease_token=c.lease_token,
-        adapter="log",
-        target=None,
-        started_at=now,
-        finished_at=now,
-        outcome="delivered",
-        status="done",
-        terminal_reason="delivered",
-        decision="done",
-        decision_reason="delivered",
-    )
-
-
 def test_pending_written_over_a_held_job_is_not_claimable(store: Store) -> None:
     make_job(store, job_id="j", conversation="c")
     make_job(store, job_id="k", conversation="c", next_attempt_at=T0 + 1)
@@ -70,7 +50,7 @@ def test_pending_written_over_a_held_job_is_not_claimable(store: Store) -> None:
     tracker_upsert(store, "j", status="pending", attempt_count=0)
     assert claim(store, now=T0 + 2, owner=OTHER) == [], "held: neither it nor its conversation"
     assert send(store, c)
-    assert store.record_results([delivered(c, now=T0 + 3)], now=T0 + 3) == [True]
+    assert store.record_results([delivered(c, now=T0 + 3, owner=OWNER)], now=T0 + 3) == [True]
     job = store.get_job("j")
     assert job is not None and (job.status, job.lease_owner) == ("done", None)
     [k] = claim(store, now=T0 + 4, owner=OTHER)
@@ -96,7 +76,7 @@ def test_unlogged_marks_follow_the_recorder(store: Store) -> None:
     make_job(store, job_id="j")
     [c] = claim(store)
     assert send(store, c)
-    result = delivered(c, now=T0 + 1)
+    result = delivered(c, now=T0 + 1, owner=OWNER)
     store.register_daemon(owner=OWNER, host="host-a", pid=1, version="t", now=T0)
     assert store.record_results([result], now=T0 + 1, writer=OWNER) == [True]
     assert store.find_unlogged(stale_before=T0) == [], "its writer is alive"
@@ -113,9 +93,9 @@ def test_unlogged_mark_is_dropped_with_the_next_write(store: Store) -> None:
     first, second = claim(store)
     for c in (first, second):
         assert send(store, c)
-    a = delivered(first, now=T0 + 1)
+    a = delivered(first, now=T0 + 1, owner=OWNER)
     store.record_results([a], now=T0 + 1, writer=OWNER)
-    store.record_results([delivered(second, now=T0 + 2)], now=T0 + 2, writer=OWNER,
+    store.record_results([delivered(second, now=T0 + 2, owner=OWNER)], now=T0 + 2, writer=OWNER,
                          logged=[a.attempt_id])  # fmt: skip
     assert [u.attempt.job_id for u in store.find_unlogged(stale_before=T0 + 3)] == [
         second.job.job_id
@@ -160,7 +140,7 @@ def test_a_retried_record_whose_commit_went_through_counts_as_applied(store: Sto
     make_job(store, job_id="j")
     [c] = claim(store)
     assert send(store, c)
-    result = delivered(c, now=T0 + 1)
+    result = delivered(c, now=T0 + 1, owner=OWNER)
     assert store.record_results([result], now=T0 + 1, writer=OWNER) == [True]
     assert store.record_results([result], now=T0 + 2, writer=OWNER) == [True]
     assert len(store.list_attempts("j")) == 1

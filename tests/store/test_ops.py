@@ -4,17 +4,23 @@ run against SQLite and PostgreSQL alike, with explicit times on both sides of ea
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 
 from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
-from renewald.store.ops import Conversation, OperatorAction
+from renewald.store.conversations import Conversation
+from renewald.store.ops import OperatorAction
 from renewald.store.schema import (
-    local_conversations,
-    renewal_job_attempts,
     renewal_jobs,
     renewal_target_pauses,
 )
-from tests.store.factories import T0, make_conversation, make_job, make_link
+from tests.store.factories import (
+    T0,
+    attempt_rows,
+    conversation_row,
+    make_conversation,
+    make_job,
+    make_link,
+)
 
 OWNER = "host:1:boot"
 LEASE = 60_000
@@ -87,21 +93,6 @@ def add_pause(store: Store, key: str, *, until: int, adapter: str = "log", **val
         **values,
     }
     store.write(lambda c: c.execute(insert(renewal_target_pauses).values(**row)))
-
-
-def attempt_rows(store: Store, job_id: str) -> list[dict]:
-    rows = store.read(
-        lambda c: (
-            c.execute(
-                select(renewal_job_attempts)
-                .where(renewal_job_attempts.c.job_id == job_id)
-                .order_by(renewal_job_attempts.c.started_at, renewal_job_attempts.c.attempt_no)
-            )
-            .mappings()
-            .all()
-        )
-    )
-    return [dict(r) for r in rows]
 
 
 # -- explain ---------------------------------------------------------------------------
@@ -439,17 +430,7 @@ def test_conversation_rows_are_the_trackers(store: Store) -> None:
     """Pause writes only the tracker's columns, with its values ('paused', epoch ms)."""
     make_conversation(store, "c")
     store.set_automation_status("c", status="paused", now=T0 + 1)
-    row = store.read(
-        lambda c: (
-            c.execute(
-                select(local_conversations).where(
-                    local_conversations.c.local_conversation_id == "c"
-                )
-            )
-            .mappings()
-            .one()
-        )
-    )
+    row = conversation_row(store, "c")
     assert (row["automation_status"], row["paused_at"], row["updated_at"]) == (
         "paused",
         T0 + 1,

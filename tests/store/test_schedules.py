@@ -12,7 +12,7 @@ from renewald.store import Store
 from renewald.store.models import Schedule
 from renewald.store.schedules import ScheduleExists
 from renewald.store.schema import local_conversations
-from tests.store.factories import T0
+from tests.store.factories import T0, schedule_row
 
 HOUR = 3_600_000
 OWNER = "host:1:boot"
@@ -21,31 +21,12 @@ _seq = itertools.count(1)
 
 def make_schedule(store: Store, **overrides: Any) -> Schedule:
     n = next(_seq)
-    values: dict[str, Any] = {
+    unique = {
         "schedule_id": f"s{n}",
         "local_conversation_id": f"conv-s{n}",
-        "trigger_kind": "every",
-        "every_ms": HOUR,
-        "cron": None,
-        "timezone": "UTC",
         "payload": f"keepalive {n}",
-        "payload_kind": "text",
-        "target_kind": "log",
-        "target_snapshot": None,
-        "max_attempts": 3,
-        "jitter_ms": 0,
-        "misfire": "coalesce",
-        "misfire_grace_ms": None,
-        "allow_overlap": False,
-        "enabled": True,
-        "next_fire_at": T0,
-        "last_fire_at": None,
-        "last_job_id": None,
-        "created_at": T0 - HOUR,
-        "updated_at": T0 - HOUR,
     }
-    values.update(overrides)
-    return store.add_schedule(schedule=Schedule(**values))
+    return store.add_schedule(schedule=schedule_row(**(unique | overrides)))
 
 
 # -- rows -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from renewald.clock import iso_utc
-from renewald.daemon.breaker import (
+from renewald.daemon.breaker_rules import (
     BreakerSettings,
     BreakerState,
     after_failure,

@@ -9,7 +9,7 @@ import threading
 from sqlalchemy.exc import OperationalError
 
 from renewald.daemon.gauges import GaugeReader
-from renewald.store.ops import Gauges
+from renewald.store.stats import Gauges
 
 GAUGES = Gauges(due=3, running=1, oldest_due_at=None, paused_targets=[])
 

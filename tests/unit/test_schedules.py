@@ -30,6 +30,7 @@ from renewald.daemon.schedules import (
     upcoming,
 )
 from renewald.store.models import Schedule
+from tests.store.factories import schedule_row
 
 HOUR = 3_600_000
 MINUTE = 60_000
@@ -45,61 +46,45 @@ def utc(ms_: int | None) -> str:
     return datetime.fromtimestamp(ms_ / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_schedule(**overrides) -> Schedule:
-    values: dict[str, Any] = {
-        "schedule_id": "s1",
-        "local_conversation_id": "c1",
-        "trigger_kind": "every",
-        "every_ms": HOUR,
-        "cron": None,
-        "timezone": "UTC",
-        "payload": "keepalive",
-        "payload_kind": "text",
-        "target_kind": "log",
-        "target_snapshot": None,
-        "max_attempts": 3,
-        "jitter_ms": 0,
-        "misfire": "coalesce",
-        "misfire_grace_ms": None,
-        "allow_overlap": False,
-        "enabled": True,
+def make_schedule(**overrides: Any) -> Schedule:
+    created = ms("2026-03-28T22:00:00Z")
+    times = {
         "next_fire_at": ms("2026-03-28T23:00:00Z"),
-        "last_fire_at": None,
-        "last_job_id": None,
-        "created_at": ms("2026-03-28T22:00:00Z"),
-        "updated_at": ms("2026-03-28T22:00:00Z"),
+        "created_at": created,
+        "updated_at": created,
     }
-    values.update(overrides)
-    return Schedule(**values)
+    return schedule_row(**(times | overrides))
 
 
 # -- DST: the exact UTC times APScheduler gives ----------------------------------------
 
 
-def test_daily_0230_berlin_on_the_spring_forward_day() -> None:
-    # 2026-03-29 02:00 CET jumps to 03:00 CEST: 02:30 does not exist that day. APScheduler
-    # fires once, at 01:30Z (03:30 CEST), then at 02:30 CEST (00:30Z) from the next day.
+@pytest.mark.parametrize(
+    ("since", "fires"),
+    [
+        # 2026-03-29 02:00 CET jumps to 03:00 CEST: 02:30 does not exist that day.
+        # APScheduler fires once, at 01:30Z (03:30 CEST), then at 02:30 CEST (00:30Z) from
+        # the next day.
+        pytest.param(
+            "2026-03-27T12:00:00Z",
+            ["2026-03-28T01:30:00Z", "2026-03-29T01:30:00Z", "2026-03-30T00:30:00Z",
+             "2026-03-31T00:30:00Z"],
+            id="spring-forward",
+        ),
+        # 2026-10-25 03:00 CEST falls back to 02:00 CET: 02:30 happens twice, and
+        # APScheduler 3.11 fires at both (00:30Z and 01:30Z). docs/schedules.md says so.
+        pytest.param(
+            "2026-10-23T12:00:00Z",
+            ["2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z",
+             "2026-10-26T01:30:00Z"],
+            id="fall-back",
+        ),
+    ],
+)  # fmt: skip
+def test_daily_0230_berlin_across_a_dst_change(since: str, fires: list[str]) -> None:
     trigger = cron_trigger("30 2 * * *", "Europe/Berlin")
-    first = first_fire_at_or_after(trigger, ms("2026-03-27T12:00:00Z"))
-    assert [utc(f) for f in upcoming(trigger, first, 4)] == [
-        "2026-03-28T01:30:00Z",
-        "2026-03-29T01:30:00Z",
-        "2026-03-30T00:30:00Z",
-        "2026-03-31T00:30:00Z",
-    ]
-
-
-def test_daily_0230_berlin_on_the_fall_back_day_fires_in_both_02_30s() -> None:
-    # 2026-10-25 03:00 CEST falls back to 02:00 CET: 02:30 happens twice, and APScheduler
-    # 3.11 fires at both (00:30Z and 01:30Z). docs/schedules.md says so.
-    trigger = cron_trigger("30 2 * * *", "Europe/Berlin")
-    first = first_fire_at_or_after(trigger, ms("2026-10-23T12:00:00Z"))
-    assert [utc(f) for f in upcoming(trigger, first, 4)] == [
-        "2026-10-24T00:30:00Z",
-        "2026-10-25T00:30:00Z",
-        "2026-10-25T01:30:00Z",
-        "2026-10-26T01:30:00Z",
-    ]
+    first = first_fire_at_or_after(trigger, ms(since))
+    assert [utc(f) for f in upcoming(trigger, first, 4)] == fires
 
 
 @pytest.mark.parametrize(

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from renewald.store import Store
 from renewald.store.schema import renewal_jobs
-from tests.conftest import PG_URL, require_pg
+from tests.conftest import fresh_pg_schema
 from tests.e2e.conftest import Renewald
 from tests.waiting import wait_for
 
@@ -65,16 +63,8 @@ def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iter
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('web') / 'artifact.db'}"
         return
-    require_pg()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with fresh_pg_schema() as url:
+        yield url
 
 
 class Live:

@@ -15,26 +15,16 @@ from renewald.store import Store
 from renewald.store.schema import renewal_jobs
 from renewald.web.app import Settings, StatusApp
 from renewald.web.server import guarded
+from tests.clock import ManualClock
 from tests.store.factories import T0, make_conversation, make_job
 
 CANARY = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
 
 
-class FixedClock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def now_ms(self) -> int:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now / 1000
-
-
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> StatusApp:
     settings = Settings(dispatch_statuses=("auto",), stale_after_ms=60_000, log_dir=tmp_path)
-    return StatusApp(store=store, clock=FixedClock(T0 + 1000), settings=settings)
+    return StatusApp(store=store, clock=ManualClock(T0 + 1000), settings=settings)
 
 
 def get(app: StatusApp, url: str, headers: dict[str, str] | None = None) -> Response:

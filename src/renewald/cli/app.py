@@ -142,7 +142,9 @@ def _global_options() -> list[click.Parameter]:
 # `--help` lists them all): `run --once` does not pay for Jinja2, prometheus_client or the
 # operator commands' imports.
 COMMANDS: dict[str, str] = {
-    **dict.fromkeys(("enqueue", "jobs", "show", "retry", "cancel"), "jobs"),
+    **dict.fromkeys(("enqueue", "jobs"), "jobs"),
+    "show": "show",
+    **dict.fromkeys(("retry", "cancel"), "actions"),
     **dict.fromkeys(("health", "conversations", "stats", "prune"), "ops"),
     **dict.fromkeys(("migrate", "run"), "run"),
     "logs": "logs",

@@ -15,7 +15,7 @@ from renewald.cli.app import STATUSES, Context, cli, parse_age, pass_ctx, stale_
 from renewald.durations import format_duration
 from renewald.errors import DatabaseError, UsageError
 from renewald.render import relative
-from renewald.store.ops import Stats
+from renewald.store.stats import Stats
 
 # A probe answers within its own timeout (Docker's HEALTHCHECK gives 10s): a database
 # that does not answer within this long is unhealthy, not waited for.
@@ -104,22 +104,27 @@ def _set_status(ctx: Context, conversation_id: str, status: str, as_json: bool) 
             click.echo(f"note: [daemon] dispatch_statuses does not include {status!r}", err=True)
 
 
-@conversations_cmd.command("pause")
-@click.argument("conversation_id")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def conversations_pause_cmd(ctx: Context, conversation_id: str, as_json: bool) -> None:
-    """Stop dispatching a conversation's jobs (automation_status 'paused', paused_at now)."""
-    _set_status(ctx, conversation_id, "paused", as_json)
+def _status_command(name: str, status: str, help: str) -> None:
+    """`conversations pause|resume ID [--json]`: set the conversation's automation_status."""
+
+    @conversations_cmd.command(name, help=help)
+    @click.argument("conversation_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @pass_ctx
+    def command(ctx: Context, conversation_id: str, as_json: bool) -> None:
+        _set_status(ctx, conversation_id, status, as_json)
 
 
-@conversations_cmd.command("resume")
-@click.argument("conversation_id")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def conversations_resume_cmd(ctx: Context, conversation_id: str, as_json: bool) -> None:
-    """Dispatch a conversation's jobs again (automation_status 'auto', paused_at cleared)."""
-    _set_status(ctx, conversation_id, "auto", as_json)
+_status_command(
+    "pause",
+    "paused",
+    "Stop dispatching a conversation's jobs (automation_status 'paused', paused_at now).",
+)
+_status_command(
+    "resume",
+    "auto",
+    "Dispatch a conversation's jobs again (automation_status 'auto', paused_at cleared).",
+)
 
 
 @conversations_cmd.command("list")
@@ -250,46 +255,45 @@ def _stats_text(stats: Stats, now: int, *, stale_ms: int, since: str, overdue: s
         f"running    {stats.running}{lease}; expired leases {stats.expired_leases}",
         f"failures   last {since}: {render.counts(stats.failures)}",
     ]
-    stale_before = now - stale_ms
-    if stats.daemons:
-        rows = [
-            (
-                d.owner_id,
-                d.host,
-                d.pid,
-                d.version,
-                render.short_when(d.heartbeat_at, now),
-                "alive" if d.heartbeat_at >= stale_before else "stale",
-                d.status,
-            )
-            for d in stats.daemons
-        ]
-        lines += [
-            "",
-            render.table(
-                ("DAEMON", "HOST", "PID", "VERSION", "HEARTBEAT", "STATE", "STATUS"), rows
-            ),
-        ]
-    else:
-        lines += ["", "no daemons registered"]
-    if stats.paused_targets:
-        paused = [
-            (
-                p.target_key,
-                p.adapter,
-                render.short_when(p.paused_until, now),
-                p.failures,
-                render.truncate(p.last_error, 50),
-            )
-            for p in stats.paused_targets
-        ]
-        lines += [
-            "",
-            render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), paused),
-        ]
-    else:
-        lines += ["no paused targets"]
+    lines += [
+        "",
+        _daemons_table(stats, now, stale_ms) if stats.daemons else "no daemons registered",
+    ]
+    lines += ["", _paused_table(stats, now)] if stats.paused_targets else ["no paused targets"]
     return "\n".join(lines)
+
+
+def _daemons_table(stats: Stats, now: int, stale_ms: int) -> str:
+    if not stats.daemons:
+        return "no daemons registered"
+    stale_before = now - stale_ms
+    rows = [
+        (
+            d.owner_id,
+            d.host,
+            d.pid,
+            d.version,
+            render.short_when(d.heartbeat_at, now),
+            "alive" if d.heartbeat_at >= stale_before else "stale",
+            d.status,
+        )
+        for d in stats.daemons
+    ]
+    return render.table(("DAEMON", "HOST", "PID", "VERSION", "HEARTBEAT", "STATE", "STATUS"), rows)
+
+
+def _paused_table(stats: Stats, now: int) -> str:
+    paused = [
+        (
+            p.target_key,
+            p.adapter,
+            render.short_when(p.paused_until, now),
+            p.failures,
+            render.truncate(p.last_error, 50),
+        )
+        for p in stats.paused_targets
+    ]
+    return render.table(("PAUSED TARGET", "ADAPTER", "UNTIL", "FAILURES", "LAST ERROR"), paused)
 
 
 # -- prune -----------------------------------------------------------------------------

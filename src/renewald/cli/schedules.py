@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import click
 
 from renewald import render
-from renewald.cli.app import Context, _json_or_text, check_payload, cli, parse_target, pass_ctx
-from renewald.cli.jobs import _check_target_kind as check_target_kind
+from renewald.cli.app import Context, _json_or_text, cli, parse_target, pass_ctx
+from renewald.cli.jobs import check_new_job
 from renewald.clock import iso_utc
 from renewald.daemon.schedules import (
     DEFAULT_MISFIRE_GRACE_MS,
@@ -51,6 +51,30 @@ def _checked(option: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return fn(*args, **kwargs)
     except InvalidSchedule as exc:
         raise UsageError(f"{option}: {exc}") from None
+
+
+def _trigger(
+    every: str | None, cron: str | None, timezone: str | None, *, now: int
+) -> tuple[int | None, int]:
+    """`--every` in ms (None for --cron) and the first fire time; UsageError if unusable."""
+    if every is not None and cron is not None:
+        raise UsageError("give either --every or --cron, not both")
+    if every is None and cron is None:
+        raise UsageError('give --every DURATION (e.g. 6h) or --cron EXPR (e.g. "0 9 * * 1-5")')
+    if every is not None and timezone is not None:
+        raise UsageError("--tz: only applies to --cron (an interval is the same in every zone)")
+    if every is not None:
+        every_ms = _duration_ms(every, "--every", allow_zero=False)
+        return every_ms, _checked(
+            "--every", first_fire, trigger_kind="every", every_ms=every_ms, now=now
+        )
+    assert cron is not None
+    tz = timezone or "UTC"
+    _checked("--tz", zone, tz)
+    next_fire = _checked("--cron", first_fire, trigger_kind="cron", cron=cron, timezone=tz, now=now)
+    if next_fire is None:
+        raise UsageError(f"--cron: {cron!r} never fires")
+    return None, next_fire
 
 
 @schedules_group.command("add")
@@ -97,34 +121,12 @@ def add_cmd(
 ) -> None:
     """Add a schedule: one renewal job for the conversation at every fire time."""
     now = ctx.clock.now_ms()
-    if not conversation.strip():
-        raise UsageError("--conversation: must not be empty")
-    if every is not None and cron is not None:
-        raise UsageError("give either --every or --cron, not both")
-    if every is None and cron is None:
-        raise UsageError('give --every DURATION (e.g. 6h) or --cron EXPR (e.g. "0 9 * * 1-5")')
-    if every is not None and timezone is not None:
-        raise UsageError("--tz: only applies to --cron (an interval is the same in every zone)")
-    check_payload(payload, payload_kind)
-    if target_kind is not None:
-        check_target_kind(ctx, target_kind)  # as `enqueue` does: not at the first fire
+    # As `enqueue` checks them: a bad target kind is refused now, not at the first fire.
+    check_new_job(ctx, conversation, payload, payload_kind, target_kind)
     if schedule_id is not None and not schedule_id.strip():
         raise UsageError("--id: must not be empty")
     tz = timezone or "UTC"
-    every_ms = None
-    if every is not None:
-        every_ms = _duration_ms(every, "--every", allow_zero=False)
-        next_fire = _checked(
-            "--every", first_fire, trigger_kind="every", every_ms=every_ms, now=now
-        )
-    else:
-        assert cron is not None
-        _checked("--tz", zone, tz)
-        next_fire = _checked(
-            "--cron", first_fire, trigger_kind="cron", cron=cron, timezone=tz, now=now
-        )
-        if next_fire is None:
-            raise UsageError(f"--cron: {cron!r} never fires")
+    every_ms, next_fire = _trigger(every, cron, timezone, now=now)
     schedule = Schedule(
         schedule_id=schedule_id or uuid.uuid4().hex[:12],
         local_conversation_id=conversation,

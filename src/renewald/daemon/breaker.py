@@ -1,11 +1,8 @@
 """The circuit breaker per delivery target, shared by every daemon on the database.
 
-After `[breaker] failures` (K) consecutive transient failures (retry, rate_limited) of one
-target, the target is paused for `[breaker] pause` (T): its due jobs are deferred to the
-end of the pause without spending attempts, and no connection is made. When the pause
-is over the breaker is *half-open*: exactly one delivery, the probe, is let through. A
-delivered probe closes the breaker; a failed one opens it again for T. Any delivered
-outcome resets the count.
+While a target's breaker is open its due jobs are deferred to the end of the pause
+without spending attempts, and no connection is made; the rules (when it opens, the
+half-open probe, what closes it) are pure functions in `breaker_rules`.
 
 The state lives in `renewal_target_pauses`, one row per target in trouble, so that all
 daemons count the same failures and honour the same pause. The probe is taken with a
@@ -13,10 +10,8 @@ fenced UPDATE (`Store.claim_target_probe`): it moves `paused_until` from the val
 daemon saw to the end of the probe window, and only one daemon's UPDATE can match. A
 daemon that dies while probing leaves a window that simply runs out.
 
-The top half of this module is pure decisions on a row and `now` (unit-tested with no
-database and no clock); `Breakers` below keeps a cache of the table so that the hot path
-reads nothing for targets that are fine, and writes only when a delivery fails or a
-target in trouble recovers.
+`Breakers` keeps a cache of the table so that the hot path reads nothing for targets
+that are fine, and writes only when a delivery fails or a target in trouble recovers.
 """
 
 from __future__ import annotations
@@ -25,149 +20,43 @@ import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from renewald.adapters import Outcome, OutcomeKind
-from renewald.clock import iso_utc
-from renewald.controls import escape_controls
+from renewald.daemon.breaker_rules import (
+    DELIVER,
+    BreakerSettings,
+    BreakerState,
+    Verdict,
+    after_failure,
+    after_inconclusive_probe,
+    deferral,
+    opened,
+    state_of,
+)
 from renewald.logging import JobLog, emit
 from renewald.store import Store
 from renewald.store.models import TargetPause
+
+# The settings and verdicts are part of what Breakers takes and returns: its callers
+# (dispatcher, service) import the three from here.
+__all__ = ["BreakerSettings", "Breakers", "Verdict"]
 
 _log = structlog.get_logger("renewald.breaker")
 
 
 @dataclass(frozen=True)
-class BreakerSettings:
-    """`failures` (K) and `pause_ms` (T) from `[breaker]`; `probe_ms` is how long a
-    claimed probe keeps a half-open target to itself (the daemon's lease: after that
-    the probing job would be rescued anyway)."""
+class _Attempt:
+    """The delivery a breaker transition happens on, as its log line names it."""
 
-    failures: int = 5
-    pause_ms: int = 300_000
-    probe_ms: int = 60_000
-
-
-class BreakerState(StrEnum):
-    closed = "closed"
-    open = "open"
-    half_open = "half_open"
-
-
-def state_of(row: TargetPause | None, now: int) -> BreakerState:
-    """Closed without a pause, open while `paused_until` is ahead, half-open once it passed.
-
-    A probe in flight looks open: its window is a pause that only the prober ignores.
-    """
-    if row is None or row.paused_until is None:
-        return BreakerState.closed
-    if row.paused_until > now:
-        return BreakerState.open
-    return BreakerState.half_open
-
-
-def defer_until(row: TargetPause | None, now: int, settings: BreakerSettings) -> int:
-    """When a job deferred now by this breaker should be tried again.
-
-    The end of the pause; but never later than one pause from now, so that jobs deferred
-    during a probe window (which can be longer than T) come back soon after the probe.
-    """
-    horizon = now + settings.pause_ms
-    if row is None or row.paused_until is None or row.paused_until <= now:
-        return horizon
-    return min(row.paused_until, horizon)
-
-
-def after_failure(
-    row: TargetPause | None,
-    *,
-    target_key: str,
-    adapter: str | None,
-    error: str | None,
-    now: int,
-    settings: BreakerSettings,
-    probe: bool = False,
-) -> TargetPause:
-    """The row after one more transient failure.
-
-    The K-th consecutive failure opens the breaker for T; a failure while it is open is
-    counted but does not extend the pause; a failed probe, or any failure while
-    half-open, opens it again for T.
-    """
-    failures = (row.failures if row else 0) + 1
-    paused_until = row.paused_until if row else None
-    opened_at = row.opened_at if row else None
-    if probe or (failures >= settings.failures and (paused_until is None or paused_until <= now)):
-        paused_until = now + settings.pause_ms
-        opened_at = now
-    return TargetPause(
-        target_key=target_key,
-        adapter=adapter or (row.adapter if row else None),
-        failures=failures,
-        paused_until=paused_until,
-        opened_at=opened_at,
-        last_error=escape_controls(error)
-        if error is not None
-        else (row.last_error if row else None),
-        updated_at=now,
-    )
-
-
-def after_inconclusive_probe(
-    row: TargetPause | None, *, now: int, probe_until: int
-) -> TargetPause | None:
-    """A probe that ended neither delivered nor transient (a permanent outcome says
-    something about the job, not the target): hand the probe back, half-open again, so
-    that the next due job probes at once. A row someone else changed is left alone."""
-    if row is None or row.paused_until != probe_until:
-        return row
-    return dataclasses.replace(row, paused_until=now, updated_at=now)
-
-
-def opened(before: TargetPause | None, after: TargetPause | None) -> bool:
-    """Whether the change from `before` to `after` (re)opened the breaker."""
-    if after is None or after.opened_at is None:
-        return False
-    return before is None or before.opened_at != after.opened_at
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What to do with one job of a target: deliver, deliver as the probe, or defer."""
-
-    action: str  # "deliver" | "probe" | "defer"
-    until: int | None = None
-    reason: str | None = None
-    detail: str | None = None
-    probe_until: int | None = None
-
-    @property
-    def deliver(self) -> bool:
-        return self.action in ("deliver", "probe")
-
-
-DELIVER = Verdict("deliver")
-
-
-def deferral(row: TargetPause | None, now: int, settings: BreakerSettings) -> Verdict:
-    until = defer_until(row, now, settings)
-    detail = (
-        f"{row.target_key} paused after {row.failures} consecutive transient failures"
-        if row
-        else None
-    )
-    if row is not None and row.last_error:
-        detail = f"{detail}; last: {row.last_error}"
-    return Verdict(
-        "defer", until=until, reason=f"breaker open until {iso_utc(until)}", detail=detail
-    )
-
-
-# --- the daemon's view of the shared table --------------------------------------------
+    key: str
+    adapter: str
+    job_id: str
+    attempt_id: str
+    now: int
 
 
 class Breakers:
@@ -273,12 +162,8 @@ class Breakers:
                         self._probing.add(key)
                     self._remember(key, dataclasses.replace(row, paused_until=probe_until))
                     self._log_event(
+                        _Attempt(key, adapter, job_id, attempt_id, now),
                         "breaker.probe",
-                        now=now,
-                        key=key,
-                        adapter=adapter,
-                        job_id=job_id,
-                        attempt_id=attempt_id,
                         failures=row.failures,
                         reason="half-open: this delivery probes the target",
                     )
@@ -304,20 +189,13 @@ class Breakers:
         """Count what a delivery to `key` came to. Never raises for a database error:
         the breaker is a protection, and a lost count is better than a lost result."""
         probe = verdict.action == "probe"
+        at = _Attempt(key, adapter, job_id, attempt_id, now)
         try:
             if outcome.kind is OutcomeKind.delivered:
                 if probe or self.cached(key) is not None:
-                    self._close(key, adapter=adapter, now=now, job_id=job_id, attempt_id=attempt_id)
+                    self._close(at)
             elif outcome.is_transient:
-                self._fail(
-                    key,
-                    adapter=adapter,
-                    outcome=outcome,
-                    probe=probe,
-                    now=now,
-                    job_id=job_id,
-                    attempt_id=attempt_id,
-                )
+                self._fail(at, error=outcome.reason, probe=probe)
             elif probe:
                 probe_until = verdict.probe_until or now
                 _, after = self.store.change_target_pause(
@@ -336,58 +214,39 @@ class Breakers:
                 with self._lock:
                     self._probing.discard(key)
 
-    def _close(self, key: str, *, adapter: str, now: int, job_id: str, attempt_id: str) -> None:
-        before = self.store.clear_target_pause(target_key=key)
-        self._remember(key, None)
+    def _close(self, at: _Attempt) -> None:
+        before = self.store.clear_target_pause(target_key=at.key)
+        self._remember(at.key, None)
         if before is not None and before.paused_until is not None:
             self._log_event(
+                at,
                 "breaker.closed",
-                now=now,
-                key=key,
-                adapter=adapter,
-                job_id=job_id,
-                attempt_id=attempt_id,
                 failures=before.failures,
                 reason="the target accepted a delivery",
             )
 
-    def _fail(
-        self,
-        key: str,
-        *,
-        adapter: str,
-        outcome: Outcome,
-        probe: bool,
-        now: int,
-        job_id: str,
-        attempt_id: str,
-    ) -> None:
+    def _fail(self, at: _Attempt, *, error: str | None, probe: bool) -> None:
         settings = self.settings
-        error = outcome.reason
 
         def change(row: TargetPause | None) -> TargetPause:
             return after_failure(
                 row,
-                target_key=key,
-                adapter=adapter,
+                target_key=at.key,
+                adapter=at.adapter,
                 error=error,
-                now=now,
+                now=at.now,
                 settings=settings,
                 probe=probe,
             )
 
         before, after = self.store.change_target_pause(
-            target_key=key, adapter=adapter, now=now, change=change
+            target_key=at.key, adapter=at.adapter, now=at.now, change=change
         )
-        self._remember(key, after)
+        self._remember(at.key, after)
         if after is not None and opened(before, after):
             self._log_event(
+                at,
                 "breaker.opened",
-                now=now,
-                key=key,
-                adapter=adapter,
-                job_id=job_id,
-                attempt_id=attempt_id,
                 failures=after.failures,
                 paused_until=after.paused_until,
                 probe=probe or None,
@@ -399,27 +258,16 @@ class Breakers:
                 level="warning",
             )
 
-    def _log_event(
-        self,
-        event: str,
-        *,
-        now: int,
-        key: str,
-        adapter: str,
-        job_id: str,
-        attempt_id: str,
-        level: str = "info",
-        **fields: Any,
-    ) -> None:
+    def _log_event(self, at: _Attempt, event: str, *, level: str = "info", **fields: Any) -> None:
         emit(
             self.job_log,
             event,
-            now_ms=now,
+            now_ms=at.now,
             level=level,
-            job_id=job_id,
-            attempt_id=attempt_id,
-            adapter=adapter,
-            target_key=key,
+            job_id=at.job_id,
+            attempt_id=at.attempt_id,
+            adapter=at.adapter,
+            target_key=at.key,
             **fields,
         )
         for observer in self.observers:

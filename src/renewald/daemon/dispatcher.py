@@ -288,10 +288,6 @@ class Dispatcher(Sending):
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)
 
-    @property
-    def claimed_total(self) -> int:
-        return self._claimed_total
-
     def exhausted(self) -> bool:
         """True once `max_jobs` jobs have been claimed."""
         return self.settings.max_jobs is not None and self._claimed_total >= self.settings.max_jobs

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from renewald.clock import Clock
 from renewald.store.engine import describe
-from renewald.store.ops import Gauges
+from renewald.store.stats import Gauges
 
 _log = structlog.get_logger("renewald.metrics")
 

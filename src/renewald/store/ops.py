@@ -6,8 +6,7 @@ the daemon's own (DESIGN §2): they match the status (and, for a running job, th
 token) they were decided on, and report whether they did.
 
 Explaining, conversations, stats and retention live in their own modules (explain.py,
-conversations.py, stats.py, retention.py); the names the daemon and CLI import from here
-are re-exported below until they import them from there.
+conversations.py, stats.py, retention.py).
 """
 
 from __future__ import annotations
@@ -16,11 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, insert, or_, select, update
 
 from renewald.store.attempts import CANCEL_REASON, CANCELLED
-from renewald.store.conversations import Conversation
-from renewald.store.explain import Explanation
 from renewald.store.jobs import get_job
 from renewald.store.models import Job
 from renewald.store.retention import FINISHED
@@ -28,21 +25,15 @@ from renewald.store.schema import (
     renewal_job_attempts,
     renewal_jobs,
 )
-from renewald.store.stats import Gauges, Stats
 
 jobs = renewal_jobs
 attempts = renewal_job_attempts
 
 __all__ = [
-    "CANCEL_REASON",
     "RETRY_REASON",
     "Cancelled",
-    "Conversation",
-    "Explanation",
-    "Gauges",
     "OperatorAction",
     "Retried",
-    "Stats",
     "cancel_job",
     "failed_job_ids",
     "retry_job",
@@ -59,18 +50,37 @@ class OperatorAction:
     log_path: str | None = None
 
 
-def _operator_attempt(
+@dataclass(frozen=True)
+class _Entry:
+    """How an operator's write is told in its attempt row."""
+
+    outcome: str
+    decision: str
+    reason: str
+    next_attempt_at: int | None
+
+
+def _operator_write(
+    conn: Connection,
     job: Job,
     *,
+    fence: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+    entry: _Entry,
     attempt_id: str,
     now: int,
     action: OperatorAction,
-    outcome: str,
-    decision: str,
-    reason: str,
-    next_attempt_at: int | None,
-) -> dict[str, Any]:
-    return {
+) -> Job | None:
+    """Apply `values` to `job` if it still matches `fence`, record the operator's attempt
+    row, and return the job as it is now; None (and nothing written) when it changed."""
+    if action.log_path is not None:
+        values = {**values, "log_path": action.log_path}
+    matched = conn.execute(
+        update(jobs).where(jobs.c.job_id == job.job_id, *fence).values(**values)
+    ).rowcount
+    if matched != 1:
+        return None
+    row: dict[str, Any] = {
         "attempt_id": attempt_id,
         "job_id": job.job_id,
         "attempt_no": job.attempt_count,
@@ -81,14 +91,18 @@ def _operator_attempt(
         "started_at": now,
         "finished_at": now,
         "duration_ms": 0,
-        "outcome": outcome,
+        "outcome": entry.outcome,
         "error_class": None,
         "error_message": None,
         "response_summary": None,
-        "next_attempt_at": next_attempt_at,
-        "decision": decision,
-        "decision_reason": reason,
+        "next_attempt_at": entry.next_attempt_at,
+        "decision": entry.decision,
+        "decision_reason": entry.reason,
     }
+    conn.execute(insert(attempts).values(**row))
+    after = get_job(conn, job.job_id)
+    assert after is not None
+    return after
 
 
 @dataclass(frozen=True)
@@ -106,40 +120,26 @@ def retry_job(
     job = get_job(conn, job_id)
     if job is None or job.status != "failed":
         return None
-    values: dict[str, Any] = {
-        "status": "pending",
-        "attempt_count": 0,
-        "next_attempt_at": now,
-        "terminal_reason": None,
-        "finished_at": None,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    if action.log_path is not None:
-        values["log_path"] = action.log_path
-    matched = conn.execute(
-        update(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "failed").values(**values)
-    ).rowcount
-    if matched != 1:
-        return None
-    conn.execute(
-        insert(attempts).values(
-            **_operator_attempt(
-                job,
-                attempt_id=attempt_id,
-                now=now,
-                action=action,
-                outcome="operator_retry",
-                decision="retry",
-                reason=RETRY_REASON,
-                next_attempt_at=now,
-            )
-        )
+    after = _operator_write(
+        conn,
+        job,
+        fence=[jobs.c.status == "failed"],
+        values={
+            "status": "pending",
+            "attempt_count": 0,
+            "next_attempt_at": now,
+            "terminal_reason": None,
+            "finished_at": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        },
+        entry=_Entry("operator_retry", "retry", RETRY_REASON, next_attempt_at=now),
+        attempt_id=attempt_id,
+        now=now,
+        action=action,
     )
-    after = get_job(conn, job_id)
-    assert after is not None
-    return Retried(after, attempt_id, job.terminal_reason)
+    return None if after is None else Retried(after, attempt_id, job.terminal_reason)
 
 
 def failed_job_ids(
@@ -203,54 +203,42 @@ def cancel_job(
         if job.status == "running":
             if job.terminal_reason == CANCELLED:
                 return Cancelled("already_cancelling", job)
-            matched = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.job_id == job_id,
-                    jobs.c.status == "running",
-                    jobs.c.lease_token == job.lease_token,
-                )
-                .values(terminal_reason=CANCELLED, updated_at=now)
-            ).rowcount
-            if matched == 1:
-                after = get_job(conn, job_id)
-                assert after is not None
-                return Cancelled("cancelling", after)
+            marked = _mark_cancelling(conn, job, now=now)
+            if marked is not None:
+                return Cancelled("cancelling", marked)
             continue
-        values: dict[str, Any] = {
-            "status": "failed",
-            "terminal_reason": CANCELLED,
-            "finished_at": now,
-            "updated_at": now,
-        }
-        if action.log_path is not None:
-            values["log_path"] = action.log_path
-        matched = conn.execute(
-            update(jobs)
-            .where(
-                jobs.c.job_id == job_id,
-                jobs.c.status == job.status,
-                jobs.c.lease_token == job.lease_token,
-            )
-            .values(**values)
-        ).rowcount
-        if matched != 1:
-            continue
-        conn.execute(
-            insert(attempts).values(
-                **_operator_attempt(
-                    job,
-                    attempt_id=attempt_id,
-                    now=now,
-                    action=action,
-                    outcome=CANCELLED,
-                    decision="failed",
-                    reason=CANCEL_REASON,
-                    next_attempt_at=None,
-                )
-            )
+        after = _operator_write(
+            conn,
+            job,
+            fence=[jobs.c.status == job.status, jobs.c.lease_token == job.lease_token],
+            values={
+                "status": "failed",
+                "terminal_reason": CANCELLED,
+                "finished_at": now,
+                "updated_at": now,
+            },
+            entry=_Entry(CANCELLED, "failed", CANCEL_REASON, next_attempt_at=None),
+            attempt_id=attempt_id,
+            now=now,
+            action=action,
         )
-        after = get_job(conn, job_id)
-        assert after is not None
-        return Cancelled(CANCELLED, after, attempt_id)
+        if after is not None:
+            return Cancelled(CANCELLED, after, attempt_id)
     raise RuntimeError(f"job {job_id} kept changing while being cancelled")
+
+
+def _mark_cancelling(conn: Connection, job: Job, *, now: int) -> Job | None:
+    """Mark a running job to end cancelled when its attempt returns; None if its lease
+    changed in between."""
+    matched = conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.job_id == job.job_id,
+            jobs.c.status == "running",
+            jobs.c.lease_token == job.lease_token,
+        )
+        .values(terminal_reason=CANCELLED, updated_at=now)
+    ).rowcount
+    if matched != 1:
+        return None
+    return get_job(conn, job.job_id)

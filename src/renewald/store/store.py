@@ -239,14 +239,6 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             )
         )
 
-    def forget_orphaned_marks(self) -> int:
-        def tx(conn: Connection) -> int:
-            ids = unlogged.orphaned_marks(conn)
-            attempts.mark_logged(conn, ids)
-            return len(ids)
-
-        return self.write(tx)
-
     def extend_leases(
         self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
     ) -> list[str]:

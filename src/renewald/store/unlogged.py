@@ -73,13 +73,3 @@ def find_unlogged(
         )
         for row in conn.execute(query).mappings()
     ]
-
-
-def orphaned_marks(conn: Connection) -> list[str]:
-    """Marks whose attempt row is gone (pruned): nothing to write for them."""
-    query = select(unlogged.c.attempt_id).where(
-        ~select(attempts.c.attempt_id)
-        .where(attempts.c.attempt_id == unlogged.c.attempt_id)
-        .exists()
-    )
-    return list(conn.execute(query).scalars())

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import ColumnElement, Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
@@ -104,6 +104,10 @@ class SqliteBackend:
 
     def lock_transaction(self, conn: Connection, key: int) -> None:
         """Nothing to take: the write transaction holds the database's write lock."""
+
+    def try_lock_transaction(self, space: int, name: ColumnElement[Any]) -> None:
+        """Nothing to take, as for `lock_transaction`."""
+        return None
 
     def insert_ignoring_conflicts(
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]

@@ -1,5 +1,5 @@
-"""Concurrent PostgreSQL claims: one running job per conversation, and no claim waits on
-another's conversations (store/claim.py: the per-conversation try-locks).
+"""Concurrent claims: one running job per conversation, and on PostgreSQL no claim waits
+on another's conversations (store/claim.py: the per-conversation try-locks).
 
 Each claimer is its own `Store` (its own pool and connections), as separate daemons are.
 """
@@ -93,14 +93,14 @@ def _claimer(url: str, owner: str, seen: InFlight, total: int) -> int:
         store.close()
 
 
-def test_concurrent_claims_keep_one_running_job_per_conversation(
-    pg_store: Store, pg_schema_url: str
-) -> None:
+def test_concurrent_claims_keep_one_running_job_per_conversation(store: Store, db_url: str) -> None:
+    """Both backends: SQLite's claims are serialized by its write lock, PostgreSQL's only
+    per conversation."""
     # Job n of every conversation falls due before job n+1 of any: each claim's scan spans
     # many conversations, and every finish makes its conversation's next job claimable.
     ids = [
         make_job(
-            pg_store,
+            store,
             job_id=f"j-{c:02d}-{n}",
             conversation=f"c{c:02d}",
             next_attempt_at=T0 - 10_000 + n * 100 + c,
@@ -111,7 +111,7 @@ def test_concurrent_claims_keep_one_running_job_per_conversation(
     seen = InFlight()
     with ThreadPoolExecutor(CLAIMERS) as pool:
         futures = [
-            pool.submit(_claimer, pg_schema_url, f"host-{i}:{i}:boot", seen, len(ids))
+            pool.submit(_claimer, db_url, f"host-{i}:{i}:boot", seen, len(ids))
             for i in range(CLAIMERS)
         ]
         per_claimer = [f.result() for f in futures]
@@ -120,7 +120,7 @@ def test_concurrent_claims_keep_one_running_job_per_conversation(
     assert sum(per_claimer) == len(ids)
     assert sum(1 for n in per_claimer if n) > 1, f"one claimer took everything: {per_claimer}"
     for job_id in ids:
-        job = job_of(pg_store, job_id)
+        job = job_of(store, job_id)
         assert (job.status, job.attempt_count, job.lease_owner) == ("done", 1, None)
 
 

@@ -2,8 +2,9 @@
 
 Each statement timed from Python with the plain drivers (execute + fetch), after warm-up:
 `due` (the claim's candidate SELECT, with a backlog), `due_empty` (an idle poll),
-`next_due` (the wake-up query), `claim_sql` (lock, claim UPDATE … RETURNING 32, COMMIT)
-and `claim_renewald` (`Store.claim_due_jobs`, for the framework's share). Claims use up
+`next_due` (the wake-up query), `claim_sql` (the claim UPDATE … RETURNING 32 and COMMIT;
+on PostgreSQL without the per-conversation try-locks renewald's claim takes first) and
+`claim_renewald` (`Store.claim_due_jobs`: the whole claim, and the framework's share). Claims use up
 due jobs: the counts stay inside the 9,000. SQLite as renewald leaves it (no ANALYZE).
 """
 
@@ -23,7 +24,7 @@ from renewald.store import Store
 BATCH = 32
 PLAN_INDEX = "idx_renewal_jobs_status_due"
 EXPLAIN = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN (ANALYZE, BUFFERS) "}
-LOCK = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "SELECT pg_advisory_xact_lock(1668047213)"}
+BEGIN = {"sqlite": "BEGIN IMMEDIATE", "postgresql": None}
 
 
 def dataset(ctx: Ctx) -> DataSet:
@@ -75,7 +76,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
             return lambda: auto.execute(stmt.text, stmt.params(**values)).fetchall()
 
         def claim() -> None:
-            conn.execute(LOCK[backend])
+            if BEGIN[backend]:
+                conn.execute(BEGIN[backend])
             rows = conn.execute(
                 sql.claim.text, sql.claim.params(**dict(params, now=now_ms()))
             ).fetchall()

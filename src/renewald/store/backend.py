@@ -3,7 +3,7 @@
 A `Backend` is chosen from the database URL where the engine is made
 (`engine.backend_for`) and kept by the `Store`; nothing else asks which database it is.
 Each backend is one module (`backend_sqlite.py`, `backend_postgresql.py`) that settles:
-how the engine connects, the claim's locking (a transaction-scoped lock, SKIP LOCKED),
+how the engine connects, locking (transaction-scoped locks, SKIP LOCKED),
 insert-or-ignore, how other processes' writes are noticed, which driver errors mean
 "unavailable" or "lost a race", and its capability flags.
 
@@ -18,7 +18,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import BindParameter, ColumnClause, Connection, Engine, FromClause, Table
+from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
+    ColumnElement,
+    Connection,
+    Engine,
+    FromClause,
+    Table,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
@@ -69,12 +77,25 @@ class Backend(Protocol):
     unavailable_text: tuple[str, ...]
     """Lower-case fragments of driver messages that carry no SQLSTATE but mean "down"."""
 
+    def __hash__(self) -> int:
+        """Backends are singletons, so statements built for one are cached by it."""
+        ...
+
     def engine_create(
         self, url: URL, *, busy_timeout: float, synchronous: str, pool_size: int
     ) -> Engine: ...
 
     def lock_transaction(self, conn: Connection, key: int) -> None:
-        """Hold the lock `key` until the transaction ends (queues concurrent claims)."""
+        """Hold the lock `key` until the transaction ends, waiting for it if need be."""
+
+    def try_lock_transaction(
+        self, space: int, name: ColumnElement[Any]
+    ) -> ColumnElement[bool] | None:
+        """An expression that takes the lock on (`space`, `name`) until the transaction
+        ends if no other transaction holds it, without waiting, and is true when it got it
+        (the same transaction may take it again); None where every write transaction
+        already excludes all others, so there is nothing to take. Keys whose names hash
+        alike may share one lock: it only ever excludes too much."""
 
     def insert_ignoring_conflicts(
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]

@@ -1,9 +1,11 @@
-"""PostgreSQL: concurrent claims queued on an advisory lock, new work pushed by NOTIFY.
+"""PostgreSQL: concurrent claims kept apart per conversation, new work pushed by NOTIFY.
 
-Claims run concurrently, and READ COMMITTED gives each statement a snapshot taken when it
-starts: two daemons claiming at once would each miss the other's fresh claim and could
-both start a job of the same conversation. SKIP LOCKED only keeps them off the same row,
-so each claim first takes a transaction-scoped advisory lock (`lock_transaction`).
+Claims run concurrently (SKIP LOCKED), and READ COMMITTED gives each statement a snapshot
+taken when it starts, so a claim takes a transaction-scoped advisory lock on each
+conversation it picks, without waiting (`try_lock_transaction`: the two-int form, a
+renewald class and the conversation's `hashtext`), and claims them in a later statement
+(store/claim.py says why that is exact). `lock_transaction` (the one-bigint form, which
+never meets a two-int key) serializes `renewald migrate` runs.
 
 New work: LISTEN on `renewald_jobs` (a trigger, migration 0003, NOTIFYs when a job
 becomes pending).
@@ -27,16 +29,20 @@ from typing import Any
 import psycopg
 from sqlalchemy import (
     BindParameter,
+    Boolean,
     ColumnClause,
+    ColumnElement,
     Connection,
     Engine,
     FromClause,
+    Integer,
     Table,
     cast,
     column,
     create_engine,
     event,
     func,
+    literal,
     text,
 )
 from sqlalchemy.dialects import postgresql
@@ -142,6 +148,11 @@ class PostgresqlBackend:
 
     def lock_transaction(self, conn: Connection, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+    def try_lock_transaction(self, space: int, name: ColumnElement[Any]) -> ColumnElement[bool]:
+        return func.pg_try_advisory_xact_lock(
+            literal(space, Integer), func.hashtext(name), type_=Boolean
+        )
 
     def insert_ignoring_conflicts(
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]

@@ -36,6 +36,7 @@ import structlog
 from sqlalchemy import (
     BindParameter,
     ColumnClause,
+    ColumnElement,
     Connection,
     Engine,
     FromClause,
@@ -116,6 +117,10 @@ class SqliteBackend:
 
     def lock_transaction(self, conn: Connection, key: int) -> None:
         """Nothing to take: the write transaction holds the database's write lock."""
+
+    def try_lock_transaction(self, space: int, name: ColumnElement[Any]) -> None:
+        """Nothing to take, as for `lock_transaction`."""
+        return None
 
     def insert_ignoring_conflicts(
         self, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]], *, key: Sequence[str]

@@ -1,34 +1,46 @@
 """Claiming due jobs: one UPDATE … RETURNING per batch.
 
 Both pick at most one job per conversation in a batch and none for a conversation that
-already has a running job ("one at a time per conversation", across all daemons).
+already has a running or held job ("one at a time per conversation", across all daemons).
 
 SQLite serializes writers: the claim runs inside `BEGIN IMMEDIATE`, so the running-job
-check sees every earlier claim.
+check sees every earlier claim, and the claim is that one statement.
 
 PostgreSQL runs claims concurrently, and READ COMMITTED gives each statement a snapshot
 taken when it starts: two daemons claiming at the same moment would each miss the
 other's fresh claim and could both start a job of the same conversation. SKIP LOCKED only
-keeps them off the same *row*. So each claim first takes the backend's transaction lock
-(`CLAIM_LOCK`): claims (a few milliseconds each) queue behind each other, and the
-UPDATE's snapshot, taken after the lock, sees every committed claim. SKIP LOCKED (where
-the backend has it) still keeps a claim from waiting on rows that a finishing or
-rescuing transaction holds.
+keeps them off the same *row*. So the claim is two statements in one transaction:
+
+1. `_pick_statement` chooses the candidates (`FOR UPDATE SKIP LOCKED`, one per
+   conversation) and takes each candidate conversation's lock without waiting
+   (`Backend.try_lock_transaction`, `CONVERSATION_LOCK`), keeping those it got: a
+   conversation another claim is taking is skipped, never waited for.
+2. `_claim_locked_statement` claims them, checking again that their conversations have
+   no running or held job. Its snapshot is taken after the locks are held: a claim of
+   those conversations that committed before is visible (a lock is released only after
+   its commit is), and none can commit until this one ends.
+
+Claims of different conversations never wait for each other; locks are scoped to the
+transaction, so PgBouncer's transaction pooling keeps working. SKIP LOCKED still keeps a
+claim from waiting on rows that a finishing or rescuing transaction holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Connection,
     Integer,
     Text,
     bindparam,
     exists,
     func,
+    or_,
     select,
     update,
 )
@@ -44,25 +56,37 @@ from renewald.store.schema import (
 )
 
 jobs = renewal_jobs
-CLAIM_LOCK = 0x636C616D  # "clam"
+CONVERSATION_LOCK = 0x636F6E76  # "conv"
+"""The class of the per-conversation claim locks, the first of two int keys (the second is
+the conversation's hash): two-int keys never meet renewald's one-key locks (`MIGRATE_LOCK`)."""
 
 # How many due rows one claim looks at to fill a batch with distinct conversations.
 SCAN_FACTOR = 4
 
 
-def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type: ignore[no-untyped-def]
-    now = bindparam("now", type_=BigInteger)
+def _conversation_free() -> list[ColumnElement[bool]]:
+    """No job of the claimed row's conversation is running or held."""
     running = jobs.alias("running")
-    busy = exists().where(
-        running.c.local_conversation_id == jobs.c.local_conversation_id,
-        running.c.status == "running",
-    )
     # A row renewald holds is in flight whatever status the tracker last wrote over it.
     held = jobs.alias("held")
-    leased = exists().where(
-        held.c.local_conversation_id == jobs.c.local_conversation_id,
-        held.c.lease_owner.is_not(None),
-    )
+    return [
+        ~exists().where(
+            running.c.local_conversation_id == jobs.c.local_conversation_id,
+            running.c.status == "running",
+        ),
+        ~exists().where(
+            held.c.local_conversation_id == jobs.c.local_conversation_id,
+            held.c.lease_owner.is_not(None),
+        ),
+    ]
+
+
+def _candidates(  # type: ignore[no-untyped-def]
+    dispatch_statuses: Sequence[str], *, skip_locked: bool, conversation: bool = False
+):
+    """The due jobs to claim, the first of each conversation, in claim order; with
+    `conversation`, each job's conversation beside it."""
+    now = bindparam("now", type_=BigInteger)
     scan = (
         select(
             jobs.c.job_id,
@@ -75,8 +99,7 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
             # The lease is the only key: a stale upsert may write 'pending' over a row
             # that a live owner still holds.
             jobs.c.lease_owner.is_(None),
-            ~busy,
-            ~leased,
+            *_conversation_free(),
             # The ledger decides: a delivered job is never sent again, whatever a later
             # write put into the tracker's columns (the rescue tick puts it back to done).
             jobs.c.delivered_at.is_(None),
@@ -89,6 +112,7 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
     scanned = scan.subquery("scan")
     ranked = select(
         scanned.c.job_id,
+        scanned.c.local_conversation_id,
         scanned.c.next_attempt_at,
         scanned.c.created_at,
         func.row_number()
@@ -98,38 +122,76 @@ def _candidates(dispatch_statuses: Sequence[str], *, skip_locked: bool):  # type
         )
         .label("rn"),
     ).subquery("ranked")
+    chosen = [ranked.c.job_id]
+    if conversation:
+        chosen.append(ranked.c.local_conversation_id)
     return (
-        select(ranked.c.job_id)
+        select(*chosen)
         .where(ranked.c.rn == 1)
         .order_by(ranked.c.next_attempt_at, ranked.c.created_at)
         .limit(bindparam("limit", type_=Integer))
     )
 
 
+def _claim_values() -> dict[str, Any]:
+    now = bindparam("now", type_=BigInteger)
+    return {
+        "status": "running",
+        # A pending job carries no end: a stale mark (a cancel the tracker re-armed
+        # with its upsert, which leaves this column alone) must not end the new attempt.
+        "terminal_reason": None,
+        "lease_owner": bindparam("owner", type_=Text),
+        "lease_expires_at": bindparam("lease_until", type_=BigInteger),
+        "lease_token": jobs.c.lease_token + 1,
+        "attempt_count": jobs.c.attempt_count + 1,
+        "started_at": now,
+        "last_attempt_at": now,
+        "updated_at": now,
+    }
+
+
+# The statements are built once per gate (and backend) and reused: only their parameters
+# change per poll, so SQLAlchemy neither rebuilds nor recompiles them.
+
+
 @lru_cache(maxsize=16)
 def _claim_statement(dispatch_statuses: tuple[str, ...], *, skip_locked: bool):  # type: ignore[no-untyped-def]
-    """The claim, built once per gate and reused: only its parameters change per poll, so
-    SQLAlchemy neither rebuilds nor recompiles it."""
-    now = bindparam("now", type_=BigInteger)
+    """The claim as one statement, where writers are serialized (SQLite)."""
     return (
         update(jobs)
         # No second `status = 'pending'` here: the candidates are already locked (row locks on
         # PostgreSQL, the write lock on SQLite), and the extra term would let SQLite walk the
         # status index over every pending job instead of looking up the chosen ids.
         .where(jobs.c.job_id.in_(_candidates(dispatch_statuses, skip_locked=skip_locked)))
-        .values(
-            status="running",
-            # A pending job carries no end: a stale mark (a cancel the tracker re-armed
-            # with its upsert, which leaves this column alone) must not end the new attempt.
-            terminal_reason=None,
-            lease_owner=bindparam("owner", type_=Text),
-            lease_expires_at=bindparam("lease_until", type_=BigInteger),
-            lease_token=jobs.c.lease_token + 1,
-            attempt_count=jobs.c.attempt_count + 1,
-            started_at=now,
-            last_attempt_at=now,
-            updated_at=now,
-        )
+        .values(**_claim_values())
+        .returning(*jobs.c)
+    )
+
+
+@lru_cache(maxsize=16)
+def _pick_statement(dispatch_statuses: tuple[str, ...], backend: Backend):  # type: ignore[no-untyped-def]
+    """The candidates whose conversation lock this transaction got, or None where the
+    backend has no such lock (its writers are serialized)."""
+    candidates = _candidates(
+        dispatch_statuses, skip_locked=backend.skip_locked, conversation=True
+    ).subquery("candidate")
+    conversation = candidates.c.local_conversation_id
+    locked = backend.try_lock_transaction(CONVERSATION_LOCK, conversation)
+    if locked is None:
+        return None
+    # Outside the subquery: its LIMIT keeps the lock (a volatile call) from being pushed
+    # into it, so only the chosen candidates' conversations are locked. A job with no
+    # conversation shares nothing, so it needs no lock.
+    return select(candidates.c.job_id).where(or_(conversation.is_(None), locked))
+
+
+@lru_cache(maxsize=1)
+def _claim_locked_statement():  # type: ignore[no-untyped-def]
+    """The claim of the picked jobs (`ids`) whose conversations are still free."""
+    return (
+        update(jobs)
+        .where(jobs.c.job_id.in_(bindparam("ids", expanding=True)), *_conversation_free())
+        .values(**_claim_values())
         .returning(*jobs.c)
     )
 
@@ -144,18 +206,26 @@ def claim_due_jobs(
     limit: int,
     dispatch_statuses: Sequence[str],
 ) -> list[Job]:
-    backend.lock_transaction(conn, CLAIM_LOCK)
-    statement = _claim_statement(tuple(dispatch_statuses), skip_locked=backend.skip_locked)
-    # Read once the write lock is held, so a claim that waited (a busy SQLite file, the
-    # claim lock, a retried transaction) still hands out a full lease.
+    gate = tuple(dispatch_statuses)
+    # Read inside the transaction (SQLite's write lock is taken at BEGIN; PostgreSQL's
+    # claim waits on no lock), so a claim that waited for a busy file or was retried still
+    # hands out a full lease.
     now = clock()
-    params = {
+    params: dict[str, Any] = {
         "now": now,
         "owner": owner,
         "lease_until": now + lease_ms,
         "limit": limit,
         "scan_limit": limit * SCAN_FACTOR,
     }
+    pick = _pick_statement(gate, backend)
+    if pick is None:
+        statement = _claim_statement(gate, skip_locked=backend.skip_locked)
+    else:
+        params["ids"] = list(conn.execute(pick, params).scalars())
+        if not params["ids"]:
+            return []
+        statement = _claim_locked_statement()
     return [Job.from_row(r) for r in conn.execute(statement, params).mappings()]
 
 

@@ -153,9 +153,9 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         lease_ms: int,
         limit: int,
     ) -> list[ClaimedJob]:
-        """Claim up to `limit` due jobs. Given a clock (`now` as a callable), it is read once
-        the claim holds its lock, so the lease runs from the moment the claim commits,
-        however long it waited for the lock or a retry."""
+        """Claim up to `limit` due jobs. Given a clock (`now` as a callable), it is read
+        inside the claim's transaction (on SQLite once it holds the write lock), so the lease
+        runs from the claim, however long it waited for the lock or a retry."""
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
 
         def tx(conn: Connection) -> list[ClaimedJob]:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -54,12 +55,12 @@ EVENT_KEYS = (
 _ORDER = EVENT_KEYS
 
 
-# Set by `emit` on a dict it has redacted already: the console need not do it again.
-_REDACTED = "_renewald_redacted"
+# True while `emit` hands the console a dict it has redacted already for the job log.
+_redacted_already: ContextVar[bool] = ContextVar("renewald_redacted_already", default=False)
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if event.pop(_REDACTED, False):
+    if _redacted_already.get():
         return event
     for key in _REDACTED_FIELDS:
         if event.get(key) is not None:
@@ -362,7 +363,11 @@ def emit(
     if job_log is not None:
         job_log.write_redacted(event, now_ms, data)
     extra = {"exc_info": exc_info} if exc_info is not None else {}
-    getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra, **{_REDACTED: True})
+    token = _redacted_already.set(True)
+    try:
+        getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra)
+    finally:
+        _redacted_already.reset(token)
 
 
 class Throttle:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, or_, select, update
 
-from renewald.store.attempts import CANCEL_REASON, CANCELLED
+from renewald.store.attempts import CANCEL_REASON, CANCELLED, insert_untried
 from renewald.store.jobs import get_job
 from renewald.store.models import Job
 from renewald.store.retention import FINISHED
@@ -80,26 +80,17 @@ def _operator_write(
     ).rowcount
     if matched != 1:
         return None
-    row: dict[str, Any] = {
-        "attempt_id": attempt_id,
-        "job_id": job.job_id,
-        "attempt_no": job.attempt_count,
-        "lease_owner": action.operator,
-        "lease_token": job.lease_token,
-        "adapter": None,
-        "target": None,
-        "started_at": now,
-        "finished_at": now,
-        "duration_ms": 0,
-        "outcome": entry.outcome,
-        "error_class": None,
-        "error_message": None,
-        "response_summary": None,
-        "next_attempt_at": entry.next_attempt_at,
-        "decision": entry.decision,
-        "decision_reason": entry.reason,
-    }
-    conn.execute(insert(attempts).values(**row))
+    insert_untried(
+        conn,
+        job,
+        attempt_id=attempt_id,
+        owner=action.operator,
+        now=now,
+        outcome=entry.outcome,
+        decision=entry.decision,
+        reason=entry.reason,
+        next_attempt_at=entry.next_attempt_at,
+    )
     after = get_job(conn, job.job_id)
     assert after is not None
     return after

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, or_, select, update
 
+from renewald.store.attempts import insert_untried
 from renewald.store.decode import MAX_EPOCH_MS, malformed_error
 from renewald.store.models import Job
-from renewald.store.schema import renewal_job_attempts, renewal_jobs
+from renewald.store.schema import renewal_jobs
 
 jobs = renewal_jobs
 MALFORMED = "malformed"
@@ -97,23 +98,16 @@ def _end(
     if ended != 1:
         return None
     attempt_id = uuid.uuid4().hex
-    conn.execute(
-        insert(renewal_job_attempts).values(
-            attempt_id=attempt_id,
-            job_id=job.job_id,
-            attempt_no=job.attempt_count,
-            lease_owner=owner,
-            lease_token=job.lease_token,
-            adapter=None,
-            target=None,
-            started_at=now,
-            finished_at=now,
-            duration_ms=0,
-            outcome=MALFORMED,
-            error_class="MalformedRow",
-            error_message=error,
-            decision="failed",
-            decision_reason=MALFORMED,
-        )
+    insert_untried(
+        conn,
+        job,
+        attempt_id=attempt_id,
+        owner=owner,
+        now=now,
+        outcome=MALFORMED,
+        decision="failed",
+        reason=MALFORMED,
+        error_class="MalformedRow",
+        error=error,
     )
     return Swept(job.job_id, attempt_id, job.attempt_count, job.local_conversation_id, error)

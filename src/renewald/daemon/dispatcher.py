@@ -133,11 +133,11 @@ class Dispatcher(Sending):
         # Jobs handed to the worker threads and not yet done with them.
         self._with_workers = 0
         # Claims are sized to what can start now: while the jobs claimed last needed
-        # worker threads, to the free workers plus a short lead (a worker that frees finds
-        # its next job waiting rather than waiting for a claim); else (jobs sent at once)
-        # to a whole batch.
+        # worker threads, to the free workers plus a lead (a worker that frees finds its
+        # next job waiting rather than waiting for a claim), refilled a lead at a time
+        # while every worker is busy; else (jobs sent at once) to a whole batch.
         self._size_to_workers = True
-        self._lead = max(1, workers // 4)
+        self._lead = max(1, workers // 2)
         self._held: dict[str, int] = {}
         self._started: set[str] = set()
         # Jobs whose result is queued for the recorder: a heartbeat that cannot extend
@@ -235,6 +235,8 @@ class Dispatcher(Sending):
         room = self.capacity - len(self._held)
         if self._size_to_workers:
             room = min(room, self.settings.workers + self._lead - self._with_workers)
+            if room < self._lead and self._with_workers >= self.settings.workers:
+                return 0  # every worker has a job: refill the lead in one claim, not one by one
         return room
 
     def close(self, *, now: int) -> list[str]:

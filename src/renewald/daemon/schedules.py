@@ -230,17 +230,7 @@ def _fire_one(
         "owner": owner,
     }
     if not plan.jobs:  # the policy dropped every due fire
-        if store.advance_schedule(
-            schedule_id=schedule.schedule_id,
-            seen=schedule.next_fire_at,
-            next_fire_at=plan.next_fire_at,
-            last_fire_at=plan.last_fire_at,
-            now=now,
-        ):
-            _log_misfire(job_log, plan, latest_id, now, common)
-            result.dropped += plan.decision.dropped
-        else:
-            result.raced += 1
+        _advance_only(store, job_log, plan, latest_id, now, common, result)
         return
     outcome = store.fire_schedule(
         schedule=schedule,
@@ -270,6 +260,31 @@ def _fire_one(
     _log_misfire(job_log, plan, latest_id, now, common)
     result.dropped += plan.decision.dropped
     _log_fired(job_log, plan, outcome.created, now, common, result)
+
+
+def _advance_only(
+    store: Store,
+    job_log: JobLog,
+    plan: FirePlan,
+    latest_id: str,
+    now: int,
+    common: Mapping[str, Any],
+    result: TickResult,
+) -> None:
+    """Move the schedule past fires its misfire policy all dropped; no job is made."""
+    schedule = plan.schedule
+    assert schedule.next_fire_at is not None
+    if store.advance_schedule(
+        schedule_id=schedule.schedule_id,
+        seen=schedule.next_fire_at,
+        next_fire_at=plan.next_fire_at,
+        last_fire_at=plan.last_fire_at,
+        now=now,
+    ):
+        _log_misfire(job_log, plan, latest_id, now, common)
+        result.dropped += plan.decision.dropped
+    else:
+        result.raced += 1
 
 
 def _park(

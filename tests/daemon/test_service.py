@@ -306,3 +306,20 @@ def test_dead_daemons_are_pruned_every_ten_minutes_not_every_rescue(
         clock.now += 15 * SECOND
     day = 24 * 3600 * SECOND
     assert pruned == [T0 - day, T0 + 600 * SECOND - day]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_change_while_a_poll_ends_is_not_left_for_the_safety_net(service: Service) -> None:
+    """A wake-up that arrives after the poll's last look at `poll_again` (here: while it
+    plans the next poll) still brings a poll at once, not ten intervals later."""
+    service.pace.changes = Watch(watching=True)  # type: ignore[assignment]
+    plan = service.pace.wake_at
+
+    def plan_then_change(at_ms: int, *, polled_at: int | None = None) -> None:
+        plan(at_ms, polled_at=polled_at)
+        if polled_at is not None:
+            service.pace.on_change()
+
+    service.pace.wake_at = plan_then_change  # type: ignore[method-assign]
+    service.poll_tick()
+    assert probe(service).runs == [ms_to_datetime(T0 + 10_000), ms_to_datetime(T0)]

@@ -2,12 +2,9 @@
 
 Signal handlers only set flags; the main thread acts on them. APScheduler runs the
 periodic duties — poll, heartbeat, rescue, schedules, watchdog — each as one `*_tick`
-that reads the clock once and passes `now` down (daemon/ticks.py). After every poll the
-next poll is set to the earliest future `next_attempt_at`, so a job is picked up within
-milliseconds of becoming due, but never later than the longest gap between polls: one
-`poll_interval` without a change watcher, ten while one is up (daemon/watching.py; it
-wakes the poller when another process writes work). The schedule tick likewise sleeps
-until the next fire time. `run --once` is daemon/once.py, stopping daemon/shutdown.py.
+that reads the clock once and passes `now` down (daemon/ticks.py). When the poll and the
+schedule tick run next is daemon/pacing.py; the housekeeping ticks daemon/upkeep.py;
+`run --once` daemon/once.py; stopping daemon/shutdown.py.
 """
 
 from __future__ import annotations
@@ -213,6 +210,10 @@ class Service:
                 self.wake_at(MAX_EPOCH_MS if due is None else due, polled_at=now)
         finally:
             self.poll_lock.release()
+        if self.pace.poll_again.is_set():
+            # A wake-up after the last round's check: with a watcher up, the next poll
+            # planned could be ten intervals away.
+            self.pace.poll_soon()
         if self.dispatcher.exhausted() and not self.options.once:
             self.stopped.set()
 

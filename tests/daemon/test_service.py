@@ -164,9 +164,7 @@ def test_a_lost_watch_polls_and_looks_at_the_schedules_at_once(service: Service)
     ]
 
 
-def idle_minute(
-    service: Service, clock: ManualClock, *, watching: bool
-) -> tuple[SimulatedScheduler, int]:
+def idle_minute(service: Service, clock: ManualClock, *, watching: bool) -> SimulatedScheduler:
     service.pace.changes = Watch(watching=watching)  # type: ignore[assignment]
     sim = SimulatedScheduler(
         clock,
@@ -177,36 +175,26 @@ def idle_minute(
         },
     )
     service.pace.scheduler = sim  # type: ignore[assignment]
-    start = clock.now
-    sim.run_until(start + 60 * SECOND)
-    return sim, start
+    sim.run_until(clock.now + 60 * SECOND)
+    return sim
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("watching", "polls"), [(True, 7), (False, 61)])
 def test_an_idle_daemon_with_a_live_watcher_polls_every_ten_seconds(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, watching: bool, polls: int
 ) -> None:
+    """With a watcher up: at 0, 10, ..., 60 s; without, every second."""
     clock = ManualClock(T0)
     service = make_service(store, tmp_path, clock)
     claims = Counter[int]()
     claim = store.claim_due_jobs
     monkeypatch.setattr(store, "claim_due_jobs", lambda **kw: claims.update([1]) or claim(**kw))
-    sim, _ = idle_minute(service, clock, watching=True)
-    # At 0, 10, ..., 60 s; a daemon without a watcher polls 61 times (next test).
-    assert sim.ran["poll"] == 7 and claims[1] == 7
+    sim = idle_minute(service, clock, watching=watching)
+    assert sim.ran["poll"] == polls and claims[1] == polls
     # SQLite's watcher sees every commit, schedule writes included: the schedule tick
     # sleeps as long as the poll.
-    assert sim.ran["schedules"] == 7
-
-
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_without_a_watcher_the_daemon_polls_every_interval(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
-    sim, _ = idle_minute(service, clock, watching=False)
-    assert sim.ran["poll"] == 61 and sim.ran["schedules"] == 61
+    assert sim.ran["schedules"] == polls
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -217,7 +205,7 @@ def test_idle_ticks_cost_reads_not_write_transactions(
     service = make_service(store, tmp_path, clock)
     service.upkeep.rescue_tick()  # the first prunes the registry of dead daemons
     counts = count_transactions(store, monkeypatch)
-    sim, _ = idle_minute(service, clock, watching=True)
+    sim = idle_minute(service, clock, watching=True)
     # The claim is the only write an idle poll makes, the malformed sweep (store/sweep.py,
     # one write) the only one of a rescue tick (0, 15, ... 60 s): the registry of dead
     # daemons was pruned above and is pruned at most every ten minutes.

@@ -220,7 +220,8 @@ def _fire_one(
     try:
         plan = plan_fires(schedule, now=now)
     except (ValueError, OverflowError) as exc:  # InvalidSchedule, or dates past year 9999
-        _park(store, job_log, schedule, now, owner, result, exc)
+        if _parked(store, job_log, schedule, now, owner, exc):
+            result.invalid += 1
         return
     latest_id = fire_job_id(schedule.schedule_id, plan.last_fire_at)
     common: dict[str, Any] = {
@@ -287,37 +288,32 @@ def _advance_only(
         result.raced += 1
 
 
-def _park(
-    store: Store,
-    job_log: JobLog,
-    schedule: Schedule,
-    now: int,
-    owner: str,
-    result: TickResult,
-    exc: Exception,
-) -> None:
+def _parked(
+    store: Store, job_log: JobLog, schedule: Schedule, now: int, owner: str, exc: Exception
+) -> bool:
     """A row this renewald cannot read (written by hand, or by a newer version): park it
-    (no next fire time) rather than fail on it at every tick."""
+    (no next fire time) rather than fail on it at every tick. False: another daemon did."""
     assert schedule.next_fire_at is not None
     sid = schedule.schedule_id
-    if store.advance_schedule(
+    if not store.advance_schedule(
         schedule_id=sid,
         seen=schedule.next_fire_at,
         next_fire_at=None,
         last_fire_at=schedule.last_fire_at,
         now=now,
     ):
-        result.invalid += 1
-        emit(
-            job_log,
-            "schedule.invalid",
-            now_ms=now,
-            level="error",
-            job_id=fire_job_id(sid, schedule.next_fire_at),
-            schedule=sid,
-            error=str(exc),
-            owner=owner,
-        )
+        return False
+    emit(
+        job_log,
+        "schedule.invalid",
+        now_ms=now,
+        level="error",
+        job_id=fire_job_id(sid, schedule.next_fire_at),
+        schedule=sid,
+        error=str(exc),
+        owner=owner,
+    )
+    return True
 
 
 def _log_fired(

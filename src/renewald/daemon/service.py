@@ -339,7 +339,7 @@ class Service:
         scheduler.start()
         if not once:
             self.pace.changes = WatchedChanges(
-                self.config.database.url, self.pace.on_change, on_lost=self.pace.on_watch_lost
+                self.store, self.pace.on_change, on_lost=self.pace.on_watch_lost
             )
             self.pace.changes.start()
         d = self.config.daemon

@@ -10,7 +10,9 @@ first poll), the daemon polls every `poll_interval` as before.
 
 A watch counts as up from its first `on_change()` (the backend makes that call once it
 is connected) until the backend's `changes_watch` returns or raises. This wraps the
-backend the store chose; it runs no SQL and knows no dialect.
+backend of the store's own watcher (`store.change_watcher`) and runs no SQL. The one
+thing it asks of a dialect is whether the URL names a transaction pooler (`pooler_of`):
+a store-side flag saying whether the watcher can watch would be the better home.
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from sqlalchemy.engine import make_url
-
+from renewald.store import Store
 from renewald.store.backend import Backend, OnChange, Stop
 from renewald.store.backend_postgresql import pooler_of
-from renewald.store.changes import ChangeWatcher
-from renewald.store.engine import backend_for
 
 
 class _Tracked:
@@ -46,19 +45,21 @@ class _Tracked:
 
 
 class WatchedChanges:
-    """A `ChangeWatcher` on `url` that also says whether its watch is up (`watching`).
+    """The store's `ChangeWatcher`, which also says whether its watch is up (`watching`).
 
     `on_lost` runs when a watch that was up goes down: the poll planned for the end of
     the long safety interval must then come sooner.
     """
 
-    def __init__(self, url: str, on_change: OnChange, *, on_lost: OnChange) -> None:
+    def __init__(self, store: Store, on_change: OnChange, *, on_lost: OnChange) -> None:
         self._up = threading.Event()
         self._on_lost = on_lost
         # Behind a transaction pooler the store's watcher never watches (no LISTEN).
-        self.can_watch = pooler_of(make_url(url)) is None
-        tracked = _Tracked(backend_for(url), self._up.set, self._down)
-        self._watcher = ChangeWatcher(url, on_change, backend=tracked)  # type: ignore[arg-type]
+        self.can_watch = pooler_of(store.engine.url) is None
+        self._watcher = store.change_watcher(on_change)
+        self._watcher.backend = _Tracked(  # type: ignore[assignment]
+            self._watcher.backend, self._up.set, self._down
+        )
 
     @property
     def watching(self) -> bool:

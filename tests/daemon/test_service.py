@@ -1,5 +1,5 @@
 """When the daemon polls next: at the earliest due time, never later than the longest gap
-between polls (`poll_interval`, ten of them while a change watcher is up); and what an
+between polls (`poll_interval`, five of them while a change watcher is up); and what an
 idle daemon costs the database, counted over simulated minutes on a manual clock."""
 
 from __future__ import annotations
@@ -147,12 +147,12 @@ def test_a_later_wake_does_not_replace_a_sooner_one(service: Service) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_live_watcher_stretches_the_gap_to_ten_intervals(service: Service) -> None:
+def test_a_live_watcher_stretches_the_gap_to_five_intervals(service: Service) -> None:
     service.pace.changes = Watch(watching=True)  # type: ignore[assignment]
     service.wake_at(T0 + 3_600_000, polled_at=T0)
     service.pace.changes = Watch(watching=False)  # type: ignore[assignment]
     service.wake_at(T0 + 3_600_000, polled_at=T0)
-    assert probe(service).runs == [ms_to_datetime(T0 + 10_000), ms_to_datetime(T0 + 1000)]
+    assert probe(service).runs == [ms_to_datetime(T0 + 5_000), ms_to_datetime(T0 + 1000)]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -180,11 +180,11 @@ def idle_minute(service: Service, clock: ManualClock, *, watching: bool) -> Simu
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize(("watching", "polls"), [(True, 7), (False, 61)])
-def test_an_idle_daemon_with_a_live_watcher_polls_every_ten_seconds(
+@pytest.mark.parametrize(("watching", "polls"), [(True, 13), (False, 61)])
+def test_an_idle_daemon_with_a_live_watcher_polls_every_five_seconds(
     store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, watching: bool, polls: int
 ) -> None:
-    """With a watcher up: at 0, 10, ..., 60 s; without, every second."""
+    """With a watcher up: at 0, 5, ..., 60 s; without, every second."""
     clock = ManualClock(T0)
     service = make_service(store, tmp_path, clock)
     claims = Counter[int]()
@@ -254,7 +254,7 @@ def test_the_schedule_tick_sleeps_until_the_next_fire(
     fired = store.get_schedule("s1")
     assert fired is not None and fired.last_fire_at == T0 + 2_500
     # The next fire is a minute away: the safety interval comes first.
-    assert probe(service).moved[-1] == ("schedules", ms_to_datetime(T0 + 2_500 + 10_000))
+    assert probe(service).moved[-1] == ("schedules", ms_to_datetime(T0 + 2_500 + 5_000))
 
 
 def test_a_listen_watcher_does_not_stretch_the_schedule_tick() -> None:
@@ -299,7 +299,7 @@ def test_dead_daemons_are_pruned_every_ten_minutes_not_every_rescue(
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_a_change_while_a_poll_ends_is_not_left_for_the_safety_net(service: Service) -> None:
     """A wake-up that arrives after the poll's last look at `poll_again` (here: while it
-    plans the next poll) still brings a poll at once, not ten intervals later."""
+    plans the next poll) still brings a poll at once, not five intervals later."""
     service.pace.changes = Watch(watching=True)  # type: ignore[assignment]
     plan = service.pace.wake_at
 
@@ -310,4 +310,4 @@ def test_a_change_while_a_poll_ends_is_not_left_for_the_safety_net(service: Serv
 
     service.pace.wake_at = plan_then_change  # type: ignore[method-assign]
     service.poll_tick()
-    assert probe(service).runs == [ms_to_datetime(T0 + 10_000), ms_to_datetime(T0)]
+    assert probe(service).runs == [ms_to_datetime(T0 + 5_000), ms_to_datetime(T0)]

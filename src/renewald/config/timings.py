@@ -13,8 +13,10 @@ every `WATCHED_POLLS` intervals (`watched_poll`). The schedule tick runs every
 `poll_interval` but at most every second (`schedule_tick`) unless a watcher that sees
 schedule writes is up; then it sleeps until the next fire time, at most `watched_poll`.
 
-`/healthz` and the watchdog call the poll loop alive while a poll succeeded within three
-of the longest gaps between polls plus five seconds (`healthy_within`).
+`/healthz` and the watchdog call the poll loop alive while a poll succeeded within the
+longest gap between polls, three poll intervals and five seconds (`healthy_within`): an
+idle daemon with a watcher is not unhealthy, and a stuck poll is noticed in 13 s by
+default (8 s before the poll became a safety net).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from renewald.config.sections import Config, DaemonConfig
 
 STALE_HEARTBEATS = 3
 HEALTHY_POLLS = 3
-WATCHED_POLLS = 10
+WATCHED_POLLS = 5
 HEALTHY_SLACK = 5.0
 
 
@@ -73,5 +75,7 @@ class Timings:
             poll_ms=_ms(daemon.poll_interval),
             watched_poll_ms=_ms(watched_poll),
             schedule_tick_ms=_ms(min(daemon.poll_interval, 1.0)),
-            healthy_within_ms=_ms(HEALTHY_POLLS * watched_poll + HEALTHY_SLACK),
+            healthy_within_ms=_ms(
+                watched_poll + HEALTHY_POLLS * daemon.poll_interval + HEALTHY_SLACK
+            ),
         )

@@ -3,7 +3,7 @@
 After every poll the next one is set to the earliest future `next_attempt_at`, so a job
 is picked up within milliseconds of becoming due, but never later than the longest gap
 between polls: one `poll_interval` without a change watcher, `Timings.watched_poll_ms`
-(ten intervals) while one is up, since another process's writes then wake the poller
+(five intervals) while one is up, since another process's writes then wake the poller
 (daemon/watching.py). The schedule tick sleeps until the next fire time, at most one
 `schedule_tick_ms` unless the watcher sees schedule writes too (a watcher of every
 commit, SQLite's, does; LISTEN on job notifications does not).

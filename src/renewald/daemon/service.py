@@ -212,7 +212,7 @@ class Service:
             self.poll_lock.release()
         if self.pace.poll_again.is_set():
             # A wake-up after the last round's check: with a watcher up, the next poll
-            # planned could be ten intervals away.
+            # planned could be five intervals away.
             self.pace.poll_soon()
         if self.dispatcher.exhausted() and not self.options.once:
             self.stopped.set()

@@ -112,10 +112,20 @@ def _close_job_logs() -> Iterator[None]:
 
 
 @pytest.fixture
-def service(store: Store, tmp_path: Any) -> Service:
-    svc = make_service(store, tmp_path, ManualClock(T0))
-    svc.pace.scheduler = SchedulerProbe()  # type: ignore[assignment]
-    return svc
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def bare(store: Store, tmp_path: Any, clock: ManualClock) -> Service:
+    """A service on `clock` with no scheduler yet (each test gives it one)."""
+    return make_service(store, tmp_path, clock)
+
+
+@pytest.fixture
+def service(bare: Service) -> Service:
+    bare.pace.scheduler = SchedulerProbe()  # type: ignore[assignment]
+    return bare
 
 
 def probe(service: Service) -> SchedulerProbe:
@@ -182,11 +192,15 @@ def idle_minute(service: Service, clock: ManualClock, *, watching: bool) -> Simu
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("watching", "polls"), [(True, 13), (False, 61)])
 def test_an_idle_daemon_with_a_live_watcher_polls_every_five_seconds(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, watching: bool, polls: int
+    bare: Service,
+    clock: ManualClock,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    watching: bool,
+    polls: int,
 ) -> None:
     """With a watcher up: at 0, 5, ..., 60 s; without, every second."""
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
+    service = bare
     claims = Counter[int]()
     claim = store.claim_due_jobs
     monkeypatch.setattr(store, "claim_due_jobs", lambda **kw: claims.update([1]) or claim(**kw))
@@ -199,10 +213,9 @@ def test_an_idle_daemon_with_a_live_watcher_polls_every_five_seconds(
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_idle_ticks_cost_reads_not_write_transactions(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    bare: Service, clock: ManualClock, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
+    service = bare
     service.upkeep.rescue_tick()  # the first prunes the registry of dead daemons
     counts = count_transactions(store, monkeypatch)
     sim = idle_minute(service, clock, watching=True)
@@ -216,9 +229,8 @@ def test_idle_ticks_cost_reads_not_write_transactions(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_due_time_known_from_the_poll_is_kept_while_watching(store: Store, tmp_path: Any) -> None:
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
+def test_a_due_time_known_from_the_poll_is_kept_while_watching(bare: Service, store: Store) -> None:
+    service = bare
     store.enqueue(
         job=NewJob(
             job_id="later",
@@ -237,10 +249,9 @@ def test_a_due_time_known_from_the_poll_is_kept_while_watching(store: Store, tmp
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_the_schedule_tick_sleeps_until_the_next_fire(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    bare: Service, clock: ManualClock, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
+    service = bare
     service.pace.changes = Watch(watching=True)  # type: ignore[assignment]
     service.pace.scheduler = SchedulerProbe()  # type: ignore[assignment]
     make_schedule(store, schedule_id="s1", every_ms=60_000, next_fire_at=T0 + 2_500)
@@ -283,10 +294,9 @@ def test_a_listen_watcher_does_not_stretch_the_schedule_tick() -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_dead_daemons_are_pruned_every_ten_minutes_not_every_rescue(
-    store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    bare: Service, clock: ManualClock, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = ManualClock(T0)
-    service = make_service(store, tmp_path, clock)
+    service = bare
     pruned: list[int] = []
     monkeypatch.setattr(store, "prune_daemons", lambda *, stale_before: pruned.append(stale_before))
     for _ in range(41):  # ten minutes of rescue ticks, 15 s apart

@@ -25,7 +25,7 @@ def test_a_tick_ending_in_a_database_error_still_marks_the_watchdog(store: Store
     def poll_tick() -> None:
         store.with_budget(0.05).read(locked)
 
-    service._guarded(poll_tick)()  # logged, not raised
+    service.guarded(poll_tick)()  # logged, not raised
     assert service.gate.last("poll") == 1000.0
     assert service.polled_ok_at is None  # /healthz still sees no successful poll
 
@@ -33,4 +33,4 @@ def test_a_tick_ending_in_a_database_error_still_marks_the_watchdog(store: Store
         raise RuntimeError("a bug in the duty")
 
     with pytest.raises(RuntimeError):
-        service._guarded(rescue_tick)()  # a bug still ends the duty (and the process)
+        service.guarded(rescue_tick)()  # a bug still ends the duty (and the process)

@@ -19,7 +19,9 @@ def test_defaults_follow_the_lease() -> None:
         gap_ms=20_000,
         settle_ms=60_000,
         poll_ms=1_000,
-        healthy_within_ms=8_000,  # three polls and five seconds
+        watched_poll_ms=5_000,  # five polls: a safety net while a change watcher is up
+        schedule_tick_ms=1_000,
+        healthy_within_ms=13_000,  # the longest gap, three polls and five seconds
     )
 
 
@@ -45,3 +47,10 @@ def test_odd_leases_round_to_milliseconds(
 def test_a_config_and_its_daemon_section_agree() -> None:
     config = Config(daemon=DaemonConfig(lease=90.0))
     assert Timings.of(config) == Timings.of(config.daemon)
+
+
+def test_the_schedule_tick_runs_at_most_every_second_without_a_watcher() -> None:
+    t = Timings.of(DaemonConfig(poll_interval=0.1))
+    assert (t.poll_ms, t.watched_poll_ms, t.schedule_tick_ms) == (100, 500, 100)
+    assert t.healthy_within_ms == 5_800
+    assert Timings.of(DaemonConfig(poll_interval=5.0)).schedule_tick_ms == 1_000

@@ -7,8 +7,16 @@ probe holds it for one lease. Rescue reads the same two: a gap of more than one 
 between its passes marks an outage, after which it waits the stale threshold (`settle`)
 so that every live daemon has heartbeated again before their rows are judged.
 
-`/healthz` and the watchdog call the poll loop alive while a poll succeeded within three
-poll intervals plus five seconds (`healthy_within`).
+The poll: every `poll_interval` while no change watcher is up (PgBouncer, a watcher
+reconnecting); while one is up, new work wakes the daemon and the poll is a safety net
+every `WATCHED_POLLS` intervals (`watched_poll`). The schedule tick runs every
+`poll_interval` but at most every second (`schedule_tick`) unless a watcher that sees
+schedule writes is up; then it sleeps until the next fire time, at most `watched_poll`.
+
+`/healthz` and the watchdog call the poll loop alive while a poll succeeded within the
+longest gap between polls, three poll intervals and five seconds (`healthy_within`): an
+idle daemon with a watcher is not unhealthy, and a stuck poll is noticed in 13 s by
+default (8 s before the poll became a safety net).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from renewald.config.sections import Config, DaemonConfig
 
 STALE_HEARTBEATS = 3
 HEALTHY_POLLS = 3
+WATCHED_POLLS = 5
 HEALTHY_SLACK = 5.0
 
 
@@ -42,7 +51,11 @@ class Timings:
     settle_ms: int
     """How long rescue waits after an outage before judging other daemons' rows."""
     poll_ms: int
-    """The longest time between two polls."""
+    """The longest time between two polls while no change watcher is up."""
+    watched_poll_ms: int
+    """The longest time between two polls while a change watcher is up (a safety net)."""
+    schedule_tick_ms: int
+    """How often the schedule tick runs when nothing says when schedules change."""
     healthy_within_ms: int
     """A poll loop whose last success is older than this is unhealthy (`/healthz`)."""
 
@@ -51,6 +64,7 @@ class Timings:
         daemon = config.daemon if isinstance(config, Config) else config
         heartbeat_ms = _ms(daemon.heartbeat_interval)
         stale_after_ms = _ms(STALE_HEARTBEATS * daemon.heartbeat_interval)
+        watched_poll = WATCHED_POLLS * daemon.poll_interval
         return cls(
             lease_ms=_ms(daemon.lease),
             heartbeat_ms=heartbeat_ms,
@@ -59,5 +73,9 @@ class Timings:
             gap_ms=heartbeat_ms,
             settle_ms=stale_after_ms,
             poll_ms=_ms(daemon.poll_interval),
-            healthy_within_ms=_ms(HEALTHY_POLLS * daemon.poll_interval + HEALTHY_SLACK),
+            watched_poll_ms=_ms(watched_poll),
+            schedule_tick_ms=_ms(min(daemon.poll_interval, 1.0)),
+            healthy_within_ms=_ms(
+                watched_poll + HEALTHY_POLLS * daemon.poll_interval + HEALTHY_SLACK
+            ),
         )

@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from renewald.logging import (
-    EVENT_KEYS,
-    JobLog,
-    Throttle,
-    configure_console,
-    emit,
-    flush_console,
-    read_lines,
-)
+from renewald.console import configure_console, flush_console
+from renewald.logging import EVENT_KEYS, JobLog, Throttle, emit, read_lines
 from tests.waiting import wait_for
 
 T0 = 1_795_000_000_000

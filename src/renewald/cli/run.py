@@ -7,7 +7,7 @@ import sys
 import click
 
 from renewald.cli.app import Context, cli, pass_ctx
-from renewald.logging import CurrentStderr, configure_console
+from renewald.console import CurrentStderr, configure_console
 from renewald.store import migrate
 
 

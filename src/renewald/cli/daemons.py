@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -44,56 +45,56 @@ def daemons_cmd(ctx: Context, as_json: bool) -> None:
     host = socket.gethostname()
     states = [liveness(d, now=now, stale_ms=stale_ms, host=host) for d in rows]
     if as_json:
-        data: list[dict[str, Any]] = [
-            {
-                "owner_id": d.owner_id,
-                "host": d.host,
-                "pid": d.pid,
-                "version": d.version,
-                "started_at": d.started_at,
-                "heartbeat_at": d.heartbeat_at,
-                "heartbeat_age_ms": max(0, now - d.heartbeat_at),
-                "status": d.status,
-                "running": held.get(d.owner_id, 0),
-                "state": state,
-                "alive": state == "alive",
-            }
-            for d, state in zip(rows, states, strict=True)
-        ]
-        click.echo(render.dumps(data))
+        click.echo(render.dumps(_as_json(rows, states, held, now)))
         return
     if not rows:
         click.echo("no daemons registered")
         return
-    table = [
-        (
-            d.owner_id,
-            d.host,
-            d.pid,
-            d.version,
-            render.when(d.started_at, now),
-            render.age(d.heartbeat_at, now),
-            d.status,
-            held.get(d.owner_id, 0),
-            state,
-        )
-        for d, state in zip(rows, states, strict=True)
-    ]
-    click.echo(
-        render.table(
-            (
-                "OWNER",
-                "HOST",
-                "PID",
-                "VERSION",
-                "STARTED",
-                "HEARTBEAT",
-                "STATUS",
-                "RUNNING",
-                "STATE",
-            ),
-            table,
-        )
-    )
+    click.echo(_as_table(rows, states, held, now))
     alive = states.count("alive")
     click.echo(f"{alive} alive of {len(rows)} registered (stale after {stale_ms // 1000}s)")
+
+
+def _as_json(
+    rows: Sequence[DaemonRow], states: Sequence[str], held: Mapping[str, int], now: int
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "owner_id": d.owner_id,
+            "host": d.host,
+            "pid": d.pid,
+            "version": d.version,
+            "started_at": d.started_at,
+            "heartbeat_at": d.heartbeat_at,
+            "heartbeat_age_ms": max(0, now - d.heartbeat_at),
+            "status": d.status,
+            "running": held.get(d.owner_id, 0),
+            "state": state,
+            "alive": state == "alive",
+        }
+        for d, state in zip(rows, states, strict=True)
+    ]
+
+
+def _as_table(
+    rows: Sequence[DaemonRow], states: Sequence[str], held: Mapping[str, int], now: int
+) -> str:
+    head = ("OWNER", "HOST", "PID", "VERSION", "STARTED", "HEARTBEAT", "STATUS", "RUNNING",
+            "STATE")  # fmt: skip
+    return render.table(
+        head,
+        [
+            (
+                d.owner_id,
+                d.host,
+                d.pid,
+                d.version,
+                render.when(d.started_at, now),
+                render.age(d.heartbeat_at, now),
+                d.status,
+                held.get(d.owner_id, 0),
+                state,
+            )
+            for d, state in zip(rows, states, strict=True)
+        ],
+    )

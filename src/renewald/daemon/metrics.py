@@ -115,8 +115,26 @@ class Metrics:
             lambda: self.store.gauges(now=self.clock.now_ms()),
             interval=refresh_every,
         )
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = CollectorRegistry()
+        self._define_series(r)
+        Info("renewald_build", "The running renewald.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        ProcessCollector(registry=r)
+        for outcome in OUTCOMES:  # the common series exist from the start (rate() needs them)
+            for adapter in self.adapters:
+                self.attempts.labels(adapter, outcome)
+        for reason in FINISH_REASONS:
+            self.finished.labels(reason)
+        for result in SCHEDULE_RESULTS:
+            self.schedule_fires.labels(result)
+        for transition in BREAKER_TRANSITIONS:
+            self.breaker_transitions.labels(transition)
+        r.register(ProcessGauges(in_flight, self.last_poll_age, clock))
+        r.register(StoreGauges(self.reader, clock, self.adapters))
+
+    def _define_series(self, r: CollectorRegistry) -> None:
+        """The series this daemon feeds (the database-wide gauges are read at a scrape)."""
         self.attempts = Counter(
             "renewald_attempts",
             "Delivery attempts finished by this daemon, by adapter and outcome.",
@@ -161,21 +179,6 @@ class Metrics:
             ("transition",),
             registry=r,
         )
-        Info("renewald_build", "The running renewald.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()}
-        )
-        ProcessCollector(registry=r)
-        for outcome in OUTCOMES:  # the common series exist from the start (rate() needs them)
-            for adapter in self.adapters:
-                self.attempts.labels(adapter, outcome)
-        for reason in FINISH_REASONS:
-            self.finished.labels(reason)
-        for result in SCHEDULE_RESULTS:
-            self.schedule_fires.labels(result)
-        for transition in BREAKER_TRANSITIONS:
-            self.breaker_transitions.labels(transition)
-        r.register(ProcessGauges(in_flight, self.last_poll_age, clock))
-        r.register(StoreGauges(self.reader, clock, self.adapters))
 
     # -- feeding ---------------------------------------------------------------------
 

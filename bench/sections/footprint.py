@@ -13,15 +13,13 @@ from typing import Any
 
 import psutil
 
-from bench.common import RENEWALD, Ctx, Proc, importtime_top, renewald_env, say, spread
+from bench.common import RENEWALD, Ctx, importtime_top, renewald_env, say, spread
 
 
 def _idle(ctx: Ctx) -> dict[str, Any]:
     dbs = {b: ctx.db(b, None) for b in ctx.backends}
-    procs: dict[str, Proc] = {}
+    procs = {b: ctx.daemon(db, f"idle-{b}", sample=False) for b, db in dbs.items()}
     try:
-        for b, db in dbs.items():
-            procs[b] = ctx.daemon(db, f"idle-{b}", sample=False)
         time.sleep(ctx.pick(5.0, 2.0))
         ps = {b: psutil.Process(p.popen.pid) for b, p in procs.items()}
         before = {b: p.cpu_times() for b, p in ps.items()}

@@ -72,10 +72,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
         plans = {}
         for name in ("due", "claim", "next_due"):
             stmt = getattr(sql, name)
-            plans[name] = _plan(
-                conn.execute(EXPLAIN[backend] + stmt.text, stmt.params(**params)).fetchall(),
-                backend,
-            )
+            rows = conn.execute(EXPLAIN[backend] + stmt.text, stmt.params(**params)).fetchall()
+            plans[name] = _plan(rows, backend)
             conn.rollback()
 
         def query(stmt: Any, values: dict[str, Any]) -> Callable[[], Any]:
@@ -84,9 +82,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
         def claim() -> None:
             if BEGIN[backend]:
                 conn.execute(BEGIN[backend])
-            rows = conn.execute(
-                sql.claim.text, sql.claim.params(**dict(params, now=now_ms()))
-            ).fetchall()
+            values = sql.claim.params(**dict(params, now=now_ms()))
+            rows = conn.execute(sql.claim.text, values).fetchall()
             conn.commit()
             assert len(rows) == BATCH, len(rows)
 

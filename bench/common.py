@@ -54,9 +54,10 @@ def spread(values: Iterable[float | None]) -> dict[str, Any]:
 Once = Callable[[], dict[str, Any]]
 
 
-def repeat(ctx: Ctx, label: str, configs: Mapping[str, Once], *keys: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+def repeat(ctx: Ctx, label: str, configs: Mapping[str, Once], *keys: str) -> dict[str, Any]:
     """Each configuration once per repetition, in turn (a drift of the machine falls on all):
-    every run's record, and per configuration the spread of `keys` and the errors."""
+    `runs`, every run's record, and `summary`, per configuration the spread of `keys` and the
+    errors."""
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in configs}
     for rep in range(ctx.reps):
         for key, once in configs.items():
@@ -66,16 +67,14 @@ def repeat(ctx: Ctx, label: str, configs: Mapping[str, Once], *keys: str) -> tup
                 r = {"error": f"{type(exc).__name__}: {exc}"}
             runs[key].append(r)
             shown = ", ".join(f"{k} {r[k]:.0f}" for k in keys[:2] if r.get(k) is not None)
-            say(
-                f"{label} {key} rep {rep + 1}: {shown}"
-                + (f" ERROR {r['error']}" if "error" in r else "")
-            )
+            error = f" ERROR {r['error']}" if "error" in r else ""
+            say(f"{label} {key} rep {rep + 1}: {shown}{error}")
     summary = {
         key: {**{k: spread(r.get(k) for r in rs) for k in keys}, "jobs": rs[0].get("jobs"),
               "errors": [r["error"] for r in rs if "error" in r]}
         for key, rs in runs.items()
     }  # fmt: skip
-    return runs, summary
+    return {"runs": runs, "summary": summary}
 
 
 def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
@@ -148,11 +147,8 @@ def _out(cmd: list[str]) -> str | None:
 
 
 def renewald_env(db_url: str, config: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RENEWALD_", "NOTIFY_", "WATCHDOG_"))
-    }
+    ours = ("RENEWALD_", "NOTIFY_", "WATCHDOG_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     return {**env, "RENEWALD_DB": db_url, "RENEWALD_CONFIG": str(config)}
 
 
@@ -315,6 +311,16 @@ class Ctx:
         run_dir = self.run_dir(name)
         env = renewald_env(db.url, self.config(run_dir, **config))
         return spawn([RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
+
+    def daemon(self, db: RunDB, name: str, *, sample: bool = True) -> Proc:
+        """`renewald run` on `db`, once it has registered (its first poll comes next)."""
+        proc = self.renewald(db, name, ["run"], sample=sample)
+        registered = "SELECT count(*) FROM renewald_daemons"
+        wait_until(lambda: db.one(registered) or proc.popen.poll() is not None, timeout=30,
+                   what=f"the daemon of {name} to register")  # fmt: skip
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"renewald run exited: {proc.tail()}")
+        return proc
 
     def config(self, run_dir: Path, *, extra: str = "", **tables: dict[str, Any]) -> Path:
         """A config.toml with renewald's defaults except where the bench says otherwise

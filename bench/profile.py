@@ -6,7 +6,6 @@ frames blocked in C (a lock, a socket, the server) count as waits, apart from bu
 
 from __future__ import annotations
 
-import functools
 import re
 import subprocess
 import sys
@@ -15,10 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say, wait_until
+from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say
 from bench.db import DataSet, RunDB
 from bench.sections import iobound
-from bench.sections.pickup import registered
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
@@ -108,8 +106,9 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
     return "\n".join(L)
 
 
-def _record(args: list[str], run_dir: Path, db: RunDB, ctx: Ctx, *, gil: bool = False,
+def _record(args: list[str], name: str, db: RunDB, ctx: Ctx, *, gil: bool = False,
             rate: int = 250, **config: Any) -> tuple[Path, float]:  # fmt: skip
+    run_dir = ctx.run_dir(name)
     raw = run_dir / f"raw-{time.monotonic_ns()}.txt"
     cmd = [PY_SPY, *f"record --nonblocking -r {rate} -f raw --threads -o {raw}".split()]
     env = renewald_env(db.url, ctx.config(run_dir, **config))
@@ -125,9 +124,9 @@ def run(ctx: Ctx, stamp: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     index: list[str] = []
 
-    def save(
-        name: str, raw: Path, wall: float, title: str, rate: int = 250, note: str = ""
-    ) -> None:
+    def save(name: str, raw: Path, wall: float, title: str, gil: bool = False, rate: int = 250,
+             note: str = "") -> None:  # fmt: skip
+        name, title = name + "-gil" * gil, title + " (GIL holder only)" * gil
         text = summarise(raw, title=title, rate=rate, wall_s=wall, note=note)
         (out_dir / f"{name}.md").write_text(text + "\n")
         index.append(name)
@@ -137,42 +136,37 @@ def run(ctx: Ctx, stamp: str) -> None:
     for backend, gil in (("sqlite", False), ("sqlite", True), ("postgresql", False)):
         if backend in ctx.backends:
             db = ctx.db(backend, DataSet(jobs=n, conversations=n // 2))
-            raw, wall = _record(
-                ["run", "--once"], ctx.run_dir(f"prof-drain-{backend}"), db, ctx, gil=gil
-            )
+            raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
             counts = db.status_counts()
             db.discard()
-            title = f"`run --once`, {n:,} log jobs, {backend}" + " (GIL holder only)" * gil
-            save(f"drain-{backend}" + "-gil" * gil, raw, wall, title, note=f"Result {counts}.")
+            title = f"`run --once`, {n:,} log jobs, {backend}"
+            save(f"drain-{backend}", raw, wall, title, gil, note=f"Result {counts}.")
 
     target, w = iobound.Target(), iobound.WORKERS
     try:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
             db = ctx.db("sqlite", ds)
-            raw, wall = _record(
-                iobound.ARGS, ctx.run_dir("prof-io"), db, ctx, gil=gil, **iobound.CONFIG
-            )
+            raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
             db.discard()
             title = f"I/O-bound `run --once --workers {w}`, {ds.jobs:,} webhook jobs, SQLite"
-            save("io-sqlite" + "-gil" * gil, raw, wall, title + " (GIL holder only)" * gil)
+            save("io-sqlite", raw, wall, title, gil)
     finally:
         target.stop()
 
     for backend in ctx.backends:
         db = ctx.db(backend, None)
-        proc = ctx.renewald(db, f"prof-idle-{backend}", ["run"], sample=False)
+        proc = ctx.daemon(db, f"prof-idle-{backend}", sample=False)
         seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
         try:
-            wait_until(functools.partial(registered, db), timeout=30, what="the daemon")
             time.sleep(3)
             args = f"record -r 1000 -f raw --threads -o {raw} -d {seconds} --pid {proc.popen.pid}"
             subprocess.run([PY_SPY, *args.split()], check=True, capture_output=True, timeout=99)
         finally:
             proc.stop()
             db.discard()
-        save(f"idle-{backend}", raw, seconds, f"idle `renewald run`, {backend}, {seconds} s", 1000,
-             "Attached by pid after start-up.")  # fmt: skip
+        save(f"idle-{backend}", raw, seconds, f"idle `renewald run`, {backend}, {seconds} s",
+             rate=1000, note="Attached by pid after start-up.")  # fmt: skip
 
     (out_dir / "README.md").write_text(
         "# Profiles\n\n" + "".join(f"- [{n}]({n}.md)\n" for n in index)

@@ -152,11 +152,8 @@ def _peers(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 
     def ratio(key: str, v: dict[str, Any]) -> str:
         ours = "renewald-sqlite" if "sqlite" in key or key == "huey" else "renewald-postgresql-1"
-        return (
-            ""
-            if key == ours
-            else _val(_ratio(_med(summ, ours, "jobs_per_s"), _med(v, "jobs_per_s")), "x")
-        )
+        mine = _ratio(_med(summ, ours, "jobs_per_s"), _med(v, "jobs_per_s"))
+        return "" if key == ours else _val(mine, "x")
 
     return [
         f"## Throughput beside the peers ({sec['jobs']:,} no-op jobs, same run)", "",
@@ -216,9 +213,7 @@ def _pickup(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
 
     def pooled(_k: str, v: dict[str, Any]) -> str:
         p = v["pooled"]
-        return (
-            f"{fmt(p.get('p50'))} / {fmt(p.get('p99'))} / {fmt(p.get('max'))} (n={p.get('n', 0):,})"
-        )
+        return " / ".join(fmt(p.get(k)) for k in ("p50", "p99", "max")) + f" (n={p.get('n', 0):,})"
 
     return [
         "## 3. Pickup latency (`renewald run`, default config)", "",

@@ -6,6 +6,7 @@ a file (part of the cost); the quiet variant sets its level to warning.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from bench.common import Ctx, repeat, run_all
@@ -20,14 +21,16 @@ def dataset(ctx: Ctx) -> DataSet:
     return DataSet(jobs=n, conversations=n // 2)
 
 
-def drain_once(
-    ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | None = None
-) -> dict[str, Any]:
+def drain_once(ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | None = None,
+               *, name: str = "drain", args: Sequence[str] = ("run", "--once"),
+               **config: Any) -> dict[str, Any]:  # fmt: skip
+    """`daemons` processes of `renewald ARGS` (default `run --once`) draining `ds`, spawned
+    together; the section `io` reads its figures from this record too."""
     db = ctx.db(backend, ds)
     key = f"{backend}-{daemons}" + ("-quiet" if level else "")
     try:
         logging = {"level": level} if level else {}
-        procs = [ctx.renewald(db, f"drain-{key}", ["run", "--once"], logging=logging)
+        procs = [ctx.renewald(db, f"{name}-{key}", args, logging=logging, **config)
                  for _ in range(daemons)]  # fmt: skip
         codes, wall = run_all(procs)
         counts = db.status_counts()
@@ -57,5 +60,4 @@ def run(ctx: Ctx) -> dict[str, Any]:
             for b, d, level in CONFIGS if b in ctx.backends}  # fmt: skip
     keys = ("jobs_per_s", "steady_jobs_per_s", "rss_peak_mb", "cpu_s_per_1k_jobs",
             "console_bytes_per_job")  # fmt: skip
-    runs, summary = repeat(ctx, "drain", todo, *keys)
-    return {"dataset": ds.__dict__, "runs": runs, "summary": summary}
+    return {"dataset": ds.__dict__, **repeat(ctx, "drain", todo, *keys)}

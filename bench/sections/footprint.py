@@ -5,7 +5,6 @@ after a settle time), `run --once` start-up on an empty database (spawn to exit,
 
 from __future__ import annotations
 
-import functools
 import statistics
 import subprocess
 import sys
@@ -14,18 +13,13 @@ from typing import Any
 
 import psutil
 
-from bench.common import RENEWALD, Ctx, Proc, importtime_top, renewald_env, say, spread, wait_until
-from bench.sections.pickup import registered
+from bench.common import RENEWALD, Ctx, importtime_top, renewald_env, say, spread
 
 
 def _idle(ctx: Ctx) -> dict[str, Any]:
     dbs = {b: ctx.db(b, None) for b in ctx.backends}
-    procs: dict[str, Proc] = {}
+    procs = {b: ctx.daemon(db, f"idle-{b}", sample=False) for b, db in dbs.items()}
     try:
-        for b, db in dbs.items():
-            procs[b] = ctx.renewald(db, f"idle-{b}", ["run"], sample=False)
-        for b, db in dbs.items():
-            wait_until(functools.partial(registered, db), timeout=30, what=f"the {b} daemon")
         time.sleep(ctx.pick(5.0, 2.0))
         ps = {b: psutil.Process(p.popen.pid) for b, p in procs.items()}
         before = {b: p.cpu_times() for b, p in ps.items()}

@@ -15,8 +15,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bench.common import Ctx, repeat, run_all
+from bench.common import Ctx, repeat
 from bench.db import DataSet
+from bench.sections import drain
 
 DELAY = 0.05
 WORKERS = 8
@@ -37,12 +38,8 @@ class Target(ThreadingHTTPServer):
         self.in_flight = self.max_in_flight = 0
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
     def dataset(self, m: int) -> DataSet:
-        snapshot = json.dumps({"url": self.url})
+        snapshot = json.dumps({"url": f"http://127.0.0.1:{self.server_address[1]}/hook"})
         return DataSet(
             jobs=m, conversations=m, target_kind="http.webhook", target_snapshot=snapshot
         )
@@ -80,29 +77,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def once(ctx: Ctx, backend: str, daemons: int, target: Target, ds: DataSet) -> dict[str, Any]:
-    db = ctx.db(backend, ds)
     target.max_in_flight = 0
     ideal = daemons * WORKERS / DELAY
-    try:
-        procs = [
-            ctx.renewald(db, f"io-{backend}-{daemons}", ARGS, **CONFIG) for _ in range(daemons)
-        ]
-        codes, wall = run_all(procs)
-        span_ms = db.one("SELECT max(finished_at) - min(started_at) FROM renewal_job_attempts")
-        counts = db.status_counts()
-        rate = ds.jobs / (span_ms / 1000) if span_ms else 0.0
-        out = {
-            "daemons": daemons, "ideal_per_s": ideal, "jobs": ds.jobs, "exit_codes": codes,
-            "deliveries_per_s": rate, "of_ideal_pct": rate / ideal * 100,
-            "wall_deliveries_per_s": ds.jobs / wall, "server_max_in_flight": target.max_in_flight,
-            "cpu_ms_per_delivery": sum(p.cpu_seconds for p in procs) / ds.jobs * 1000,
-            "status_counts": counts,
-        }  # fmt: skip
-        if counts.get("done") != ds.jobs or any(codes):
-            out["error"] = f"{counts}, exit {codes}: {procs[0].tail()}"
-        return out
-    finally:
-        db.discard()
+    d = drain.drain_once(ctx, backend, daemons, ds, name="io", args=ARGS, **CONFIG)
+    rate = d["steady_jobs_per_s"] or 0.0
+    return {
+        "daemons": daemons, "ideal_per_s": ideal, "jobs": ds.jobs, "exit_codes": d["exit_codes"],
+        "deliveries_per_s": rate, "of_ideal_pct": rate / ideal * 100,
+        "wall_deliveries_per_s": d["jobs_per_s"], "server_max_in_flight": target.max_in_flight,
+        "cpu_ms_per_delivery": d["cpu_s_per_1k_jobs"], "status_counts": d["status_counts"],
+        **{k: d[k] for k in ("error",) if k in d},
+    }  # fmt: skip
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
@@ -113,7 +98,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
         todo = {f"{b}-{d}": functools.partial(once, ctx, b, d, target, ds) for b, d in configs}
         keys = ("deliveries_per_s", "of_ideal_pct", "wall_deliveries_per_s", "server_max_in_flight",
                 "cpu_ms_per_delivery", "ideal_per_s")  # fmt: skip
-        runs, summary = repeat(ctx, "io", todo, *keys)
-        return {"workers": WORKERS, "jobs": ds.jobs, "runs": runs, "summary": summary}
+        return {"workers": WORKERS, "jobs": ds.jobs, **repeat(ctx, "io", todo, *keys)}
     finally:
         target.stop()

@@ -59,5 +59,4 @@ def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
 def run(ctx: Ctx) -> dict[str, Any]:
     cs, ds = configs(ctx), dataset(ctx)
     todo = {c["key"]: functools.partial(once, ctx, c, ds) for c in cs}
-    runs, summary = repeat(ctx, "bare", todo, "jobs_per_s", "loop_jobs_per_s")
-    return {"configs": cs, "runs": runs, "summary": summary}
+    return {"configs": cs, **repeat(ctx, "bare", todo, "jobs_per_s", "loop_jobs_per_s")}

@@ -5,14 +5,14 @@ the socket), `reps x 5` times after a warm-up. The target (50 ms) is in bench/re
 
 from __future__ import annotations
 
+import functools
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bench.common import Ctx, now_ms, say
-from bench.sections.pollcost import dataset
+from bench.sections.pollcost import dataset, loaded, time_ms
 from renewald.clock import SystemClock
 from renewald.daemon.listener import Request
 from renewald.store import Store
@@ -47,6 +47,11 @@ def _urls(app: StatusApp) -> dict[str, str]:
     }  # fmt: skip
 
 
+def _get(app: StatusApp, request: Request, name: str) -> None:
+    response = app.route(request)
+    assert response is not None and response.code == 200, (name, response)
+
+
 def _time_pages(url: str, n: int) -> dict[str, Any]:
     store = Store.open(url)
     try:
@@ -58,12 +63,7 @@ def _time_pages(url: str, n: int) -> dict[str, Any]:
         for name, target in _urls(app).items():
             parts = urlsplit(target)
             request = Request(parts.path, parse_qs(parts.query), {})
-            timings = []
-            for _ in range(n + 1):
-                t = time.perf_counter()
-                response = app.route(request)
-                timings.append((time.perf_counter() - t) * 1000)
-                assert response is not None and response.code == 200, (name, response)
+            timings = time_ms(functools.partial(_get, app, request, name), n + 1)
             out[name] = {"median_ms": round(statistics.median(timings[1:]), 2),
                          "max_ms": round(max(timings[1:]), 2)}  # fmt: skip
             say(f"pages: {name}: median {out[name]['median_ms']} ms")
@@ -76,9 +76,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
     ds = dataset(ctx)
     result: dict[str, Any] = {"rows": ds.finished + ds.jobs + ds.future, "n": ctx.reps * 5}
     for backend in ctx.backends:
-        t = time.perf_counter()
-        db = ctx.db(backend, ds, fresh=False)
-        say(f"pages: {backend} with {result['rows']:,} rows in {time.perf_counter() - t:.1f}s")
+        db, _ = loaded(ctx, backend, ds, "pages")
         try:
             result[backend] = _time_pages(db.url, result["n"])
         finally:

@@ -65,11 +65,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
     if ctx.pg:
         keys += ["renewald-postgresql-1", "pgqueuer", "procrastinate", "bare-postgresql-job-1",
                  "bare-postgresql-100-1"]  # fmt: skip
-    runs, summary = repeat(ctx, "peers", {k: functools.partial(_one, ctx, k, ds) for k in keys},
-                           "jobs_per_s")  # fmt: skip
+    todo = {k: functools.partial(_one, ctx, k, ds) for k in keys}
     oban = {"oban": "not installed (oban 0.7 needs Python >= 3.12)"}
     return {
-        "jobs": n, "versions": {**oban, **versions(PEER_PACKAGES)}, "runs": runs,
+        "jobs": n, "versions": {**oban, **versions(PEER_PACKAGES)},
         "does_less": {k: v[1] for k, v in PEERS.items()},
-        "summary": summary,
+        **repeat(ctx, "peers", todo, "jobs_per_s"),
     }  # fmt: skip

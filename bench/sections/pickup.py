@@ -16,11 +16,6 @@ LEAD_MS = 2_000
 KINDS = ("scheduled", "due")
 
 
-def registered(db: RunDB) -> bool:
-    """A renewald daemon has registered in `db`."""
-    return bool(db.one("SELECT count(*) FROM renewald_daemons") > 0)
-
-
 def _window(
     db: RunDB, conn: Any, ds: DataSet, kind: str, prefix: str, seconds: float, conv: int
 ) -> None:
@@ -38,13 +33,9 @@ def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
     per_window = int(RATE * seconds)
     ds = DataSet(jobs=0, conversations=ctx.reps * len(KINDS) * per_window)
     db = ctx.db(backend, ds)
-    proc = ctx.renewald(db, f"pickup-{backend}", ["run"])
+    proc = ctx.daemon(db, f"pickup-{backend}")
     conn = db.connect()
     try:
-        wait_until(lambda: registered(db) or proc.popen.poll() is not None, timeout=30,
-                   what="the daemon to register")  # fmt: skip
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"renewald run exited: {proc.tail()}")
         time.sleep(1.5)  # past the first poll
         windows: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
         pooled: dict[str, list[int]] = {k: [] for k in KINDS}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import Ctx, now_ms, say, spread
-from bench.db import DataSet
+from bench.db import DataSet, RunDB
 from bench.statements import statements
 from renewald.store import Store
 
@@ -33,7 +33,16 @@ def dataset(ctx: Ctx) -> DataSet:
     )
 
 
-def _time(fn: Callable[[], Any], n: int) -> list[float]:
+def loaded(ctx: Ctx, backend: str, ds: DataSet, section: str) -> tuple[RunDB, float]:
+    """`ds` loaded in a new database, and the seconds that took."""
+    t = time.perf_counter()
+    db = ctx.db(backend, ds, fresh=False)
+    load_s = time.perf_counter() - t
+    say(f"{section}: {backend} with {ds.finished + ds.jobs + ds.future:,} rows in {load_s:.1f}s")
+    return db, load_s
+
+
+def time_ms(fn: Callable[[], Any], n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -51,10 +60,7 @@ def _plan(rows: list[tuple[Any, ...]], backend: str) -> dict[str, Any]:
 
 
 def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str, Any]:
-    t = time.perf_counter()
-    db = ctx.db(backend, ds, fresh=False)
-    load_s = time.perf_counter() - t
-    say(f"poll: {backend} with {ds.finished + ds.jobs + ds.future:,} rows in {load_s:.1f}s")
+    db, load_s = loaded(ctx, backend, ds, "poll")
     sql, now = statements(backend), now_ms()
     params = {"now": now, "owner": "bench", "lease_until": now + 60_000,
               "scan_limit": BATCH * sql.scan_factor, "limit": BATCH}  # fmt: skip
@@ -66,10 +72,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
         plans = {}
         for name in ("due", "claim", "next_due"):
             stmt = getattr(sql, name)
-            plans[name] = _plan(
-                conn.execute(EXPLAIN[backend] + stmt.text, stmt.params(**params)).fetchall(),
-                backend,
-            )
+            rows = conn.execute(EXPLAIN[backend] + stmt.text, stmt.params(**params)).fetchall()
+            plans[name] = _plan(rows, backend)
             conn.rollback()
 
         def query(stmt: Any, values: dict[str, Any]) -> Callable[[], Any]:
@@ -78,9 +82,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
         def claim() -> None:
             if BEGIN[backend]:
                 conn.execute(BEGIN[backend])
-            rows = conn.execute(
-                sql.claim.text, sql.claim.params(**dict(params, now=now_ms()))
-            ).fetchall()
+            values = sql.claim.params(**dict(params, now=now_ms()))
+            rows = conn.execute(sql.claim.text, values).fetchall()
             conn.commit()
             assert len(rows) == BATCH, len(rows)
 
@@ -103,8 +106,8 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
 def _measure(fns: dict[str, Callable[[], Any]], reps: int, n: dict[str, int]) -> dict[str, Any]:
     """Per statement the spread of per-repetition medians (ms), after a warm-up."""
     for name, fn in fns.items():
-        _time(fn, 5 if name.startswith("claim") else 20)
-    groups = {name: [_time(fn, n[name]) for _ in range(reps)] for name, fn in fns.items()}
+        time_ms(fn, 5 if name.startswith("claim") else 20)
+    groups = {name: [time_ms(fn, n[name]) for _ in range(reps)] for name, fn in fns.items()}
     return {name: {"ms": spread(statistics.median(g) for g in gs)} for name, gs in groups.items()}
 
 
@@ -112,13 +115,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
     ds = dataset(ctx)
     due = ctx.pick(300, 100)
     claims = ctx.pick(40, 20)
-    n = {
-        "due": due,
-        "due_empty": due,
-        "next_due": due,
-        "claim_sql": claims,
-        "claim_renewald": claims,
-    }
+    n = {**dict.fromkeys(("due", "due_empty", "next_due"), due),
+         **dict.fromkeys(("claim_sql", "claim_renewald"), claims)}  # fmt: skip
     out: dict[str, Any] = {"dataset": ds.__dict__, "rows": ds.finished + ds.jobs + ds.future}
     for backend in ctx.backends:
         out[backend] = _backend(ctx, backend, ds, n)

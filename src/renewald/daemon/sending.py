@@ -97,19 +97,9 @@ class Sending:
 
     def _run(self, planned: Planned) -> None:
         """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""
-        result: AttemptResult | None = None
-        try:
-            step = self._admit(planned)
-            if isinstance(step, AttemptResult):
-                result = step
-            elif self._may_send(planned.claimed, self._gate_begin(planned.claimed)):
-                result = self._send(planned, step)
-        except Exception as exc:  # one job's handling, never the worker
-            result = self._handling_failed(planned.claimed, exc)
-        finally:
-            self._free_slot(planned.key)
-        if result is not None:
-            self._queue_result(result)
+        verdict = self._admitted(planned)
+        if verdict is not None:
+            self._send_begun(planned, verdict, lambda: self._gate_begin(planned.claimed))
 
     def _send_at_once(self, batch: Sequence[Planned]) -> None:
         """Send a claim's jobs for non-blocking adapters in this thread: one write marks
@@ -119,27 +109,41 @@ class Sending:
             if not self._begin(planned.claimed):  # released at shutdown
                 self._free_slot(planned.key)
                 continue
-            try:
-                step = self._admit(planned)
-            except Exception as exc:
-                step = self._handling_failed(planned.claimed, exc)
-            if isinstance(step, AttemptResult):
-                self._free_slot(planned.key)
-                self._queue_result(step)
-            else:
-                ready.append((planned, step))
+            verdict = self._admitted(planned)
+            if verdict is not None:
+                ready.append((planned, verdict))
         begun = self._gate_begin_all([p.claimed for p, _ in ready])
         for (planned, verdict), ok in zip(ready, begun, strict=True):
-            result: AttemptResult | None = None
-            try:
-                if self._may_send(planned.claimed, ok):
-                    result = self._send(planned, verdict)
-            except Exception as exc:
-                result = self._handling_failed(planned.claimed, exc)
-            finally:
-                self._free_slot(planned.key)
-            if result is not None:
-                self._queue_result(result)
+            self._send_begun(planned, verdict, lambda ok=ok: ok)  # type: ignore[misc]
+
+    def _admitted(self, planned: Planned) -> Verdict | None:
+        """`_admit`, where a job not to be sent now (or whose handling failed) has its
+        result queued and its slot passed on: None."""
+        try:
+            step = self._admit(planned)
+        except Exception as exc:  # one job's handling, never the thread
+            step = self._handling_failed(planned.claimed, exc)
+        if isinstance(step, AttemptResult):
+            self._free_slot(planned.key)
+            self._queue_result(step)
+            return None
+        return step
+
+    def _send_begun(
+        self, planned: Planned, verdict: Verdict, begin: Callable[[], bool | None]
+    ) -> None:
+        """Send an admitted job once `begin()` has marked its send begun, queue what came
+        of it, and pass its slot on."""
+        result: AttemptResult | None = None
+        try:
+            if self._may_send(planned.claimed, begin()):
+                result = self._send(planned, verdict)
+        except Exception as exc:  # one job's handling, never the thread
+            result = self._handling_failed(planned.claimed, exc)
+        finally:
+            self._free_slot(planned.key)
+        if result is not None:
+            self._queue_result(result)
 
     def _admit(self, planned: Planned) -> AttemptResult | Verdict:
         """Right before the send: the job's deadline (it may have waited in line past it)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sqlalchemy import (
     BigInteger,
@@ -44,43 +43,12 @@ def held_by(owner: str | None, lease_token: int):  # type: ignore[no-untyped-def
     return (jobs.c.lease_token == lease_token, jobs.c.lease_owner.is_not_distinct_from(owner))
 
 
-@lru_cache(maxsize=1)
-def _begin_statement() -> Update:
-    return (
-        update(jobs)
-        .where(
-            jobs.c.job_id == bindparam("p_job_id", type_=Text),
-            jobs.c.lease_token == bindparam("p_token", type_=Integer),
-            jobs.c.lease_owner == bindparam("p_owner", type_=Text),
-        )
-        .values(
-            send_token=jobs.c.lease_token,
-            lease_expires_at=bindparam("p_until", type_=BigInteger),
-        )
-    )
-
-
-def begin_send(conn: Connection, *, owner: str, job_id: str, lease_token: int, now: int,
-               lease_ms: int) -> bool:  # fmt: skip
-    """Mark the held job's attempt as spent, right before its send, and renew the lease.
-
-    False when the job is no longer held (rescued, released): the send must not happen.
-    """
-    params = {
-        "p_job_id": job_id,
-        "p_token": lease_token,
-        "p_owner": owner,
-        "p_until": now + lease_ms,
-    }
-    return conn.execute(_begin_statement(), params).rowcount == 1
-
-
 _HELD_COLUMNS = (column("job_id", Text), column("lease_token", Integer))
 _BEGIN: dict[str, Update] = {}
 
 
 def _begin_many_statement(backend: Backend) -> Update:
-    """`begin_send` for a batch in one statement: the batch is one JSON parameter
+    """The send-begun marks of a batch in one statement: the batch is one JSON parameter
     (`Backend.rows_from_json`), so one compiled statement serves every size."""
     statement = _BEGIN.get(backend.name)
     if statement is None:
@@ -110,12 +78,9 @@ def begin_sends(
     now: int,
     lease_ms: int,
 ) -> list[bool]:
-    """`begin_send` for several held jobs in one statement; returns, per job in `held`'s
-    order, whether it was still held (and so may be sent)."""
-    if len(held) == 1:
-        [(job_id, token)] = held
-        return [begin_send(conn, owner=owner, job_id=job_id, lease_token=token, now=now,
-                           lease_ms=lease_ms)]  # fmt: skip
+    """Mark each held job's attempt as spent, right before its send, and renew its lease,
+    in one statement. Returns, per job in `held`'s order, whether it was still held: a job
+    no longer held (rescued, released) must not be sent."""
     # Rows locked in job_id order, as every other multi-row write here.
     rows = json.dumps(
         [{"job_id": j, "lease_token": t} for j, t in sorted(held)], separators=(",", ":")

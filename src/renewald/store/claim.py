@@ -38,10 +38,10 @@ from sqlalchemy import (
     Integer,
     Text,
     bindparam,
-    exists,
     func,
     or_,
     select,
+    union_all,
     update,
 )
 
@@ -64,21 +64,25 @@ the conversation's hash): two-int keys never meet renewald's one-key locks (`MIG
 SCAN_FACTOR = 4
 
 
-def _conversation_free() -> list[ColumnElement[bool]]:
-    """No job of the claimed row's conversation is running or held."""
-    running = jobs.alias("running")
-    # A row renewald holds is in flight whatever status the tracker last wrote over it.
-    held = jobs.alias("held")
-    return [
-        ~exists().where(
-            running.c.local_conversation_id == jobs.c.local_conversation_id,
-            running.c.status == "running",
-        ),
-        ~exists().where(
-            held.c.local_conversation_id == jobs.c.local_conversation_id,
-            held.c.lease_owner.is_not(None),
-        ),
-    ]
+def _conversation_free() -> ColumnElement[bool]:
+    """No job of the claimed row's conversation is running or held.
+
+    The busy conversations are one uncorrelated set, built once per claim from two index
+    lookups (PostgreSQL hashes it). Correlated `NOT EXISTS` checks were planned by
+    PostgreSQL as anti-joins that walk every running row for each candidate (statistics
+    rarely see running rows): 33 ms per claim of 32 at 1,280 running jobs, against 3 ms.
+    """
+    running, held = jobs.alias("running"), jobs.alias("held")
+    busy = union_all(
+        select(running.c.local_conversation_id).where(running.c.status == "running"),
+        # A row renewald holds is in flight whatever status the tracker last wrote over it.
+        select(held.c.local_conversation_id).where(held.c.lease_owner.is_not(None)),
+    ).subquery("busy")
+    busy_conversations = select(busy.c.local_conversation_id).where(
+        busy.c.local_conversation_id.is_not(None)
+    )
+    conversation = jobs.c.local_conversation_id
+    return or_(conversation.is_(None), conversation.not_in(busy_conversations))
 
 
 def _candidates(  # type: ignore[no-untyped-def]
@@ -99,7 +103,7 @@ def _candidates(  # type: ignore[no-untyped-def]
             # The lease is the only key: a stale upsert may write 'pending' over a row
             # that a live owner still holds.
             jobs.c.lease_owner.is_(None),
-            *_conversation_free(),
+            _conversation_free(),
             # The ledger decides: a delivered job is never sent again, whatever a later
             # write put into the tracker's columns (the rescue tick puts it back to done).
             jobs.c.delivered_at.is_(None),
@@ -190,7 +194,7 @@ def _claim_locked_statement():  # type: ignore[no-untyped-def]
     """The claim of the picked jobs (`ids`) whose conversations are still free."""
     return (
         update(jobs)
-        .where(jobs.c.job_id.in_(bindparam("ids", expanding=True)), *_conversation_free())
+        .where(jobs.c.job_id.in_(bindparam("ids", expanding=True)), _conversation_free())
         .values(**_claim_values())
         .returning(*jobs.c)
     )

@@ -120,16 +120,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         return self.read(lambda conn: jobs.get_job(conn, job_id))
 
     def list_jobs(
-        self,
-        *,
-        statuses: Sequence[str] = (),
-        conversation: str | None = None,
-        since: int | None = None,
-        reasons: Sequence[str] = (),
-        target_kinds: Sequence[str] = (),
-        limit: int | None = 50,
+        self, *, where: jobs.JobFilter = jobs.EVERY_JOB, limit: int | None = 50
     ) -> list[Job]:
-        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
         return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
     def list_attempts(self, job_id: str) -> list[Attempt]:

@@ -185,15 +185,11 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         return ok
 
     def record_results(
-        self,
-        results: Sequence[AttemptResult],
-        *,
-        now: int,
-        writer: str | None = None,
-        logged: Sequence[str] = (),
+        self, results: Sequence[AttemptResult], *, now: int, writer: str | None = None
     ) -> list[bool]:
-        """`record_batch`, saying per result only whether its fence held."""
-        return self.record_batch(results, now=now, writer=writer, logged=logged).applied
+        """`record_batch` with no marks to forget, saying per result only whether its fence
+        held."""
+        return self.record_batch(results, now=now, writer=writer).applied
 
     def record_batch(
         self,

@@ -173,7 +173,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             return []
         return self.write(
             lambda conn: leases.begin_sends(
-                conn, backend=self.backend, owner=owner, held=held, now=now, lease_ms=lease_ms
+                conn, backend=self.backend, owner=owner, held=held, until=now + lease_ms
             )
         )
 
@@ -233,9 +233,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         if not held:
             return []
         return self.write(
-            lambda conn: leases.extend_leases(
-                conn, owner=owner, held=held, now=now, lease_ms=lease_ms
-            )
+            lambda conn: leases.extend_leases(conn, owner=owner, held=held, until=now + lease_ms)
         )
 
     def release_jobs(self, *, owner: str, held: Sequence[tuple[str, int]], now: int) -> list[bool]:

@@ -180,8 +180,9 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     def begin_send(
         self, *, owner: str, job_id: str, lease_token: int, now: int, lease_ms: int
     ) -> bool:
-        [ok] = self.begin_sends(owner=owner, held=[(job_id, lease_token)], now=now,
-                                lease_ms=lease_ms)  # fmt: skip
+        [ok] = self.begin_sends(
+            owner=owner, held=[(job_id, lease_token)], now=now, lease_ms=lease_ms
+        )
         return ok
 
     def record_results(

@@ -95,8 +95,12 @@ def test_unlogged_mark_is_dropped_with_the_next_write(store: Store) -> None:
         assert send(store, c)
     a = delivered(first, now=T0 + 1, owner=OWNER)
     store.record_results([a], now=T0 + 1, writer=OWNER)
-    store.record_results([delivered(second, now=T0 + 2, owner=OWNER)], now=T0 + 2, writer=OWNER,
-                         logged=[a.attempt_id])  # fmt: skip
+    store.record_batch(
+        [delivered(second, now=T0 + 2, owner=OWNER)],
+        now=T0 + 2,
+        writer=OWNER,
+        logged=[a.attempt_id],
+    )
     assert [u.attempt.job_id for u in store.find_unlogged(stale_before=T0 + 3)] == [
         second.job.job_id
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from renewald.store import ClaimedJob, Store
+from renewald.store import ClaimedJob, JobFilter, Store
 from renewald.store.daemons import running_by_owner
 from renewald.store.explain import Explanation, Hold, deciding_first
 from renewald.store.schema import renewal_jobs
@@ -103,16 +103,16 @@ def test_total_counts_past_the_limit(store: Store) -> None:
     assert (len(whys), total) == (3, len(ids))
     whys, total = listed(store, limit=len(ids))
     assert (len(whys), total) == (len(ids), len(ids))
-    whys, total = listed(store, limit=3, statuses=["running"])
+    whys, total = listed(store, limit=3, where=JobFilter(statuses=["running"]))
     assert (len(whys), total) == (1, 1)
 
 
 def test_filter_by_since_on_both_sides(store: Store) -> None:
     make_job(store, job_id="old", now=T0 - 1)
     make_job(store, job_id="new", now=T0)
-    assert [j.job_id for j in store.list_jobs(since=T0)] == ["new"]
-    assert {j.job_id for j in store.list_jobs(since=T0 - 1)} == {"old", "new"}
-    assert listed(store, since=T0 + 1) == ([], 0)
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(since=T0))] == ["new"]
+    assert {j.job_id for j in store.list_jobs(where=JobFilter(since=T0 - 1))} == {"old", "new"}
+    assert listed(store, where=JobFilter(since=T0 + 1)) == ([], 0)
 
 
 def test_filter_by_reason_terminal_or_last_decision(store: Store) -> None:
@@ -124,14 +124,16 @@ def test_filter_by_reason_terminal_or_last_decision(store: Store) -> None:
     finish(store, by_id["ok"], status="done")
     finish(store, by_id["bad"], status="failed", reason="exhausted")
     finish(store, by_id["again"], status="pending", next_attempt_at=T0 + 30_000)
-    assert [j.job_id for j in store.list_jobs(reasons=["exhausted"])] == ["bad"]
-    assert [j.job_id for j in store.list_jobs(reasons=["backoff"])] == ["again"]
-    assert {j.job_id for j in store.list_jobs(reasons=["delivered", "exhausted"])} == {
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(reasons=["exhausted"]))] == ["bad"]
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(reasons=["backoff"]))] == ["again"]
+    assert {
+        j.job_id for j in store.list_jobs(where=JobFilter(reasons=["delivered", "exhausted"]))
+    } == {
         "ok",
         "bad",
     }
-    assert store.list_jobs(reasons=["back%"]) == []  # a prefix, not a LIKE pattern
-    whys, total = listed(store, reasons=["exhausted"])
+    assert store.list_jobs(where=JobFilter(reasons=["back%"])) == []  # a prefix, not a LIKE pattern
+    whys, total = listed(store, where=JobFilter(reasons=["exhausted"]))
     assert total == 1 and whys[0].summary() == "attempts used up"
 
 
@@ -142,10 +144,12 @@ def test_filter_by_target_kind_own_or_the_link(store: Store) -> None:
     make_job(store, conversation="linked", job_id="via-link")
     make_job(store, conversation="linked", job_id="own", target_kind="log")
     make_job(store, job_id="none")
-    assert [j.job_id for j in store.list_jobs(target_kinds=["http.webhook"])] == ["via-link"]
-    assert [j.job_id for j in store.list_jobs(target_kinds=["log"])] == ["own"]
-    assert store.list_jobs(target_kinds=["command"]) == []
-    _, total = listed(store, target_kinds=["log", "http.webhook"])
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(target_kinds=["http.webhook"]))] == [
+        "via-link"
+    ]
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(target_kinds=["log"]))] == ["own"]
+    assert store.list_jobs(where=JobFilter(target_kinds=["command"])) == []
+    _, total = listed(store, where=JobFilter(target_kinds=["log", "http.webhook"]))
     assert total == 2
 
 

@@ -8,7 +8,15 @@ import pytest
 from sqlalchemy import func, select, text
 
 from renewald.errors import DuplicateJob, SchemaMissing, SchemaOutdated, SchemaTooNew
-from renewald.store import AttemptResult, DueGate, NewJob, Store, check_schema, migrate
+from renewald.store import (
+    AttemptResult,
+    DueGate,
+    JobFilter,
+    NewJob,
+    Store,
+    check_schema,
+    migrate,
+)
 from renewald.store.migrate import HEAD, VERSION_TABLE
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
 from tests.store.factories import T0, make_conversation, make_job, make_link
@@ -99,8 +107,8 @@ def test_list_jobs_filters(store: Store) -> None:
     make_job(store, conversation="a", job_id="j1")
     make_job(store, conversation="b", job_id="j2", now=T0 + 1)
     assert [j.job_id for j in store.list_jobs()] == ["j2", "j1"]
-    assert [j.job_id for j in store.list_jobs(conversation="a")] == ["j1"]
-    assert store.list_jobs(statuses=["done"]) == []
+    assert [j.job_id for j in store.list_jobs(where=JobFilter(conversation="a"))] == ["j1"]
+    assert store.list_jobs(where=JobFilter(statuses=["done"])) == []
     assert len(store.list_jobs(limit=1)) == 1
 
 

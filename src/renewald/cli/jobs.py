@@ -29,7 +29,7 @@ from renewald.cli.daemons import gone_here
 from renewald.clock import datetime_to_ms
 from renewald.daemon.target import target_of
 from renewald.errors import UsageError
-from renewald.store import ClaimedJob, NewJob
+from renewald.store import ClaimedJob, JobFilter, NewJob
 from renewald.store.explain import Explanation
 from renewald.store.facts import JobFacts
 
@@ -166,11 +166,13 @@ def jobs_cmd(
             stale_after_ms=stale_after_ms(ctx.config),
             target_of=job_target(registry),
             gone=gone_here,
-            statuses=statuses,
-            conversation=conversation,
-            since=since_at,
-            reasons=reasons,
-            target_kinds=target_kinds,
+            where=JobFilter(
+                statuses=statuses,
+                conversation=conversation,
+                since=since_at,
+                reasons=reasons,
+                target_kinds=target_kinds,
+            ),
             limit=None if show_all else limit,
         )
     more = f"showing {len(explained)} of {total}; --limit N or --all for more"

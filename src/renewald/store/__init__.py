@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from renewald.store.due import DueGate
+from renewald.store.jobs import JobFilter
 from renewald.store.migrate import HEAD, check_schema, migrate
 from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob, Recorded
 from renewald.store.store import Store
@@ -14,6 +15,7 @@ __all__ = [
     "ClaimedJob",
     "DueGate",
     "Job",
+    "JobFilter",
     "Link",
     "NewJob",
     "Recorded",

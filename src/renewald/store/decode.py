@@ -126,6 +126,18 @@ class Decoder:
         self.problem(column, f"is {_type_name(value)}, not text")
         return str(value)
 
+    def texts(
+        self, row: Mapping[Any, Any], columns: tuple[str, ...], *, nullable: bool = True
+    ) -> dict[str, Any]:
+        return {column: self.text(column, row.get(column), nullable=nullable) for column in columns}
+
+    def times(
+        self, row: Mapping[Any, Any], columns: tuple[str, ...], *, nullable: bool = True
+    ) -> dict[str, Any]:
+        return {
+            column: self.epoch_ms(column, row.get(column), nullable=nullable) for column in columns
+        }
+
     def one_of(self, column: str, value: str | None, allowed: tuple[str, ...]) -> None:
         if value is not None and value not in allowed:
             self.problem(column, f"is {shown(value)}, not one of {', '.join(allowed)}")
@@ -180,33 +192,16 @@ _TIMES_OPTIONAL = (
 def job_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The values of a `renewal_jobs` row as `Job` declares them, and what did not fit."""
     d = Decoder("renewal_jobs")
-    values: dict[str, Any] = {}
-    for column in _TEXT_REQUIRED:
-        values[column] = d.text(column, row.get(column), nullable=False)
+    values = d.texts(row, _TEXT_REQUIRED, nullable=False)
     kind = row.get("payload_kind")
     values["payload_kind"] = d.text("payload_kind", "text" if kind is None else kind)
-    for column in _TEXT_OPTIONAL:
-        values[column] = d.text(column, row.get(column))
-    for column in _TIMES_REQUIRED:
-        values[column] = d.epoch_ms(column, row.get(column), nullable=False)
-    for column in _TIMES_OPTIONAL:
-        values[column] = d.epoch_ms(column, row.get(column))
-    values["attempt_count"] = d.integer(
-        "attempt_count",
-        row.get("attempt_count"),
-        low=0,
-        high=MAX_ATTEMPTS_LIMIT,
-        nullable=False,
-        default=0,
-    )
-    values["max_attempts"] = d.integer(
-        "max_attempts",
-        row.get("max_attempts"),
-        low=1,
-        high=MAX_ATTEMPTS_LIMIT,
-        nullable=False,
-        default=1,
-    )
+    values.update(d.texts(row, _TEXT_OPTIONAL))
+    values.update(d.times(row, _TIMES_REQUIRED, nullable=False))
+    values.update(d.times(row, _TIMES_OPTIONAL))
+    for column, low in (("attempt_count", 0), ("max_attempts", 1)):
+        values[column] = d.integer(
+            column, row.get(column), low=low, high=MAX_ATTEMPTS_LIMIT, nullable=False, default=low
+        )
     token = row.get("lease_token")
     values["lease_token"] = d.integer(
         "lease_token", 0 if token is None else token, low=0, high=2**62, nullable=False, default=0
@@ -237,7 +232,7 @@ _LINK_TEXT = (
 def link_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The fields of a `conversation_links` row that a delivery uses, and what did not fit."""
     d = Decoder("conversation_links")
-    values = {column: d.text(column, row.get(column)) for column in _LINK_TEXT}
+    values = d.texts(row, _LINK_TEXT)
     d.json_object("target_payload", values["target_payload"])
     return values, tuple(d.problems)
 
@@ -279,12 +274,7 @@ def malformed_error(problems: tuple[str, ...] | list[str]) -> str:
 def conversation_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The fields of a `local_conversations` row that `show` and the gate read."""
     d = Decoder("local_conversations")
-    values: dict[str, Any] = {
-        "local_conversation_id": d.text("local_conversation_id", row.get("local_conversation_id")),
-        "platform": d.text("platform", row.get("platform")),
-        "automation_status": d.text("automation_status", row.get("automation_status")),
-        "cooldown_until": d.epoch_ms("cooldown_until", row.get("cooldown_until")),
-        "paused_at": d.epoch_ms("paused_at", row.get("paused_at")),
-        "updated_at": d.epoch_ms("updated_at", row.get("updated_at"), nullable=False),
-    }
+    values = d.texts(row, ("local_conversation_id", "platform", "automation_status"))
+    values.update(d.times(row, ("cooldown_until", "paused_at")))
+    values.update(d.times(row, ("updated_at",), nullable=False))
     return values, tuple(d.problems)

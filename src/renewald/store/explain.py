@@ -38,30 +38,25 @@ ENDED = {
 UNTIL = "{until}"
 
 
-def _summary(rule: str, brief: str, until: int | None, when: Callable[[int], str]) -> str:
-    if not brief:
-        return rule.replace("_", " ")
-    if UNTIL not in brief:
-        return brief
-    return brief.replace(UNTIL, when(until) if until is not None else "-")
-
-
-@dataclass(frozen=True)
-class Hold:
-    """One rule that holds a job back (or says what became of it).
-
-    `detail` is the full sentence (`show`); `brief` the few words of a table cell (`jobs`'
-    WHY column), where `{until}` stands for `until` as the caller shows times."""
+class _Rule:
+    """What `Hold` and `Explanation` both tell: a rule, its sentence (`detail`, for
+    `show`), its time, and the few words of a table cell (`brief`, `jobs`' WHY column),
+    where `{until}` stands for `until` as the caller shows times."""
 
     rule: str
     detail: str
-    until: int | None = None
-    brief: str = ""
+    until: int | None
+    brief: str
 
     def summary(self, when: Callable[[int], str] = iso_utc) -> str:
-        return _summary(self.rule, self.brief, self.until, when)
+        """The rule in a few words, `when` rendering its time ("due in 4m")."""
+        if not self.brief:
+            return self.rule.replace("_", " ")
+        if UNTIL not in self.brief:
+            return self.brief
+        return self.brief.replace(UNTIL, when(self.until) if self.until is not None else "-")
 
-    def as_dict(self) -> dict[str, Any]:
+    def _rule_dict(self) -> dict[str, Any]:
         return {
             "rule": self.rule,
             "detail": self.detail,
@@ -71,7 +66,20 @@ class Hold:
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Hold(_Rule):
+    """One rule that holds a job back (or says what became of it)."""
+
+    rule: str
+    detail: str
+    until: int | None = None
+    brief: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._rule_dict()
+
+
+@dataclass(frozen=True)
+class Explanation(_Rule):
     """Why a job is (not) running. `state` is due | waiting | running | finished; `rule` the
     first rule that applies; `also` the other rules that would still hold it back."""
 
@@ -82,17 +90,10 @@ class Explanation:
     also: tuple[Hold, ...] = ()
     brief: str = ""
 
-    def summary(self, when: Callable[[int], str] = iso_utc) -> str:
-        """The rule in a few words, `when` rendering its time ("due in 4m")."""
-        return _summary(self.rule, self.brief, self.until, when)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
-            "rule": self.rule,
-            "detail": self.detail,
-            "until": self.until,
-            "brief": self.summary(),
+            **self._rule_dict(),
             "also": [h.as_dict() for h in self.also],
         }
 

@@ -113,60 +113,52 @@ class JobFilter:
     target_kinds: Sequence[str] = ()
 
     def where(self) -> list[ColumnElement[bool]]:
-        return _job_filters(
-            statuses=self.statuses,
-            conversation=self.conversation,
-            since=self.since,
-            reasons=self.reasons,
-            target_kinds=self.target_kinds,
-        )
+        where: list[ColumnElement[bool]] = []
+        if self.statuses:
+            where.append(jobs.c.status.in_(list(self.statuses)))
+        if self.conversation:
+            where.append(jobs.c.local_conversation_id == self.conversation)
+        if self.since is not None:
+            where.append(jobs.c.updated_at >= self.since)
+        if self.reasons:
+            where.append(_reason_is_one_of(self.reasons))
+        if self.target_kinds:
+            where.append(_target_kind_is_one_of(self.target_kinds))
+        return where
 
 
-def _job_filters(
-    *,
-    statuses: Sequence[str],
-    conversation: str | None,
-    since: int | None,
-    reasons: Sequence[str],
-    target_kinds: Sequence[str],
-) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = []
-    if statuses:
-        where.append(jobs.c.status.in_(list(statuses)))
-    if conversation:
-        where.append(jobs.c.local_conversation_id == conversation)
-    if since is not None:
-        where.append(jobs.c.updated_at >= since)
-    if reasons:
-        atts = renewal_job_attempts
-        latest = (
-            select(atts.c.decision_reason)
-            .where(atts.c.job_id == jobs.c.job_id)
-            .order_by(atts.c.started_at.desc(), atts.c.finished_at.desc(), atts.c.attempt_id)
-            .limit(1)
-            .scalar_subquery()
+EVERY_JOB = JobFilter()
+
+
+def _reason_is_one_of(reasons: Sequence[str]) -> ColumnElement[bool]:
+    atts = renewal_job_attempts
+    latest = (
+        select(atts.c.decision_reason)
+        .where(atts.c.job_id == jobs.c.job_id)
+        .order_by(atts.c.started_at.desc(), atts.c.finished_at.desc(), atts.c.attempt_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return or_(
+        jobs.c.terminal_reason.in_(list(reasons)),
+        *[latest.startswith(r, autoescape=True) for r in reasons],
+    )
+
+
+def _target_kind_is_one_of(target_kinds: Sequence[str]) -> ColumnElement[bool]:
+    links = conversation_links
+    link_kind = (
+        select(links.c.target_kind)
+        .where(
+            links.c.local_conversation_id == jobs.c.local_conversation_id,
+            links.c.is_active == 1,
         )
-        where.append(
-            or_(
-                jobs.c.terminal_reason.in_(list(reasons)),
-                *[latest.startswith(r, autoescape=True) for r in reasons],
-            )
-        )
-    if target_kinds:
-        links = conversation_links
-        link_kind = (
-            select(links.c.target_kind)
-            .where(
-                links.c.local_conversation_id == jobs.c.local_conversation_id,
-                links.c.is_active == 1,
-            )
-            .order_by(links.c.observed_at.desc(), links.c.link_id)
-            .limit(1)
-            .scalar_subquery()
-        )
-        kind = func.coalesce(func.nullif(jobs.c.target_kind, ""), link_kind)
-        where.append(kind.in_(list(target_kinds)))
-    return where
+        .order_by(links.c.observed_at.desc(), links.c.link_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    kind = func.coalesce(func.nullif(jobs.c.target_kind, ""), link_kind)
+    return kind.in_(list(target_kinds))
 
 
 def list_jobs(conn: Connection, where: JobFilter, *, limit: int | None = 50) -> list[Job]:

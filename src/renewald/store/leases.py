@@ -75,17 +75,16 @@ def begin_sends(
     backend: Backend,
     owner: str,
     held: Sequence[tuple[str, int]],
-    now: int,
-    lease_ms: int,
+    until: int,
 ) -> list[bool]:
-    """Mark each held job's attempt as spent, right before its send, and renew its lease,
-    in one statement. Returns, per job in `held`'s order, whether it was still held: a job
-    no longer held (rescued, released) must not be sent."""
+    """Mark each held job's attempt as spent, right before its send, and renew its lease
+    to `until`, in one statement. Returns, per job in `held`'s order, whether it was still
+    held: a job no longer held (rescued, released) must not be sent."""
     # Rows locked in job_id order, as every other multi-row write here.
     rows = json.dumps(
         [{"job_id": j, "lease_token": t} for j, t in sorted(held)], separators=(",", ":")
     )
-    params = {"p_rows": rows, "p_owner": owner, "p_until": now + lease_ms}
+    params = {"p_rows": rows, "p_owner": owner, "p_until": until}
     begun = set(conn.execute(_begin_many_statement(backend), params).scalars())
     return [job_id in begun for job_id, _ in held]
 
@@ -95,16 +94,16 @@ def extend_leases(
     *,
     owner: str,
     held: Sequence[tuple[str, int]],
-    now: int,
-    lease_ms: int,
+    until: int,
 ) -> list[str]:
-    """Push out the lease of each (job_id, lease_token) still held; returns the lost job ids."""
+    """Push out to `until` the lease of each (job_id, lease_token) still held; returns the
+    lost job ids."""
     lost = []
     for job_id, token in sorted(held):
         matched = conn.execute(
             update(jobs)
             .where(jobs.c.job_id == job_id, *held_by(owner, token))
-            .values(lease_expires_at=now + lease_ms)
+            .values(lease_expires_at=until)
         ).rowcount
         if matched != 1:
             lost.append(job_id)

@@ -55,18 +55,12 @@ class OperatorMethods(Transactions):
         now: int,
         stale_after_ms: int,
         target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
-        statuses: Sequence[str] = (),
-        conversation: str | None = None,
-        since: int | None = None,
-        reasons: Sequence[str] = (),
-        target_kinds: Sequence[str] = (),
+        where: jobs.JobFilter = jobs.EVERY_JOB,
         limit: int | None = 50,
         gone: Callable[[daemons.DaemonRow], bool] | None = None,
     ) -> tuple[list[tuple[facts_sql.JobFacts, explain.Explanation]], int]:
         """`list_jobs` with the rule that applies to each job (the same `explain` as
         `explain_job`), and how many jobs match in all; one transaction."""
-
-        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
 
         def tx(conn: Connection) -> tuple[list[facts_sql.JobFacts], int]:
             found = jobs.list_jobs(conn, where, limit=limit)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, func, or_, select
 
-from renewald.store.daemons import DaemonRow
+from renewald.store.daemons import DaemonRow, list_daemons
 from renewald.store.decode import epoch_ms_or_none
 from renewald.store.jobs import dispatch_allowed, due_condition
 from renewald.store.models import TargetPause
 from renewald.store.schema import (
     renewal_jobs,
     renewal_target_pauses,
-    renewald_daemons,
 )
 
 jobs = renewal_jobs
@@ -40,30 +39,20 @@ class Stats:
     paused_targets: list[TargetPause]
 
     def as_dict(self, *, stale_before: int) -> dict[str, Any]:
-        return {
-            "now": self.now,
-            "by_status": self.by_status,
-            "due": self.due,
-            "oldest_due_at": self.oldest_due_at,
-            "oldest_due_age_ms": None
-            if self.oldest_due_at is None
-            else max(0, self.now - self.oldest_due_at),
-            "overdue": self.overdue,
-            "held": self.held,
-            "unscheduled": self.unscheduled,
-            "running": self.running,
-            "oldest_running_started_at": self.oldest_running_started_at,
-            "oldest_lease_age_ms": None
-            if self.oldest_running_started_at is None
-            else max(0, self.now - self.oldest_running_started_at),
-            "expired_leases": self.expired_leases,
-            "failures_since": self.failures_since,
-            "failures": self.failures,
-            "daemons": [
-                {**asdict(d), "alive": d.heartbeat_at >= stale_before} for d in self.daemons
-            ],
-            "paused_targets": [p.as_dict() for p in self.paused_targets],
-        }
+        """Every field in order, each oldest time followed by its age (`_AGE_OF`)."""
+        out: dict[str, Any] = {}
+        for field in fields(self):
+            value = out[field.name] = getattr(self, field.name)
+            if field.name in _AGE_OF:
+                out[_AGE_OF[field.name]] = None if value is None else max(0, self.now - value)
+        out["daemons"] = [
+            {**asdict(d), "alive": d.heartbeat_at >= stale_before} for d in self.daemons
+        ]
+        out["paused_targets"] = [p.as_dict() for p in self.paused_targets]
+        return out
+
+
+_AGE_OF = {"oldest_due_at": "oldest_due_age_ms", "oldest_running_started_at": "oldest_lease_age_ms"}
 
 
 def stats(
@@ -98,9 +87,6 @@ def stats(
             .order_by(func.count().desc(), jobs.c.terminal_reason)
         ).all()
     }
-    daemon_rows = conn.execute(
-        select(renewald_daemons).order_by(renewald_daemons.c.started_at)
-    ).mappings()
     return Stats(
         now=now,
         by_status=by_status,
@@ -110,7 +96,7 @@ def stats(
         expired_leases=int(expired),
         failures_since=failures_since,
         failures=failures,
-        daemons=[DaemonRow(**dict(r)) for r in daemon_rows],
+        daemons=list_daemons(conn),
         paused_targets=paused_targets(conn, now=now),
     )
 

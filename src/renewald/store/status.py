@@ -16,7 +16,7 @@ from renewald.store import conversations as conversation_sql
 from renewald.store import facts, stats
 from renewald.store.daemons import DaemonRow, list_daemons
 from renewald.store.decode import epoch_ms_or_none
-from renewald.store.jobs import _job_filters, due_condition
+from renewald.store.jobs import JobFilter, due_condition
 from renewald.store.models import ClaimedJob, Job, TargetPause
 from renewald.store.schema import local_conversations as convs
 from renewald.store.schema import renewal_jobs as jobs
@@ -116,13 +116,7 @@ def jobs_page(
     descending, so the index on them is walked backwards), starting after the cursor
     `(created_at, job_id)` of the previous page's last row; with the facts `explain`
     needs for each job."""
-    where = _job_filters(
-        statuses=statuses,
-        conversation=conversation,
-        since=since,
-        reasons=reasons,
-        target_kinds=target_kinds,
-    )
+    where = JobFilter(statuses, conversation, since, reasons, target_kinds).where()
     if after is not None:
         at, job_id = after
         # The first conjunct is a plain range the index can seek to.

@@ -120,16 +120,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         return self.read(lambda conn: jobs.get_job(conn, job_id))
 
     def list_jobs(
-        self,
-        *,
-        statuses: Sequence[str] = (),
-        conversation: str | None = None,
-        since: int | None = None,
-        reasons: Sequence[str] = (),
-        target_kinds: Sequence[str] = (),
-        limit: int | None = 50,
+        self, *, where: jobs.JobFilter = jobs.EVERY_JOB, limit: int | None = 50
     ) -> list[Job]:
-        where = jobs.JobFilter(statuses, conversation, since, reasons, target_kinds)
         return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
     def list_attempts(self, job_id: str) -> list[Attempt]:
@@ -181,27 +173,24 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             return []
         return self.write(
             lambda conn: leases.begin_sends(
-                conn, backend=self.backend, owner=owner, held=held, now=now, lease_ms=lease_ms
+                conn, backend=self.backend, owner=owner, held=held, until=now + lease_ms
             )
         )
 
     def begin_send(
         self, *, owner: str, job_id: str, lease_token: int, now: int, lease_ms: int
     ) -> bool:
-        [ok] = self.begin_sends(owner=owner, held=[(job_id, lease_token)], now=now,
-                                lease_ms=lease_ms)  # fmt: skip
+        [ok] = self.begin_sends(
+            owner=owner, held=[(job_id, lease_token)], now=now, lease_ms=lease_ms
+        )
         return ok
 
     def record_results(
-        self,
-        results: Sequence[AttemptResult],
-        *,
-        now: int,
-        writer: str | None = None,
-        logged: Sequence[str] = (),
+        self, results: Sequence[AttemptResult], *, now: int, writer: str | None = None
     ) -> list[bool]:
-        """`record_batch`, saying per result only whether its fence held."""
-        return self.record_batch(results, now=now, writer=writer, logged=logged).applied
+        """`record_batch` with no marks to forget, saying per result only whether its fence
+        held."""
+        return self.record_batch(results, now=now, writer=writer).applied
 
     def record_batch(
         self,
@@ -245,9 +234,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         if not held:
             return []
         return self.write(
-            lambda conn: leases.extend_leases(
-                conn, owner=owner, held=held, now=now, lease_ms=lease_ms
-            )
+            lambda conn: leases.extend_leases(conn, owner=owner, held=held, until=now + lease_ms)
         )
 
     def release_jobs(self, *, owner: str, held: Sequence[tuple[str, int]], now: int) -> list[bool]:

@@ -54,8 +54,7 @@ def sweep_malformed(
         problems = job.problems or (
             f"renewal_jobs.next_attempt_at is out of range ({row['next_attempt_at']!r})",
         )
-        ended = _end(conn, job, problems, _unclaimable(), now=now, owner=owner,
-                     log_path=log_path)  # fmt: skip
+        ended = _end(conn, job, problems, _unclaimable(), now=now, owner=owner, log_path=log_path)
         if ended is not None:
             swept.append(ended)
     return swept
@@ -77,9 +76,15 @@ def end_held_malformed(
 
 
 def _end(
-    conn: Connection, job: Job, problems: Sequence[str], fence: Sequence[Any], *, now: int,
-    owner: str, log_path: str | None,
-) -> Swept | None:  # fmt: skip
+    conn: Connection,
+    job: Job,
+    problems: Sequence[str],
+    fence: Sequence[Any],
+    *,
+    now: int,
+    owner: str,
+    log_path: str | None,
+) -> Swept | None:
     error = malformed_error(tuple(problems))
     ended = conn.execute(
         update(jobs)

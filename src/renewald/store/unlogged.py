@@ -36,9 +36,13 @@ class Unlogged:
 
 
 def find_unlogged(
-    conn: Connection, *, stale_before: int, writers: Sequence[str] | None = None,
-    exclude_writer: str | None = None, limit: int = 1000,
-) -> list[Unlogged]:  # fmt: skip
+    conn: Connection,
+    *,
+    stale_before: int,
+    writers: Sequence[str] | None = None,
+    exclude_writer: str | None = None,
+    limit: int = 1000,
+) -> list[Unlogged]:
     """Marks left by writers with no live registry row (heartbeat at or after
     `stale_before`), optionally only those of `writers`."""
     live = select(renewald_daemons.c.owner_id).where(

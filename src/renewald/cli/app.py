@@ -119,22 +119,24 @@ def _late_global_option(ctx: click.Context, param: click.Parameter, value: str |
         setattr(obj, param.name, value)
 
 
-def _global_options() -> list[click.Parameter]:
+# The options every command takes: flag, destination, metavar, what it names, its env.
+GLOBAL_OPTIONS = (
+    ("--config", "config_path", "PATH", "config.toml", "RENEWALD_CONFIG"),
+    ("--db", "db_url", "URL", "SQLAlchemy database URL", "RENEWALD_DB"),
+)
+
+
+def _global_options(*, late: bool) -> list[click.Parameter]:
+    """The global options before the command name, or (`late`) after it."""
     return [
         click.Option(
-            ["--config", "config_path"],
-            metavar="PATH",
-            expose_value=False,
-            callback=_late_global_option,
-            help="config.toml (also accepted before the command)",
-        ),
-        click.Option(
-            ["--db", "db_url"],
-            metavar="URL",
-            expose_value=False,
-            callback=_late_global_option,
-            help="SQLAlchemy database URL (also accepted before the command)",
-        ),
+            [flag, dest],
+            metavar=metavar,
+            expose_value=not late,
+            callback=_late_global_option if late else None,
+            help=f"{what} (also accepted before the command)" if late else f"{what} (env {env})",
+        )
+        for flag, dest, metavar, what, env in GLOBAL_OPTIONS
     ]
 
 
@@ -172,13 +174,15 @@ class Group(click.Group):
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
-        cmd.params.extend(p for p in _global_options() if not taken & set(p.opts))
+        cmd.params.extend(p for p in _global_options(late=True) if not taken & set(p.opts))
         super().add_command(cmd, name)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH", help="config.toml (env RENEWALD_CONFIG)")
-@click.option("--db", "db_url", metavar="URL", help="SQLAlchemy database URL (env RENEWALD_DB)")
+@click.group(
+    cls=Group,
+    params=_global_options(late=False),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="renewald")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None:

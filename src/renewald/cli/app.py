@@ -50,28 +50,29 @@ class Context:
     def store(
         self,
         *,
-        create: bool = False,
-        check: bool = True,
+        migrating: bool = False,
         pool_size: int = 5,
         budget: float = CLI_BUDGET,
         busy_timeout: float | None = None,
     ) -> Store:
         """The store, opened once. Each database call retries an unreachable or locked
         database for `budget` seconds, then raises `DatabaseUnavailable` (exit 69); so
-        does opening it. SQLite's busy_timeout is capped at `budget` unless given."""
+        does opening it. SQLite's busy_timeout is capped at `budget` unless given.
+        `migrating` (for `migrate`): a missing SQLite file is created and the schema, which
+        may be missing or old, is not checked."""
         if self._store is None:
             db = self.config.database
             store = Store.open(
                 db.url,
                 busy_timeout=min(db.busy_timeout, budget) if busy_timeout is None else busy_timeout,
                 synchronous=db.sqlite_synchronous,
-                create=create,
+                create=migrating,
                 pool_size=pool_size,
                 retry_for=budget,
                 due=DueGate(tuple(self.config.daemon.dispatch_statuses)),
             )
             try:
-                if check:
+                if not migrating:
                     store.check_schema()
             except DBAPIError as exc:
                 store.close()
@@ -85,15 +86,14 @@ class Context:
         return self._store
 
     def store_when_available(
-        self, *, what: str, create: bool = False, check: bool = True, pool_size: int = 5
+        self, *, what: str, migrating: bool = False, pool_size: int = 5
     ) -> Store:
         """`store()`, waiting up to `[database] startup_wait` for a database that is down
         (cli/startup.py): for `migrate` and `run`, which systemd starts."""
         db = self.config.database
         return wait_for_database(
             lambda budget: self.store(
-                create=create,
-                check=check,
+                migrating=migrating,
                 pool_size=pool_size,
                 budget=budget,
                 busy_timeout=db.busy_timeout,

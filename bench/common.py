@@ -157,7 +157,8 @@ STARTED: list[Proc] = []
 
 @dataclass
 class Proc:
-    """A child process, its console in a file, its RSS and CPU sampled while it runs."""
+    """A child process, its console in a file, its RSS and CPU sampled while it runs;
+    stopped when a `with` block on it ends."""
 
     popen: subprocess.Popen[bytes]
     console: Path
@@ -178,6 +179,12 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         return self.wait(timeout)
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def console_text(self) -> str:
         try:

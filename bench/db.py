@@ -175,7 +175,8 @@ class DBs:
 
 @dataclass
 class RunDB:
-    """The database of one run, whichever the backend: its URL and a way to read it back."""
+    """The database of one run, whichever the backend: its URL and a way to read it back;
+    discarded when a `with` block on it ends."""
 
     dbs: DBs
     backend: str
@@ -187,12 +188,9 @@ class RunDB:
         return connect(self.backend, self.target, **kwargs)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self.connect()
-        try:
-            mark = "?" if self.backend == "sqlite" else "%s"
+        mark = "?" if self.backend == "sqlite" else "%s"
+        with contextlib.closing(self.connect()) as conn:
             return list(conn.execute(sql.replace("?", mark), params).fetchall())
-        finally:
-            conn.close()
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.query(sql, params)[0][0]
@@ -207,6 +205,12 @@ class RunDB:
             conn.execute("BEGIN IMMEDIATE")
         conn.execute(insert_sql(renewal_jobs, list(row), self.backend), row)
         conn.commit()
+
+    def __enter__(self) -> RunDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
     def discard(self) -> None:
         if self.schema is not None:

@@ -135,10 +135,9 @@ def run(ctx: Ctx, stamp: str) -> None:
     n = ctx.pick(20_000, 3_000)
     for backend, gil in (("sqlite", False), ("sqlite", True), ("postgresql", False)):
         if backend in ctx.backends:
-            db = ctx.db(backend, DataSet(jobs=n, conversations=n // 2))
-            raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
-            counts = db.status_counts()
-            db.discard()
+            with ctx.db(backend, DataSet(jobs=n, conversations=n // 2)) as db:
+                raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
+                counts = db.status_counts()
             title = f"`run --once`, {n:,} log jobs, {backend}"
             save(f"drain-{backend}", raw, wall, title, gil, note=f"Result {counts}.")
 
@@ -146,25 +145,22 @@ def run(ctx: Ctx, stamp: str) -> None:
     try:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
-            db = ctx.db("sqlite", ds)
-            raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
-            db.discard()
+            with ctx.db("sqlite", ds) as db:
+                raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
             title = f"I/O-bound `run --once --workers {w}`, {ds.jobs:,} webhook jobs, SQLite"
             save("io-sqlite", raw, wall, title, gil)
     finally:
         target.stop()
 
     for backend in ctx.backends:
-        db = ctx.db(backend, None)
-        proc = ctx.daemon(db, f"prof-idle-{backend}", sample=False)
-        seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
-        try:
+        with (
+            ctx.db(backend, None) as db,
+            ctx.daemon(db, f"prof-idle-{backend}", sample=False) as proc,
+        ):
+            seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
             time.sleep(3)
             args = f"record -r 1000 -f raw --threads -o {raw} -d {seconds} --pid {proc.popen.pid}"
             subprocess.run([PY_SPY, *args.split()], check=True, capture_output=True, timeout=99)
-        finally:
-            proc.stop()
-            db.discard()
         save(f"idle-{backend}", raw, seconds, f"idle `renewald run`, {backend}, {seconds} s",
              rate=1000, note="Attached by pid after start-up.")  # fmt: skip
 

@@ -77,8 +77,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": ds.finished + ds.jobs + ds.future, "n": ctx.reps * 5}
     for backend in ctx.backends:
         db, _ = loaded(ctx, backend, ds, "pages")
-        try:
+        with db:
             result[backend] = _time_pages(db.url, result["n"])
-        finally:
-            db.discard()
     return result

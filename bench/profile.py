@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say
 from bench.db import DataSet, RunDB
+from bench.report import table
 from bench.sections import iobound
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
@@ -90,19 +91,16 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
          f"wall; {busy:,} busy, the rest {waits or 'none'}. Shares: of busy samples.",
          ""]  # fmt: skip
 
-    def table(head: str, rows: list[tuple[str, int]], share: Counter[str] | None = None) -> None:
-        L.extend([f"| {head} | samples | share |", "|---|---|---|"])
-        L.extend(
-            f"| {k} | {v:,} | {(share[k] if share is not None else v) / busy:.1%} |"
-            for k, v in rows
-        )
-        L.append("")
+    def samples(head: str, rows: list[tuple[str, int]], share: Counter[str] | None = None) -> None:
+        of = dict(rows) if share is None else share
+        cells = [[k, f"{v:,}", f"{of[k] / busy:.1%}"] for k, v in rows]
+        L.extend(table([head, "samples", "share"], cells))
 
-    table("thread (share: its busy samples)", c["threads"].most_common(12), c["busy"])
-    table("area of the leaf frame", c["areas"].most_common(15))
-    table("function (self time)", [(f"`{k}`", v) for k, v in c["self"].most_common(30)])
+    samples("thread (share: its busy samples)", c["threads"].most_common(12), c["busy"])
+    samples("area of the leaf frame", c["areas"].most_common(15))
+    samples("function (self time)", [(f"`{k}`", v) for k, v in c["self"].most_common(30)])
     ours = [(f"`{k}`", v) for k, v in c["incl"].most_common() if "(renewald/" in k]
-    table("renewald function (inclusive)", ours[:35])
+    samples("renewald function (inclusive)", ours[:35])
     return "\n".join(L)
 
 

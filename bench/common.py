@@ -156,7 +156,7 @@ STARTED: list[Proc] = []
 
 
 @dataclass
-class Proc:
+class Proc(contextlib.AbstractContextManager["Proc"]):
     """A child process, its console in a file, its RSS and CPU sampled while it runs;
     stopped when a `with` block on it ends."""
 
@@ -179,9 +179,6 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         return self.wait(timeout)
-
-    def __enter__(self) -> Proc:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

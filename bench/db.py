@@ -174,7 +174,7 @@ class DBs:
 
 
 @dataclass
-class RunDB:
+class RunDB(contextlib.AbstractContextManager["RunDB"]):
     """The database of one run, whichever the backend: its URL and a way to read it back;
     discarded when a `with` block on it ends."""
 
@@ -205,9 +205,6 @@ class RunDB:
             conn.execute("BEGIN IMMEDIATE")
         conn.execute(insert_sql(renewal_jobs, list(row), self.backend), row)
         conn.commit()
-
-    def __enter__(self) -> RunDB:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.discard()

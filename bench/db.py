@@ -75,11 +75,8 @@ class DataSet:
 
 def renewald_migrate(url: str) -> None:
     """The schema, made the way an operator makes it (renewald's own migration)."""
-    store = Store.open(url, create=True)
-    try:
+    with contextlib.closing(Store.open(url, create=True)) as store:
         migrate(store.engine)
-    finally:
-        store.close()
 
 
 def load(backend: str, target: str | Path, ds: DataSet, now: int) -> None:

@@ -65,13 +65,13 @@ def connect(backend: str, target: str, **kwargs: Any) -> Any:
     return conn
 
 
-def _ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def _record(sql: Statements, row: dict[str, Any], owner: str, log: str, started: int) -> tuple:  # type: ignore[type-arg]
     """The fenced update's row of a claimed job, its attempt row, and its JSONL line."""
-    end = _ms()
+    end = now_ms()
     job, attempt_no, token = row["job_id"], row["attempt_count"], row["lease_token"]
     update = dict(
         job_id=job, lease_token=token, owner=owner, status="done", log_path=log, ends=1,
@@ -114,7 +114,7 @@ def drain(
     t0 = time.time()
     with open(jsonl, "a", encoding="utf-8") as log:
         while done < max_jobs:
-            now = _ms()
+            now = now_ms()
             params = sql.claim.params(now=now, owner=owner, lease_until=now + 60_000,
                                       scan_limit=batch * sql.scan_factor, limit=batch)  # fmt: skip
             rows = transaction(lambda c: _rows(c.execute(sql.claim.text, params)))  # noqa: B023
@@ -124,7 +124,9 @@ def drain(
 
             def write(c: Any, records: list[tuple] = records) -> list[tuple]:  # type: ignore[type-arg]
                 # renewald's finish: one statement per batch, its rows as one JSON parameter.
-                finish = sql.finish.params(p_rows=json.dumps([r[0] for r in records]), p_now=_ms())
+                finish = sql.finish.params(
+                    p_rows=json.dumps([r[0] for r in records]), p_now=now_ms()
+                )
                 done = {row[0] for row in c.execute(sql.finish.text, finish).fetchall()}
                 kept = [r for r in records if r[0]["job_id"] in done]
                 c.executemany(sql.attempt.text, [r[1] for r in kept])

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
               dbs=dbs)  # fmt: skip
     record: dict[str, Any] = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "reps": ctx.reps,
-        "sections_run": only, "machine": machine_info(dbs.conninfo_base),
+        "sections_run": only, "machine": machine_info(dbs.admin),
         "sections": {}, "timing": {}, "loadavg": {},
     }  # fmt: skip
     started, failed = time.monotonic(), False

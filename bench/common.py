@@ -108,16 +108,13 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
+def machine_info(pg: psycopg.Connection[Any] | None) -> dict[str, Any]:
+    """The machine; with `pg` (the run's own connection), the PostgreSQL server's settings."""
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    pg: dict[str, Any] = {}
-    if pg_conninfo:
-        try:
-            with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-                for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
-                    pg[name] = conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-        except psycopg.Error as exc:
-            pg["server_version"] = f"unreachable: {str(exc).splitlines()[0]}"
+    settings: dict[str, Any] = {}
+    if pg is not None:
+        for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
+            settings[name] = pg.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
     git = ["git", "-C", str(BENCH_DIR), "rev-parse"]
     return {
         "nproc": os.cpu_count(),
@@ -126,7 +123,7 @@ def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
-        "postgresql": pg,
+        "postgresql": settings,
         "packages": versions(f"{PACKAGES} {PEER_PACKAGES}"),
         "git_commit": _out([*git, "--short", "HEAD"]),
         "git_branch": _out([*git, "--abbrev-ref", "HEAD"]),

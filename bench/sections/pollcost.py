@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.bare import transaction
 from bench.common import Ctx, now_ms, say, spread
 from bench.db import DataSet, RunDB
 from bench.statements import statements
@@ -25,7 +26,6 @@ from renewald.store import Store
 BATCH = 32
 PLAN_INDEX = "idx_renewal_jobs_status_due"
 EXPLAIN = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN (ANALYZE, BUFFERS) "}
-BEGIN = {"sqlite": "BEGIN IMMEDIATE", "postgresql": None}
 
 
 def dataset(ctx: Ctx) -> DataSet:
@@ -84,11 +84,9 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
             return lambda: auto.execute(stmt.text, stmt.params(**values)).fetchall()
 
         def claim() -> None:
-            if BEGIN[backend]:
-                conn.execute(BEGIN[backend])
             values = sql.claim.params(**dict(params, now=now_ms()))
-            rows = conn.execute(sql.claim.text, values).fetchall()
-            conn.commit()
+            with transaction(conn, backend) as cur:
+                rows = cur.execute(sql.claim.text, values).fetchall()
             assert len(rows) == BATCH, len(rows)
 
         def claim_renewald() -> None:

@@ -139,16 +139,13 @@ def run(ctx: Ctx, stamp: str) -> None:
             title = f"`run --once`, {n:,} log jobs, {backend}"
             save(f"drain-{backend}", raw, wall, title, gil, note=f"Result {counts}.")
 
-    target, w = iobound.Target(), iobound.WORKERS
-    try:
+    with iobound.Target() as target:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
             with ctx.db("sqlite", ds) as db:
                 raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
-            title = f"I/O-bound `run --once --workers {w}`, {ds.jobs:,} webhook jobs, SQLite"
+            title = f"I/O-bound `{' '.join(iobound.ARGS)}`, {ds.jobs:,} webhook jobs, SQLite"
             save("io-sqlite", raw, wall, title, gil)
-    finally:
-        target.stop()
 
     for backend in ctx.backends:
         with (

@@ -305,11 +305,12 @@ class Ctx:
         return path
 
     def renewald(self, db: RunDB, name: str, args: Sequence[str], *, sample: bool = True,
-                 **config: Any) -> Proc:  # fmt: skip
-        """`renewald ARGS` on `db`, in a fresh run directory with a config of its own."""
+                 under: Sequence[str] = (), **config: Any) -> Proc:  # fmt: skip
+        """`renewald ARGS` on `db` (`under` a tool: py-spy), in a fresh run directory with a
+        config of its own."""
         run_dir = self.run_dir(name)
         env = renewald_env(db.url, self.config(run_dir, **config))
-        return spawn([RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
+        return spawn([*under, RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
 
     def daemon(self, db: RunDB, name: str, *, sample: bool = True) -> Proc:
         """`renewald run` on `db`, once it has registered (its first poll comes next)."""

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say
+from bench.common import BENCH_DIR, Ctx, say
 from bench.db import DataSet, RunDB
 from bench.report import table
 from bench.sections import iobound
@@ -106,15 +106,12 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
 
 def _record(args: list[str], name: str, db: RunDB, ctx: Ctx, *, gil: bool = False,
             rate: int = 250, **config: Any) -> tuple[Path, float]:  # fmt: skip
-    run_dir = ctx.run_dir(name)
-    raw = run_dir / f"raw-{time.monotonic_ns()}.txt"
-    cmd = [PY_SPY, *f"record --nonblocking -r {rate} -f raw --threads -o {raw}".split()]
-    env = renewald_env(db.url, ctx.config(run_dir, **config))
-    t = time.perf_counter()
-    with open(run_dir / "console.txt", "ab") as fh:
-        cmd += ["--gil"] * gil + ["--", RENEWALD, *args]
-        subprocess.run(cmd, env=env, cwd=run_dir, stdout=fh, stderr=fh, check=True, timeout=900)
-    return raw, time.perf_counter() - t
+    """py-spy's raw profile of `renewald ARGS` (in its run directory) and the seconds it ran."""
+    spy = f"record --nonblocking -r {rate} -f raw --threads -o raw.txt" + " --gil" * gil
+    proc = ctx.renewald(db, name, args, sample=False, under=[PY_SPY, *spy.split(), "--"], **config)
+    if code := proc.wait(timeout=900):
+        raise RuntimeError(f"py-spy record exited {code}: {proc.tail()}")
+    return proc.console.parent / "raw.txt", (proc.ended or proc.started) - proc.started
 
 
 def run(ctx: Ctx, stamp: str) -> None:

@@ -87,8 +87,7 @@ def _run_sections(ctx: Ctx, only: list[str], record: dict[str, Any]) -> bool:
         t = time.monotonic()
         section = importlib.import_module(f"bench.sections.{module}")
         try:
-            extra = [record["sections"].get("drain")] if name == "footprint" else []
-            record["sections"][name] = section.run(ctx, *extra)
+            record["sections"][name] = section.run(ctx)
         except Exception as exc:
             failed = True
             record["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -273,7 +273,7 @@ def _io(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def _footprint(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
+def _footprint(sec: dict[str, Any], s: dict[str, Any]) -> list[str]:
     st = sec.get("startup", {})
     L = ["## 6. Footprint", "", "Idle `renewald run` on an empty database, default config:", "",
          *_columns(sec.get("idle", {}), [
@@ -281,8 +281,8 @@ def _footprint(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
              ("RSS MB", _txt("rss_mb", 1)), ("USS MB", _txt("uss_mb", 1)),
              ("threads", _txt("threads")),
          ])]  # fmt: skip
-    if sec.get("rss_draining_mb"):
-        peaks = (f"{k} {fmt_spread(v, 1)} MB" for k, v in sec["rss_draining_mb"].items())
+    if drain := _get(s, "drain", "summary"):
+        peaks = (f"{k} {fmt_spread(v['rss_peak_mb'], 1)} MB" for k, v in drain.items())
         L += ["Peak RSS while draining (section 2): " + ", ".join(peaks) + ".", ""]
     names = {"python_c_pass_s": "`python -c pass`", "renewald_version_s": "`renewald --version`",
              **{f"run_once_empty_{b}_s": f"`renewald run --once`, empty database ({b})"

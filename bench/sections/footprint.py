@@ -1,6 +1,6 @@
 """Section 6, footprint: idle CPU and RSS of `renewald run` (one per backend, empty database,
 after a settle time), `run --once` start-up on an empty database (spawn to exit, beside
-`python -c pass` and `renewald --version`, and one `-X importtime` run), peak RSS draining.
+`python -c pass` and `renewald --version`, and one `-X importtime` run); peak RSS: section 2's.
 """
 
 from __future__ import annotations
@@ -71,8 +71,5 @@ def _startup(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
-def run(ctx: Ctx, drain: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"idle": _idle(ctx), "startup": _startup(ctx)}
-    if drain:
-        out["rss_draining_mb"] = {k: s["rss_peak_mb"] for k, s in drain.get("summary", {}).items()}
-    return out
+def run(ctx: Ctx) -> dict[str, Any]:
+    return {"idle": _idle(ctx), "startup": _startup(ctx)}

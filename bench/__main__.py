@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
               dbs=dbs)  # fmt: skip
     record: dict[str, Any] = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "reps": ctx.reps,
-        "sections_run": only, "machine": machine_info(dbs.conninfo_base),
+        "sections_run": only, "machine": machine_info(dbs.admin),
         "sections": {}, "timing": {}, "loadavg": {},
     }  # fmt: skip
     started, failed = time.monotonic(), False
@@ -87,8 +87,7 @@ def _run_sections(ctx: Ctx, only: list[str], record: dict[str, Any]) -> bool:
         t = time.monotonic()
         section = importlib.import_module(f"bench.sections.{module}")
         try:
-            extra = [record["sections"].get("drain")] if name == "footprint" else []
-            record["sections"][name] = section.run(ctx, *extra)
+            record["sections"][name] = section.run(ctx)
         except Exception as exc:
             failed = True
             record["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}

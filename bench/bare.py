@@ -15,6 +15,8 @@ import sqlite3
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,13 +67,26 @@ def connect(backend: str, target: str, **kwargs: Any) -> Any:
     return conn
 
 
-def _ms() -> int:
+@contextmanager
+def transaction(conn: Any, backend: str) -> Iterator[Any]:
+    """One write transaction, committed when the block ends: BEGIN IMMEDIATE on SQLite (the
+    write lock up front, as renewald takes it), a cursor in psycopg's own on PostgreSQL."""
+    if backend == "sqlite":
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+    else:
+        with conn.cursor() as cur:
+            yield cur
+    conn.commit()
+
+
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def _record(sql: Statements, row: dict[str, Any], owner: str, log: str, started: int) -> tuple:  # type: ignore[type-arg]
     """The fenced update's row of a claimed job, its attempt row, and its JSONL line."""
-    end = _ms()
+    end = now_ms()
     job, attempt_no, token = row["job_id"], row["attempt_count"], row["lease_token"]
     update = dict(
         job_id=job, lease_token=token, owner=owner, status="done", log_path=log, ends=1,
@@ -98,39 +113,25 @@ def drain(
 ) -> dict[str, Any]:
     """Claim and record until a claim comes back empty or `max_jobs` are done."""
     conn = connect(backend, target)
-
-    def transaction(work: Any) -> Any:
-        if backend == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            out = work(conn)
-            conn.execute("COMMIT")
-            return out
-        with conn.cursor() as cur:
-            out = work(cur)
-        conn.commit()
-        return out
-
     owner, done = f"bare-{backend}:{os.getpid()}", 0
     t0 = time.time()
     with open(jsonl, "a", encoding="utf-8") as log:
         while done < max_jobs:
-            now = _ms()
+            now = now_ms()
             params = sql.claim.params(now=now, owner=owner, lease_until=now + 60_000,
                                       scan_limit=batch * sql.scan_factor, limit=batch)  # fmt: skip
-            rows = transaction(lambda c: _rows(c.execute(sql.claim.text, params)))  # noqa: B023
+            with transaction(conn, backend) as c:
+                rows = _rows(c.execute(sql.claim.text, params))
             if not rows:
                 break
             records = [_record(sql, r, owner, str(jsonl), now) for r in rows]
-
-            def write(c: Any, records: list[tuple] = records) -> list[tuple]:  # type: ignore[type-arg]
-                # renewald's finish: one statement per batch, its rows as one JSON parameter.
-                finish = sql.finish.params(p_rows=json.dumps([r[0] for r in records]), p_now=_ms())
-                done = {row[0] for row in c.execute(sql.finish.text, finish).fetchall()}
-                kept = [r for r in records if r[0]["job_id"] in done]
+            # renewald's finish: one statement per batch, its rows as one JSON parameter.
+            updates = json.dumps([r[0] for r in records])
+            with transaction(conn, backend) as c:
+                finish = sql.finish.params(p_rows=updates, p_now=now_ms())
+                finished = {row[0] for row in c.execute(sql.finish.text, finish).fetchall()}
+                kept = [r for r in records if r[0]["job_id"] in finished]
                 c.executemany(sql.attempt.text, [r[1] for r in kept])
-                return kept
-
-            kept = transaction(write)
             log.writelines(r[2] + "\n" for r in kept)
             log.flush()
             done += len(kept)

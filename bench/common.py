@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import psycopg
 
+from bench.bare import now_ms as now_ms  # the loop's clock, for every section too
+
 if TYPE_CHECKING:
     from bench.db import DataSet, DBs, RunDB
 
@@ -31,10 +33,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 PACKAGES = "renewald SQLAlchemy psycopg alembic APScheduler structlog httpx click psutil py-spy"
 PEER_PACKAGES = "pgqueuer asyncpg huey procrastinate"
 DASH = "\u2013"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def say(*parts: object) -> None:
@@ -110,16 +108,13 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
+def machine_info(pg: psycopg.Connection[Any] | None) -> dict[str, Any]:
+    """The machine; with `pg` (the run's own connection), the PostgreSQL server's settings."""
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    pg: dict[str, Any] = {}
-    if pg_conninfo:
-        try:
-            with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-                for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
-                    pg[name] = conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-        except psycopg.Error as exc:
-            pg["server_version"] = f"unreachable: {str(exc).splitlines()[0]}"
+    settings: dict[str, Any] = {}
+    if pg is not None:
+        for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
+            settings[name] = pg.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
     git = ["git", "-C", str(BENCH_DIR), "rev-parse"]
     return {
         "nproc": os.cpu_count(),
@@ -128,7 +123,7 @@ def machine_info(pg_conninfo: str | None) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
-        "postgresql": pg,
+        "postgresql": settings,
         "packages": versions(f"{PACKAGES} {PEER_PACKAGES}"),
         "git_commit": _out([*git, "--short", "HEAD"]),
         "git_branch": _out([*git, "--abbrev-ref", "HEAD"]),
@@ -156,8 +151,9 @@ STARTED: list[Proc] = []
 
 
 @dataclass
-class Proc:
-    """A child process, its console in a file, its RSS and CPU sampled while it runs."""
+class Proc(contextlib.AbstractContextManager["Proc"]):
+    """A child process, its console in a file, its RSS and CPU sampled while it runs;
+    stopped when a `with` block on it ends."""
 
     popen: subprocess.Popen[bytes]
     console: Path
@@ -178,6 +174,9 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         return self.wait(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def console_text(self) -> str:
         try:
@@ -306,11 +305,12 @@ class Ctx:
         return path
 
     def renewald(self, db: RunDB, name: str, args: Sequence[str], *, sample: bool = True,
-                 **config: Any) -> Proc:  # fmt: skip
-        """`renewald ARGS` on `db`, in a fresh run directory with a config of its own."""
+                 under: Sequence[str] = (), **config: Any) -> Proc:  # fmt: skip
+        """`renewald ARGS` on `db` (`under` a tool: py-spy), in a fresh run directory with a
+        config of its own."""
         run_dir = self.run_dir(name)
         env = renewald_env(db.url, self.config(run_dir, **config))
-        return spawn([RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
+        return spawn([*under, RENEWALD, *args], env=env, cwd=run_dir, sample=sample)
 
     def daemon(self, db: RunDB, name: str, *, sample: bool = True) -> Proc:
         """`renewald run` on `db`, once it has registered (its first poll comes next)."""

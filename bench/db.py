@@ -19,7 +19,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
-from bench.bare import connect
+from bench.bare import connect, transaction
 from bench.common import now_ms
 from bench.statements import insert_sql
 from renewald.store import Store, migrate
@@ -75,31 +75,26 @@ class DataSet:
 
 def renewald_migrate(url: str) -> None:
     """The schema, made the way an operator makes it (renewald's own migration)."""
-    store = Store.open(url, create=True)
-    try:
+    with contextlib.closing(Store.open(url, create=True)) as store:
         migrate(store.engine)
-    finally:
-        store.close()
 
 
 def load(backend: str, target: str | Path, ds: DataSet, now: int) -> None:
     """Bulk-load `ds`: one executemany transaction on SQLite, COPY on PostgreSQL."""
     tables = ((local_conversations, ds.conversation_rows(now)), (renewal_jobs, ds.rows(now)))
     conn = connect(backend, str(target))
-    if backend == "sqlite":
-        conn.execute("BEGIN IMMEDIATE")
-    for table, rows in tables:
-        first = next(rows, None)
-        if first is None:
-            continue
-        cols, rows = list(first), itertools.chain([first], rows)
-        if backend == "sqlite":
-            conn.executemany(insert_sql(table, cols, "sqlite"), rows)
-            continue
-        with conn.cursor().copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(list(row.values()))
-    conn.commit()
+    with transaction(conn, backend) as cur:
+        for table, rows in tables:
+            first = next(rows, None)
+            if first is None:
+                continue
+            cols, rows = list(first), itertools.chain([first], rows)
+            if backend == "sqlite":
+                cur.executemany(insert_sql(table, cols, "sqlite"), rows)
+                continue
+            with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(list(row.values()))
     conn.close()
 
 
@@ -174,8 +169,9 @@ class DBs:
 
 
 @dataclass
-class RunDB:
-    """The database of one run, whichever the backend: its URL and a way to read it back."""
+class RunDB(contextlib.AbstractContextManager["RunDB"]):
+    """The database of one run, whichever the backend: its URL and a way to read it back;
+    discarded when a `with` block on it ends."""
 
     dbs: DBs
     backend: str
@@ -187,12 +183,9 @@ class RunDB:
         return connect(self.backend, self.target, **kwargs)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self.connect()
-        try:
-            mark = "?" if self.backend == "sqlite" else "%s"
+        mark = "?" if self.backend == "sqlite" else "%s"
+        with contextlib.closing(self.connect()) as conn:
             return list(conn.execute(sql.replace("?", mark), params).fetchall())
-        finally:
-            conn.close()
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.query(sql, params)[0][0]
@@ -203,10 +196,11 @@ class RunDB:
 
     def insert_job(self, conn: Any, row: dict[str, Any]) -> None:
         """One job the way the tracker writes one: its own transaction."""
-        if self.backend == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-        conn.execute(insert_sql(renewal_jobs, list(row), self.backend), row)
-        conn.commit()
+        with transaction(conn, self.backend) as cur:
+            cur.execute(insert_sql(renewal_jobs, list(row), self.backend), row)
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
     def discard(self) -> None:
         if self.schema is not None:

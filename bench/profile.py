@@ -14,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, RENEWALD, Ctx, renewald_env, say
+from bench.common import BENCH_DIR, Ctx, say
 from bench.db import DataSet, RunDB
+from bench.report import table
 from bench.sections import iobound
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
@@ -90,33 +91,27 @@ def summarise(raw: Path, *, title: str, rate: int, wall_s: float, note: str = ""
          f"wall; {busy:,} busy, the rest {waits or 'none'}. Shares: of busy samples.",
          ""]  # fmt: skip
 
-    def table(head: str, rows: list[tuple[str, int]], share: Counter[str] | None = None) -> None:
-        L.extend([f"| {head} | samples | share |", "|---|---|---|"])
-        L.extend(
-            f"| {k} | {v:,} | {(share[k] if share is not None else v) / busy:.1%} |"
-            for k, v in rows
-        )
-        L.append("")
+    def samples(head: str, rows: list[tuple[str, int]], share: Counter[str] | None = None) -> None:
+        of = dict(rows) if share is None else share
+        cells = [[k, f"{v:,}", f"{of[k] / busy:.1%}"] for k, v in rows]
+        L.extend(table([head, "samples", "share"], cells))
 
-    table("thread (share: its busy samples)", c["threads"].most_common(12), c["busy"])
-    table("area of the leaf frame", c["areas"].most_common(15))
-    table("function (self time)", [(f"`{k}`", v) for k, v in c["self"].most_common(30)])
+    samples("thread (share: its busy samples)", c["threads"].most_common(12), c["busy"])
+    samples("area of the leaf frame", c["areas"].most_common(15))
+    samples("function (self time)", [(f"`{k}`", v) for k, v in c["self"].most_common(30)])
     ours = [(f"`{k}`", v) for k, v in c["incl"].most_common() if "(renewald/" in k]
-    table("renewald function (inclusive)", ours[:35])
+    samples("renewald function (inclusive)", ours[:35])
     return "\n".join(L)
 
 
 def _record(args: list[str], name: str, db: RunDB, ctx: Ctx, *, gil: bool = False,
             rate: int = 250, **config: Any) -> tuple[Path, float]:  # fmt: skip
-    run_dir = ctx.run_dir(name)
-    raw = run_dir / f"raw-{time.monotonic_ns()}.txt"
-    cmd = [PY_SPY, *f"record --nonblocking -r {rate} -f raw --threads -o {raw}".split()]
-    env = renewald_env(db.url, ctx.config(run_dir, **config))
-    t = time.perf_counter()
-    with open(run_dir / "console.txt", "ab") as fh:
-        cmd += ["--gil"] * gil + ["--", RENEWALD, *args]
-        subprocess.run(cmd, env=env, cwd=run_dir, stdout=fh, stderr=fh, check=True, timeout=900)
-    return raw, time.perf_counter() - t
+    """py-spy's raw profile of `renewald ARGS` (in its run directory) and the seconds it ran."""
+    spy = f"record --nonblocking -r {rate} -f raw --threads -o raw.txt" + " --gil" * gil
+    proc = ctx.renewald(db, name, args, sample=False, under=[PY_SPY, *spy.split(), "--"], **config)
+    if code := proc.wait(timeout=900):
+        raise RuntimeError(f"py-spy record exited {code}: {proc.tail()}")
+    return proc.console.parent / "raw.txt", (proc.ended or proc.started) - proc.started
 
 
 def run(ctx: Ctx, stamp: str) -> None:
@@ -135,36 +130,29 @@ def run(ctx: Ctx, stamp: str) -> None:
     n = ctx.pick(20_000, 3_000)
     for backend, gil in (("sqlite", False), ("sqlite", True), ("postgresql", False)):
         if backend in ctx.backends:
-            db = ctx.db(backend, DataSet(jobs=n, conversations=n // 2))
-            raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
-            counts = db.status_counts()
-            db.discard()
+            with ctx.db(backend, DataSet(jobs=n, conversations=n // 2)) as db:
+                raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
+                counts = db.status_counts()
             title = f"`run --once`, {n:,} log jobs, {backend}"
             save(f"drain-{backend}", raw, wall, title, gil, note=f"Result {counts}.")
 
-    target, w = iobound.Target(), iobound.WORKERS
-    try:
+    with iobound.Target() as target:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
-            db = ctx.db("sqlite", ds)
-            raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
-            db.discard()
-            title = f"I/O-bound `run --once --workers {w}`, {ds.jobs:,} webhook jobs, SQLite"
+            with ctx.db("sqlite", ds) as db:
+                raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
+            title = f"I/O-bound `{' '.join(iobound.ARGS)}`, {ds.jobs:,} webhook jobs, SQLite"
             save("io-sqlite", raw, wall, title, gil)
-    finally:
-        target.stop()
 
     for backend in ctx.backends:
-        db = ctx.db(backend, None)
-        proc = ctx.daemon(db, f"prof-idle-{backend}", sample=False)
-        seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
-        try:
+        with (
+            ctx.db(backend, None) as db,
+            ctx.daemon(db, f"prof-idle-{backend}", sample=False) as proc,
+        ):
+            seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"
             time.sleep(3)
             args = f"record -r 1000 -f raw --threads -o {raw} -d {seconds} --pid {proc.popen.pid}"
             subprocess.run([PY_SPY, *args.split()], check=True, capture_output=True, timeout=99)
-        finally:
-            proc.stop()
-            db.discard()
         save(f"idle-{backend}", raw, seconds, f"idle `renewald run`, {backend}, {seconds} s",
              rate=1000, note="Attached by pid after start-up.")  # fmt: skip
 

@@ -79,14 +79,15 @@ def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, a blank line after it (results.md, the profiles)."""
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return [*out, *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
 def _columns(summary: dict[str, Any], columns: list[Column]) -> list[str]:
     rows = [[k, *(cell(k, v) for _, cell in columns)] for k, v in summary.items()]
-    return _table(["", *(h for h, _ in columns)], rows)
+    return table(["", *(h for h, _ in columns)], rows)
 
 
 def _sp(key: str, digits: int = 0, unit: str = "") -> Callable[[str, dict[str, Any]], str]:
@@ -121,11 +122,11 @@ def markdown(record: dict[str, Any], *, json_name: str) -> str:
         f"{record['timestamp']} ({record['mode']} run, {record['reps']} repetition(s): medians "
         f"with min-max in brackets). The raw record is [`results/{json_name}`](results/"
         f"{json_name}). How to run: [README.md](README.md).", "",
-        "## Machine", "", *_table(["machine", ""], machine),
+        "## Machine", "", *table(["machine", ""], machine),
         "The machine is shared: absolute rates move by 2x between repetitions; ratios within "
         "one repetition (configurations interleaved) are steadier.", "",
         "## Targets", "",
-        *_table(["target", "measured", "result"], [[t["target"], _val(t["value"], t["unit"]),
+        *table(["target", "measured", "result"], [[t["target"], _val(t["value"], t["unit"]),
                                                      result[t["met"]]] for t in record["targets"]]),
     ]  # fmt: skip
     for name, render in SECTIONS:
@@ -272,7 +273,7 @@ def _io(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def _footprint(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
+def _footprint(sec: dict[str, Any], s: dict[str, Any]) -> list[str]:
     st = sec.get("startup", {})
     L = ["## 6. Footprint", "", "Idle `renewald run` on an empty database, default config:", "",
          *_columns(sec.get("idle", {}), [
@@ -280,19 +281,19 @@ def _footprint(sec: dict[str, Any], _s: dict[str, Any]) -> list[str]:
              ("RSS MB", _txt("rss_mb", 1)), ("USS MB", _txt("uss_mb", 1)),
              ("threads", _txt("threads")),
          ])]  # fmt: skip
-    if sec.get("rss_draining_mb"):
-        peaks = (f"{k} {fmt_spread(v, 1)} MB" for k, v in sec["rss_draining_mb"].items())
+    if drain := _get(s, "drain", "summary"):
+        peaks = (f"{k} {fmt_spread(v['rss_peak_mb'], 1)} MB" for k, v in drain.items())
         L += ["Peak RSS while draining (section 2): " + ", ".join(peaks) + ".", ""]
     names = {"python_c_pass_s": "`python -c pass`", "renewald_version_s": "`renewald --version`",
              **{f"run_once_empty_{b}_s": f"`renewald run --once`, empty database ({b})"
                 for b in ("sqlite", "postgresql")}}  # fmt: skip
-    L += _table(["start-up (spawn to exit)", "seconds"],
+    L += table(["start-up (spawn to exit)", "seconds"],
                 [[names[k], fmt_spread(v, 3)] for k, v in st.items() if k in names])  # fmt: skip
     top = st.get("importtime_top_sqlite") or []
     if len(top) > 1:
         L += [f"`python -X importtime renewald run --once` (SQLite): top-level imports "
               f"{top[0]['total_top_level_us'] / 1000:.0f} ms; slowest (cumulative):", "",
-              *_table(["module", "cumulative ms", "self ms"],
+              *table(["module", "cumulative ms", "self ms"],
                       [[f"`{r['module']}`", fmt(r["cumulative_us"] / 1000, 1),
                         fmt(r["self_us"] / 1000, 1)] for r in top[1:]])]  # fmt: skip
     return L

@@ -26,9 +26,8 @@ def drain_once(ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | N
                **config: Any) -> dict[str, Any]:  # fmt: skip
     """`daemons` processes of `renewald ARGS` (default `run --once`) draining `ds`, spawned
     together; the section `io` reads its figures from this record too."""
-    db = ctx.db(backend, ds)
     key = f"{backend}-{daemons}" + ("-quiet" if level else "")
-    try:
+    with ctx.db(backend, ds) as db:
         logging = {"level": level} if level else {}
         procs = [ctx.renewald(db, f"{name}-{key}", args, logging=logging, **config)
                  for _ in range(daemons)]  # fmt: skip
@@ -50,8 +49,6 @@ def drain_once(ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | N
         if counts.get("done") != ds.jobs or any(codes):
             out["error"] = f"{counts}, exit codes {codes}: {procs[0].tail()}"
         return out
-    finally:
-        db.discard()
 
 
 def run(ctx: Ctx) -> dict[str, Any]:

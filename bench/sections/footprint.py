@@ -1,10 +1,11 @@
 """Section 6, footprint: idle CPU and RSS of `renewald run` (one per backend, empty database,
 after a settle time), `run --once` start-up on an empty database (spawn to exit, beside
-`python -c pass` and `renewald --version`, and one `-X importtime` run), peak RSS draining.
+`python -c pass` and `renewald --version`, and one `-X importtime` run); peak RSS: section 2's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -17,9 +18,12 @@ from bench.common import RENEWALD, Ctx, importtime_top, renewald_env, say, sprea
 
 
 def _idle(ctx: Ctx) -> dict[str, Any]:
-    dbs = {b: ctx.db(b, None) for b in ctx.backends}
-    procs = {b: ctx.daemon(db, f"idle-{b}", sample=False) for b, db in dbs.items()}
-    try:
+    with contextlib.ExitStack() as stack:
+        dbs = {b: stack.enter_context(ctx.db(b, None)) for b in ctx.backends}
+        procs = {
+            b: stack.enter_context(ctx.daemon(db, f"idle-{b}", sample=False))
+            for b, db in dbs.items()
+        }
         time.sleep(ctx.pick(5.0, 2.0))
         ps = {b: psutil.Process(p.popen.pid) for b, p in procs.items()}
         before = {b: p.cpu_times() for b, p in ps.items()}
@@ -35,11 +39,6 @@ def _idle(ctx: Ctx) -> dict[str, Any]:
                       "threads": p.num_threads()}  # fmt: skip
             say(f"idle {b}: {out[b]['cpu_pct_of_core']:.2f}% of a core, {out[b]['rss_mb']:.1f} MB")
         return out
-    finally:
-        for proc in procs.values():
-            proc.stop()
-        for db in dbs.values():
-            db.discard()
 
 
 def _timed(
@@ -57,9 +56,8 @@ def _startup(ctx: Ctx) -> dict[str, Any]:
         "renewald_version_s": spread(_timed([RENEWALD, "--version"])[0] for _ in range(reps)),
     }
     for backend in ctx.backends:
-        db = ctx.db(backend, None)
-        env = renewald_env(db.url, ctx.config(ctx.run_dir(f"startup-{backend}")))
-        try:
+        with ctx.db(backend, None) as db:
+            env = renewald_env(db.url, ctx.config(ctx.run_dir(f"startup-{backend}")))
             walls = []
             for _ in range(reps):
                 wall, res = _timed([RENEWALD, "run", "--once"], env)
@@ -70,13 +68,8 @@ def _startup(ctx: Ctx) -> dict[str, Any]:
             say(f"start-up {backend}: run --once, empty database, {statistics.median(walls):.3f}s")
             _, res = _timed([sys.executable, "-X", "importtime", RENEWALD, "run", "--once"], env)
             out[f"importtime_top_{backend}"] = importtime_top(res.stderr)
-        finally:
-            db.discard()
     return out
 
 
-def run(ctx: Ctx, drain: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"idle": _idle(ctx), "startup": _startup(ctx)}
-    if drain:
-        out["rss_draining_mb"] = {k: s["rss_peak_mb"] for k, s in drain.get("summary", {}).items()}
-    return out
+def run(ctx: Ctx) -> dict[str, Any]:
+    return {"idle": _idle(ctx), "startup": _startup(ctx)}

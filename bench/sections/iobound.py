@@ -29,6 +29,8 @@ ARGS = ["run", "--once", "--workers", str(WORKERS)]
 
 
 class Target(ThreadingHTTPServer):
+    """The webhook receiver, serving from its start to the end of a `with` block on it."""
+
     daemon_threads = True
     request_queue_size = 256  # many connections at once: the default backlog of 5 resets some
 
@@ -44,7 +46,7 @@ class Target(ThreadingHTTPServer):
             jobs=m, conversations=m, target_kind="http.webhook", target_snapshot=snapshot
         )
 
-    def stop(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
 
@@ -91,13 +93,10 @@ def once(ctx: Ctx, backend: str, daemons: int, target: Target, ds: DataSet) -> d
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
-    target = Target()
-    try:
+    with Target() as target:
         ds = target.dataset(ctx.pick(3_200, 640))
         configs = [("postgresql", 1), ("postgresql", 3)] if ctx.pg else [("sqlite", 1)]
         todo = {f"{b}-{d}": functools.partial(once, ctx, b, d, target, ds) for b, d in configs}
         keys = ("deliveries_per_s", "of_ideal_pct", "wall_deliveries_per_s", "server_max_in_flight",
                 "cpu_ms_per_delivery", "ideal_per_s")  # fmt: skip
         return {"workers": WORKERS, "jobs": ds.jobs, **repeat(ctx, "io", todo, *keys)}
-    finally:
-        target.stop()

@@ -30,12 +30,11 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
 
 def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
     """One run of `c`: its processes spawned together, each timed spawn to exit."""
-    db = ctx.db(c["backend"], ds)
     run_dir = ctx.run_dir(f"bare-{c['key']}")
     sql = run_dir / "statements.json"
     sql.write_text(statements(c["backend"]).dumps())
     share = -(-c["max_jobs"] // c["procs"])
-    try:
+    with ctx.db(c["backend"], ds) as db:
         cmd = bench_cmd("bare", c["backend"], db.target, sql, c["batch"], share)
         jsonl = [run_dir / f"bare-{i}.jsonl" for i in range(c["procs"])]
         procs = [spawn([*cmd, str(j)], env=child_env(), cwd=run_dir) for j in jsonl]
@@ -52,8 +51,6 @@ def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
         if not attempts == lines == jobs:
             out["error"] = f"jobs {jobs}, attempt rows {attempts}, JSONL lines {lines}"
         return out
-    finally:
-        db.discard()
 
 
 def run(ctx: Ctx) -> dict[str, Any]:

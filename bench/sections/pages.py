@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from bench.common import Ctx, now_ms, say
 from bench.sections.pollcost import dataset, loaded, time_ms
 from renewald.clock import SystemClock
-from renewald.daemon.listener import Request
+from renewald.daemon.listener import Request, Response
 from renewald.store import Store
 from renewald.store.models import Schedule
 from renewald.web.app import Settings, StatusApp
@@ -35,8 +35,7 @@ def _schedules(store: Store, now: int) -> None:
 
 def _urls(app: StatusApp) -> dict[str, str]:
     """The pages, and the second page of a filtered list (found through the first)."""
-    first = app.route(Request("/jobs", parse_qs("status=done"), {}))
-    assert first is not None and first.code == 200
+    first = _get(app, Request("/jobs", parse_qs("status=done"), {}), "jobs, status=done")
     next_url = first.body.decode().split('id="next-page" href="', 1)[1].split('"', 1)[0]
     return {
         "overview /": "/", "jobs /jobs": "/jobs", "jobs, status=failed": "/jobs?status=failed",
@@ -47,9 +46,10 @@ def _urls(app: StatusApp) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _get(app: StatusApp, request: Request, name: str) -> None:
+def _get(app: StatusApp, request: Request, name: str) -> Response:
     response = app.route(request)
     assert response is not None and response.code == 200, (name, response)
+    return response
 
 
 def _time_pages(url: str, n: int) -> dict[str, Any]:
@@ -77,8 +77,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": ds.finished + ds.jobs + ds.future, "n": ctx.reps * 5}
     for backend in ctx.backends:
         db, _ = loaded(ctx, backend, ds, "pages")
-        try:
+        with db:
             result[backend] = _time_pages(db.url, result["n"])
-        finally:
-            db.discard()
     return result

@@ -5,6 +5,7 @@ ahead or already due; latency = `started_at - next_attempt_at` from the database
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -32,10 +33,11 @@ def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
     seconds = ctx.pick(6.0, 2.0)
     per_window = int(RATE * seconds)
     ds = DataSet(jobs=0, conversations=ctx.reps * len(KINDS) * per_window)
-    db = ctx.db(backend, ds)
-    proc = ctx.daemon(db, f"pickup-{backend}")
-    conn = db.connect()
-    try:
+    with (
+        ctx.db(backend, ds) as db,
+        ctx.daemon(db, f"pickup-{backend}") as proc,
+        contextlib.closing(db.connect()) as conn,
+    ):
         time.sleep(1.5)  # past the first poll
         windows: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
         pooled: dict[str, list[int]] = {k: [] for k in KINDS}
@@ -60,10 +62,6 @@ def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
         }
         return {"rate_per_s": RATE, "lead_ms": LEAD_MS, "window_s": seconds,
                 "windows": windows, "summary": summary, "exit_code": proc.stop()}  # fmt: skip
-    finally:
-        conn.close()
-        proc.stop()
-        db.discard()
 
 
 def run(ctx: Ctx) -> dict[str, Any]:

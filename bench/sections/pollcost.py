@@ -10,12 +10,14 @@ due jobs: the counts stay inside the 9,000. SQLite as renewald leaves it (no ANA
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.bare import transaction
 from bench.common import Ctx, now_ms, say, spread
 from bench.db import DataSet, RunDB
 from bench.statements import statements
@@ -24,7 +26,6 @@ from renewald.store import Store
 BATCH = 32
 PLAN_INDEX = "idx_renewal_jobs_status_due"
 EXPLAIN = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN (ANALYZE, BUFFERS) "}
-BEGIN = {"sqlite": "BEGIN IMMEDIATE", "postgresql": None}
 
 
 def dataset(ctx: Ctx) -> DataSet:
@@ -66,9 +67,12 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
               "scan_limit": BATCH * sql.scan_factor, "limit": BATCH}  # fmt: skip
     quiet = dict(params, now=db.one("SELECT min(next_attempt_at) FROM renewal_jobs "
                                     "WHERE status = 'pending'") - 1)  # fmt: skip
-    conn, auto = db.connect(), db.connect(autocommit=True)  # auto: no BEGIN round trip
-    store = Store.open(db.url, pool_size=2)
-    try:
+    with (
+        db,
+        contextlib.closing(db.connect()) as conn,
+        contextlib.closing(db.connect(autocommit=True)) as auto,  # auto: no BEGIN round trip
+        contextlib.closing(Store.open(db.url, pool_size=2)) as store,
+    ):
         plans = {}
         for name in ("due", "claim", "next_due"):
             stmt = getattr(sql, name)
@@ -80,11 +84,9 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
             return lambda: auto.execute(stmt.text, stmt.params(**values)).fetchall()
 
         def claim() -> None:
-            if BEGIN[backend]:
-                conn.execute(BEGIN[backend])
             values = sql.claim.params(**dict(params, now=now_ms()))
-            rows = conn.execute(sql.claim.text, values).fetchall()
-            conn.commit()
+            with transaction(conn, backend) as cur:
+                rows = cur.execute(sql.claim.text, values).fetchall()
             assert len(rows) == BATCH, len(rows)
 
         def claim_renewald() -> None:
@@ -95,11 +97,6 @@ def _backend(ctx: Ctx, backend: str, ds: DataSet, n: dict[str, int]) -> dict[str
                "next_due": query(sql.next_due, params), "claim_sql": claim,
                "claim_renewald": claim_renewald}  # fmt: skip
         timings = _measure(fns, ctx.reps, n)
-    finally:
-        conn.close()
-        auto.close()
-        store.close()
-    db.discard()
     return {"load_s": load_s, "plans": plans, "timings": timings}
 
 

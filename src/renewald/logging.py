@@ -71,8 +71,9 @@ def _ordered(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[
     return head
 
 
-class _DailyFile:
-    """A structlog logger that appends rendered lines to `<dir>/<UTC date>.jsonl`.
+class JobLog:
+    """The JSONL job log, appended to `<dir>/<UTC date>.jsonl`. `log(event, now_ms=...,
+    **fields)` returns the file's path.
 
     Like the standard library's WatchedFileHandler, a write first checks that the open
     file is still the one at its path: a file renamed away (logrotate), deleted, or a
@@ -81,8 +82,9 @@ class _DailyFile:
     every `CHECK_EVERY` seconds, not per line: a burst of lines costs one.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self._render = structlog.processors.JSONRenderer()
         self._name: str | None = None
         self._file: TextIO | None = None
         self._identity: tuple[int, int] | None = None
@@ -102,18 +104,28 @@ class _DailyFile:
             known = self._day_path = (day, str(self.directory / f"{date}.jsonl"))
         return known[1]
 
-    def write(self, line: str, path: str) -> bool:
+    def log(self, event: str, *, now_ms: int, **fields: Any) -> str:
+        data = {k: v for k, v in fields.items() if v is not None}
+        return self.write_redacted(event, now_ms, _redact(None, "", data))
+
+    def write_redacted(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
+        """`log` for fields that are redacted already and hold no None."""
+        data: dict[str, Any] = {"ts": iso_utc(now_ms), "event": event}
+        data.update(fields)
+        path = self.path_for(now_ms)
+        self._append(str(self._render(None, "", _ordered(None, "", data))), path)
+        return path
+
+    def _append(self, line: str, path: str) -> None:
         with self._lock:
             try:
                 if self._reopen_requested or self._name != path or self._moved():
                     self._reopen(path)
                 assert self._file is not None
                 self._file.write(line + "\n")
-                return True
             except OSError as exc:
                 self._close()
                 self._complain(exc)
-                return False
 
     def _moved(self) -> bool:
         """Whether the path no longer names the open file (or nothing is open)."""
@@ -158,10 +170,11 @@ class _DailyFile:
                 self.last_error = None
 
     def reopen(self) -> None:
-        """Open the path anew at the next write. Safe to call from a signal handler."""
+        """Open the file anew at the next line (SIGHUP); safe in a signal handler."""
         self._reopen_requested = True
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
             self._close()
 
@@ -188,45 +201,6 @@ class _DailyFile:
 
 def _log() -> Any:
     return structlog.get_logger("renewald.logging")
-
-
-class JobLog:
-    """The JSONL job log. `log(event, now_ms=..., **fields)` returns the file's path."""
-
-    def __init__(self, directory: Path | str) -> None:
-        self.directory = Path(directory)
-        self._file = _DailyFile(self.directory)
-        self._render = structlog.processors.JSONRenderer()
-
-    def path_for(self, now_ms: int) -> str:
-        return self._file.path_for(now_ms)
-
-    def log(self, event: str, *, now_ms: int, **fields: Any) -> str:
-        data = {k: v for k, v in fields.items() if v is not None}
-        return self.write_redacted(event, now_ms, _redact(None, "", data))
-
-    def write_redacted(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
-        """`log` for fields that are redacted already and hold no None."""
-        data: dict[str, Any] = {"ts": iso_utc(now_ms), "event": event}
-        data.update(fields)
-        path = self.path_for(now_ms)
-        self._file.write(str(self._render(None, "", _ordered(None, "", data))), path)
-        return path
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def reopen(self) -> None:
-        """Open the file anew at the next line (SIGHUP); safe in a signal handler."""
-        self._file.reopen()
-
-    def close(self) -> None:
-        self._file.flush()
-        self._file.close()
-
-    @property
-    def last_error(self) -> str | None:
-        return self._file.last_error
 
 
 _events_bound: tuple[tuple[int, int], Any] | None = None

@@ -75,10 +75,15 @@ def _timeout(settings: Mapping[str, Any]) -> float:
     return seconds
 
 
-def _env(settings: Mapping[str, Any]) -> dict[str, str]:
-    table = settings.get("env", {})
+def _table(settings: Mapping[str, Any], key: str, expected: str) -> Mapping[Any, Any]:
+    table = settings.get(key, {})
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{SECTION} env: expected a table of NAME = value")
+        raise ConfigError(f"{SECTION} {key}: expected {expected}")
+    return table
+
+
+def _env(settings: Mapping[str, Any]) -> dict[str, str]:
+    table = _table(settings, "env", "a table of NAME = value")
     env: dict[str, str] = {}
     for name, value in table.items():
         if isinstance(value, bool):
@@ -91,9 +96,7 @@ def _env(settings: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _exit_codes(settings: Mapping[str, Any]) -> dict[int, str]:
-    table = settings.get("exit_codes", {})
-    if not isinstance(table, Mapping):
-        raise ConfigError(f'{SECTION} exit_codes: expected a table such as {{ "75" = "retry" }}')
+    table = _table(settings, "exit_codes", 'a table such as { "75" = "retry" }')
     codes = dict(DEFAULT_EXIT_CODES)
     for code, outcome in table.items():
         try:

@@ -50,28 +50,29 @@ class Context:
     def store(
         self,
         *,
-        create: bool = False,
-        check: bool = True,
+        migrating: bool = False,
         pool_size: int = 5,
         budget: float = CLI_BUDGET,
         busy_timeout: float | None = None,
     ) -> Store:
         """The store, opened once. Each database call retries an unreachable or locked
         database for `budget` seconds, then raises `DatabaseUnavailable` (exit 69); so
-        does opening it. SQLite's busy_timeout is capped at `budget` unless given."""
+        does opening it. SQLite's busy_timeout is capped at `budget` unless given.
+        `migrating` (for `migrate`): a missing SQLite file is created and the schema, which
+        may be missing or old, is not checked."""
         if self._store is None:
             db = self.config.database
             store = Store.open(
                 db.url,
                 busy_timeout=min(db.busy_timeout, budget) if busy_timeout is None else busy_timeout,
                 synchronous=db.sqlite_synchronous,
-                create=create,
+                create=migrating,
                 pool_size=pool_size,
                 retry_for=budget,
                 due=DueGate(tuple(self.config.daemon.dispatch_statuses)),
             )
             try:
-                if check:
+                if not migrating:
                     store.check_schema()
             except DBAPIError as exc:
                 store.close()
@@ -85,15 +86,14 @@ class Context:
         return self._store
 
     def store_when_available(
-        self, *, what: str, create: bool = False, check: bool = True, pool_size: int = 5
+        self, *, what: str, migrating: bool = False, pool_size: int = 5
     ) -> Store:
         """`store()`, waiting up to `[database] startup_wait` for a database that is down
         (cli/startup.py): for `migrate` and `run`, which systemd starts."""
         db = self.config.database
         return wait_for_database(
             lambda budget: self.store(
-                create=create,
-                check=check,
+                migrating=migrating,
                 pool_size=pool_size,
                 budget=budget,
                 busy_timeout=db.busy_timeout,
@@ -119,22 +119,24 @@ def _late_global_option(ctx: click.Context, param: click.Parameter, value: str |
         setattr(obj, param.name, value)
 
 
-def _global_options() -> list[click.Parameter]:
+# The options every command takes: flag, destination, metavar, what it names, its env.
+GLOBAL_OPTIONS = (
+    ("--config", "config_path", "PATH", "config.toml", "RENEWALD_CONFIG"),
+    ("--db", "db_url", "URL", "SQLAlchemy database URL", "RENEWALD_DB"),
+)
+
+
+def _global_options(*, late: bool) -> list[click.Parameter]:
+    """The global options before the command name, or (`late`) after it."""
     return [
         click.Option(
-            ["--config", "config_path"],
-            metavar="PATH",
-            expose_value=False,
-            callback=_late_global_option,
-            help="config.toml (also accepted before the command)",
-        ),
-        click.Option(
-            ["--db", "db_url"],
-            metavar="URL",
-            expose_value=False,
-            callback=_late_global_option,
-            help="SQLAlchemy database URL (also accepted before the command)",
-        ),
+            [flag, dest],
+            metavar=metavar,
+            expose_value=not late,
+            callback=_late_global_option if late else None,
+            help=f"{what} (also accepted before the command)" if late else f"{what} (env {env})",
+        )
+        for flag, dest, metavar, what, env in GLOBAL_OPTIONS
     ]
 
 
@@ -172,13 +174,15 @@ class Group(click.Group):
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         taken = {opt for p in cmd.params for opt in getattr(p, "opts", ())}
-        cmd.params.extend(p for p in _global_options() if not taken & set(p.opts))
+        cmd.params.extend(p for p in _global_options(late=True) if not taken & set(p.opts))
         super().add_command(cmd, name)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH", help="config.toml (env RENEWALD_CONFIG)")
-@click.option("--db", "db_url", metavar="URL", help="SQLAlchemy database URL (env RENEWALD_DB)")
+@click.group(
+    cls=Group,
+    params=_global_options(late=False),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="renewald")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, db_url: str | None) -> None:

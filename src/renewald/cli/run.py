@@ -17,7 +17,7 @@ def migrate_cmd(ctx: Context) -> None:
     """Create or upgrade the schema (idempotent)."""
     config = ctx.config
     configure_console(level=config.logging.level, console=config.logging.console)
-    store = ctx.store_when_available(what="migrate", create=True, check=False)
+    store = ctx.store_when_available(what="migrate", migrating=True)
     before, after = migrate(store.engine)
     if before == after:
         click.echo(f"schema is current (revision {after})")

@@ -7,6 +7,7 @@ build every result here, so the columns a result carries are set in one place.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from renewald.adapters import Outcome
@@ -61,6 +62,17 @@ def attempt_result(
     )
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a claimed job, as its result names it: the adapter kind and the
+    (redacted) target it is for, when known so far."""
+
+    claimed: ClaimedJob
+    attempt_id: str
+    kind: str | None
+    target_text: str | None
+
+
 class ResultMaker:
     """What an attempt makes of a job, for one daemon: its owner, retry policy, cooldown
     and job log. Every method returns the result; none writes anything."""
@@ -81,17 +93,10 @@ class ResultMaker:
         self._rand = rand or random.Random()
 
     def sent(
-        self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        started: int,
-        finished: int,
-        outcome: Outcome,
+        self, attempt: Attempt, started: int, finished: int, outcome: Outcome
     ) -> AttemptResult:
         """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
-        job = claimed.job
+        job = attempt.claimed.job
         decision = decide(
             self.policy,
             outcome=outcome.kind.value,
@@ -106,36 +111,27 @@ class ResultMaker:
         delivered = decision.status == "done"
         cooldown = self.cooldown_ms
         return self._ours(
-            claimed, decision, attempt_id, kind, target_text, started, finished,
+            attempt,
+            decision,
+            started,
+            finished,
             outcome=outcome.kind.value,
             error_class=None if delivered else outcome.error_class,
             error=None if delivered else outcome.reason,
             summary=outcome.summary,
             cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
-        )  # fmt: skip
+        )
 
-    def expired(
-        self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        now: int,
-        decision: Decision,
-    ) -> AttemptResult:
+    def expired(self, attempt: Attempt, now: int, decision: Decision) -> AttemptResult:
         """The job's deadline passed before it could be tried: ended, never sent."""
         return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
-        )  # fmt: skip
+            attempt, decision, now, "expired", error_class="DeadlinePassed", error=DEADLINE_PASSED
+        )
 
     def deferred(
         self,
-        claimed: ClaimedJob,
+        attempt: Attempt,
         *,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
         now: int,
         until: int,
         reason: str,
@@ -144,49 +140,50 @@ class ResultMaker:
     ) -> AttemptResult:
         """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
         handed back. The attempt row says why (outcome `deferred`); no connection was made."""
-        decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
+        decision = defer(until=until, reason=reason, deadline_at=attempt.claimed.job.deadline_at)
         return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="deferred", error_class=error_class, error=error, refund=True,
-        )  # fmt: skip
+            attempt, decision, now, "deferred", error_class=error_class, error=error, refund=True
+        )
 
     def _untried(
         self,
-        claimed: ClaimedJob,
+        attempt: Attempt,
         decision: Decision,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
         now: int,
-        *,
         outcome: str,
+        *,
         error_class: str,
         error: str | None,
         refund: bool = False,
     ) -> AttemptResult:
         """The result of an attempt that ended at `now` without a send."""
         return self._ours(
-            claimed, decision, attempt_id, kind, target_text, now, now,
-            outcome=outcome, error_class=error_class, error=error, refund=refund,
-        )  # fmt: skip
+            attempt,
+            decision,
+            now,
+            now,
+            outcome=outcome,
+            error_class=error_class,
+            error=error,
+            refund=refund,
+        )
 
     def _ours(
-        self,
-        claimed: ClaimedJob,
-        decision: Decision,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        started: int,
-        finished: int,
-        **rest: Any,
+        self, attempt: Attempt, decision: Decision, started: int, finished: int, **rest: Any
     ) -> AttemptResult:
         """`attempt_result` for an attempt of this daemon, logged at `finished`."""
         return attempt_result(
-            claimed.job, decision, attempt_id=attempt_id, lease_owner=self.owner,
-            adapter=kind, target=target_text, started=started, finished=finished,
-            log_path=self.job_log.path_for(finished), **rest,
-        )  # fmt: skip
+            attempt.claimed.job,
+            decision,
+            attempt_id=attempt.attempt_id,
+            lease_owner=self.owner,
+            adapter=attempt.kind,
+            target=attempt.target_text,
+            started=started,
+            finished=finished,
+            log_path=self.job_log.path_for(finished),
+            **rest,
+        )
 
 
 def attempt_keys(r: AttemptResult) -> dict[str, Any]:

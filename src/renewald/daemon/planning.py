@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import structlog
 
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
-from renewald.clock import Clock
 from renewald.daemon.backoff import expired_before_attempt
 from renewald.daemon.malformed import malformed_result
+from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import Attempt, ResultMaker
 from renewald.daemon.target import (
     breaker_key,
@@ -24,7 +24,6 @@ from renewald.daemon.target import (
     target_kind_of,
 )
 from renewald.errors import ConfigError
-from renewald.logging import JobLog
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob
 
@@ -44,22 +43,13 @@ class Planned(Attempt):
     blocking: bool
 
 
-class Planner:
+class Planner(Part):
     def __init__(
-        self,
-        *,
-        adapters: AdapterRegistry,
-        results: ResultMaker,
-        clock: Clock,
-        job_log: JobLog,
-        owner: str,
-        pause_ms: int,
+        self, parts: DaemonParts, *, adapters: AdapterRegistry, results: ResultMaker, pause_ms: int
     ) -> None:
+        super().__init__(parts)
         self.adapters = adapters
         self.results = results
-        self.clock = clock
-        self.job_log = job_log
-        self.owner = owner
         self.pause_ms = pause_ms
         self._config_errors: set[str] = set()
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from renewald.daemon.batches import gather
 from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import attempt_keys
 from renewald.logging import Throttle, emit
@@ -59,20 +60,8 @@ class Recorder(Part):
         closing = False
         while not closing:
             first = self._queue.get()
-            if first is None:
-                closing = True
-                batch: list[AttemptResult] = []
-            else:
-                batch = [first]
-            while len(batch) < RECORD_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
+            batch = [] if first is None else [first]
+            closing = gather(self._queue, batch, RECORD_BATCH) or first is None
             if batch:
                 self.record(batch)
 

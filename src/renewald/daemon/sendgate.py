@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from renewald.daemon.batches import gather
 from renewald.daemon.parts import DaemonParts, Part
 
 _log = structlog.get_logger("renewald.daemon")
@@ -61,17 +62,11 @@ class SendGate(Part):
                 self._answer_rest()
                 return
             batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._write(batch)
-                    self._answer_rest()
-                    return
-                batch.append(more)
+            closing = gather(self._queue, batch, BATCH)
             self._write(batch)
+            if closing:
+                self._answer_rest()
+                return
 
     def begin_now(self, held: Sequence[tuple[str, int]]) -> list[bool | None]:
         """`begin` for several held jobs, written at once by the calling thread (it has

@@ -72,6 +72,12 @@ class Attempt:
     kind: str | None
     target_text: str | None
 
+    def log_keys(self) -> dict[str, Any]:
+        job = self.claimed.job
+        return attempt_keys_of(
+            job.job_id, self.attempt_id, job.attempt_count, job.local_conversation_id
+        )
+
 
 class ResultMaker:
     """What an attempt makes of a job, for one daemon: its owner, retry policy, cooldown
@@ -186,11 +192,17 @@ class ResultMaker:
         )
 
 
-def attempt_keys(r: AttemptResult) -> dict[str, Any]:
+def attempt_keys_of(
+    job_id: str, attempt_id: str, attempt: int, conversation: str | None
+) -> dict[str, Any]:
     """The keys every event about one attempt starts with (docs/operations.md)."""
     return {
-        "job_id": r.job_id,
-        "attempt_id": r.attempt_id,
-        "attempt": r.attempt_no,
-        "conversation": r.local_conversation_id,
+        "job_id": job_id,
+        "attempt_id": attempt_id,
+        "attempt": attempt,
+        "conversation": conversation,
     }
+
+
+def attempt_keys(r: AttemptResult) -> dict[str, Any]:
+    return attempt_keys_of(r.job_id, r.attempt_id, r.attempt_no, r.local_conversation_id)

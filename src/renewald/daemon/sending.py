@@ -216,10 +216,7 @@ class Sending:
             self.job_log,
             "attempt.started",
             now_ms=started,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-            attempt=job.attempt_count,
-            conversation=job.local_conversation_id,
+            **planned.log_keys(),
             adapter=planned.kind,
             owner=self.owner,
         )

@@ -7,10 +7,12 @@ build every result here, so the columns a result carries are set in one place.
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from renewald.adapters import Outcome
+from renewald.clock import iso_utc
 from renewald.daemon.backoff import DEADLINE_PASSED, Decision, RetryPolicy, decide, defer
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Job
@@ -102,17 +104,8 @@ class ResultMaker:
         self, attempt: Attempt, started: int, finished: int, outcome: Outcome
     ) -> AttemptResult:
         """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
-        job = attempt.claimed.job
-        decision = decide(
-            self.policy,
-            outcome=outcome.kind.value,
-            attempt_no=job.attempt_count,
-            max_attempts=job.max_attempts,
-            now=finished,
-            after=outcome.after,
-            reason=outcome.reason,
-            deadline_at=job.deadline_at,
-            rand=self._rand,
+        decision = self._decide(
+            attempt.claimed.job, outcome.kind.value, finished, outcome.after, outcome.reason
         )
         delivered = decision.status == "done"
         cooldown = self.cooldown_ms
@@ -126,6 +119,50 @@ class ResultMaker:
             error=None if delivered else outcome.reason,
             summary=outcome.summary,
             cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
+        )
+
+    def abandoned(self, job: Job, now: int) -> AttemptResult:
+        """The attempt of a job whose owner is gone (the rescuer's): its lease expired, or
+        it carries none. The attempt is handed back unless its send had begun."""
+        if job.lease_expires_at is not None and job.lease_expires_at <= now:
+            why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
+        else:
+            why = f"the row held by {job.lease_owner} carries no lease expiry"
+        return attempt_result(
+            job,
+            self._decide(job, "abandoned", now),
+            attempt_id=uuid.uuid4().hex,
+            lease_owner=job.lease_owner or "",
+            outcome="abandoned",
+            adapter=job.target_kind,
+            target=None,
+            started=job.started_at or job.last_attempt_at or now,
+            finished=now,
+            log_path=self.job_log.path_for(now),
+            error_class="Abandoned",
+            error=why,
+            refund=job.send_token != job.lease_token,
+        )
+
+    def _decide(
+        self,
+        job: Job,
+        outcome: str,
+        now: int,
+        after: float | None = None,
+        reason: str | None = None,
+    ) -> Decision:
+        """`backoff.decide` for this attempt of `job`, on this daemon's policy."""
+        return decide(
+            self.policy,
+            outcome=outcome,
+            attempt_no=job.attempt_count,
+            max_attempts=job.max_attempts,
+            now=now,
+            after=after,
+            reason=reason,
+            deadline_at=job.deadline_at,
+            rand=self._rand,
         )
 
     def expired(self, attempt: Attempt, now: int, decision: Decision) -> AttemptResult:

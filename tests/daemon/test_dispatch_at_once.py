@@ -13,6 +13,7 @@ import pytest
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.daemon.parts import DaemonParts
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
 from tests.clock import ManualClock
@@ -79,11 +80,8 @@ def dispatcher(
     adapters.register("instant", factory(instant))
     adapters.register("held", factory(held))
     d = Dispatcher(
-        store=store,
+        DaemonParts(store, ManualClock(T0), job_log, OWNER),
         adapters=adapters,
-        job_log=job_log,
-        clock=ManualClock(T0),
-        owner=OWNER,
         settings=DispatchSettings(workers=2, batch=8),
         policy=RetryPolicy(base=30, factor=2, cap=3600, jitter=0),
     )

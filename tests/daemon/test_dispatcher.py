@@ -12,6 +12,7 @@ import pytest
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
+from renewald.daemon.parts import DaemonParts
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, Store
 from tests.clock import ManualClock
@@ -59,11 +60,8 @@ def dispatcher(
     adapters = AdapterRegistry({})
     adapters.register("busy", _busy)
     d = Dispatcher(
-        store=store,
+        DaemonParts(store, clock, job_log, OWNER),
         adapters=adapters,
-        job_log=job_log,
-        clock=clock,
-        owner=OWNER,
         settings=DispatchSettings(workers=2, batch=8),
         policy=POLICY,
     )

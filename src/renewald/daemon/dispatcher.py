@@ -27,18 +27,17 @@ from dataclasses import dataclass
 import structlog
 
 from renewald.adapters import AdapterRegistry
-from renewald.clock import Clock
 from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.breaker import Breakers, BreakerSettings
 from renewald.daemon.limits import TargetLimits
+from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.planning import Planned, Planner
 from renewald.daemon.recorder import Recorder
 from renewald.daemon.results import ResultMaker
 from renewald.daemon.sendgate import SendGate
 from renewald.daemon.sending import Sending
-from renewald.daemon.summary import Summary
-from renewald.logging import JobLog, emit
-from renewald.store import AttemptResult, ClaimedJob, Store
+from renewald.logging import emit
+from renewald.store import AttemptResult, ClaimedJob
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -59,32 +58,24 @@ class PollResult:
     more_waiting: bool
 
 
-class Dispatcher(Sending):
+class Dispatcher(Sending, Part):
     def __init__(
         self,
+        parts: DaemonParts,
         *,
-        store: Store,
         adapters: AdapterRegistry,
-        job_log: JobLog,
-        clock: Clock,
-        owner: str,
         settings: DispatchSettings,
         policy: RetryPolicy,
-        summary: Summary | None = None,
         rand: random.Random | None = None,
         on_capacity: Callable[[], None] | None = None,
         on_record: Callable[[int], None] | None = None,
         on_retry: Callable[[int], None] | None = None,
         breaker: BreakerSettings | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(parts)
         self.adapters = adapters
-        self.job_log = job_log
-        self.clock = clock
-        self.owner = owner
         self.settings = settings
         self.policy = policy
-        self.summary = summary or Summary()
         self._on_capacity = on_capacity
         self._on_record = on_record
         self._on_retry = on_retry
@@ -104,25 +95,16 @@ class Dispatcher(Sending):
             cooldown_ms=self.settings.cooldown_ms,
             rand=rand,
         )
-        self.recorder = Recorder(
-            store=self.store,
-            job_log=self.job_log,
-            clock=self.clock,
-            owner=self.owner,
-            summary=self.summary,
-            on_recorded=self._recorded,
-        )
+        self.recorder = Recorder(self.parts, on_recorded=self._recorded)
         self.breakers = Breakers(
             store=self.store,
             settings=breaker or BreakerSettings(probe_ms=self.settings.lease_ms),
             job_log=self.job_log,
         )
         self.planner = Planner(
+            self.parts,
             adapters=self.adapters,
             results=self.results,
-            clock=self.clock,
-            job_log=self.job_log,
-            owner=self.owner,
             pause_ms=self.breakers.settings.pause_ms,
         )
 
@@ -154,13 +136,7 @@ class Dispatcher(Sending):
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._gate = SendGate(
-            store=self.store,
-            owner=self.owner,
-            lease_ms=self.settings.lease_ms,
-            now_ms=self.clock.now_ms,
-            stopping=self._stopping,
-        )
+        self._gate = SendGate(self.parts, lease_ms=self.settings.lease_ms, stopping=self._stopping)
         for n in range(self.settings.workers):
             self._spawn(self._deliver_loop, f"renewald-worker-{n}")
         self._spawn(self.recorder.run, "renewald-recorder")

@@ -14,7 +14,7 @@ import structlog
 
 from renewald.controls import escape_controls
 from renewald.daemon.backoff import Decision
-from renewald.daemon.results import attempt_result
+from renewald.daemon.results import attempt_keys_of, attempt_result
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
@@ -94,10 +94,7 @@ def log_ended(swept: list[Swept], *, job_log: JobLog, owner: str, now: int) -> N
             "job.malformed",
             now_ms=now,
             level="warning",
-            job_id=s.job_id,
-            attempt_id=s.attempt_id,
-            attempt=s.attempt_no,
-            conversation=s.conversation,
+            **attempt_keys_of(s.job_id, s.attempt_id, s.attempt_no, s.conversation),
             outcome=MALFORMED,
             status="failed",
             decision="failed",

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import structlog
 
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
-from renewald.clock import Clock
 from renewald.daemon.backoff import expired_before_attempt
 from renewald.daemon.malformed import malformed_result
-from renewald.daemon.results import ResultMaker
+from renewald.daemon.parts import DaemonParts, Part
+from renewald.daemon.results import Attempt, ResultMaker
 from renewald.daemon.target import (
     breaker_key,
     build_delivery,
@@ -24,7 +24,6 @@ from renewald.daemon.target import (
     target_kind_of,
 )
 from renewald.errors import ConfigError
-from renewald.logging import JobLog
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob
 
@@ -32,36 +31,25 @@ _log = structlog.get_logger("renewald.daemon")
 
 
 @dataclass(frozen=True)
-class Planned:
+class Planned(Attempt):
     """A claimed job ready to be delivered: its delivery, adapter and target."""
 
-    claimed: ClaimedJob
-    attempt_id: str
     kind: str
+    target_text: str
     delivery: Delivery
     adapter: Adapter
-    target_text: str
     key: str
     limit: int
     blocking: bool
 
 
-class Planner:
+class Planner(Part):
     def __init__(
-        self,
-        *,
-        adapters: AdapterRegistry,
-        results: ResultMaker,
-        clock: Clock,
-        job_log: JobLog,
-        owner: str,
-        pause_ms: int,
+        self, parts: DaemonParts, *, adapters: AdapterRegistry, results: ResultMaker, pause_ms: int
     ) -> None:
+        super().__init__(parts)
         self.adapters = adapters
         self.results = results
-        self.clock = clock
-        self.job_log = job_log
-        self.owner = owner
         self.pause_ms = pause_ms
         self._config_errors: set[str] = set()
         self._lock = threading.Lock()
@@ -82,10 +70,10 @@ class Planner:
         kind = target_kind_of(claimed)
         expired = expired_before_attempt(job.deadline_at, now)
         if expired is not None:
-            return self.results.expired(claimed, attempt_id, kind, None, now, expired)
+            return self.results.expired(Attempt(claimed, attempt_id, kind, None), now, expired)
         delivery = build_delivery(claimed, attempt_id=attempt_id)
         if isinstance(delivery, Outcome):
-            return self.results.sent(claimed, attempt_id, kind, None, now, now, delivery)
+            return self.results.sent(Attempt(claimed, attempt_id, kind, None), now, now, delivery)
         kind = delivery.target_kind
         target_text = json.dumps(redact_value(dict(delivery.target)), sort_keys=True)
         try:
@@ -93,10 +81,7 @@ class Planner:
         except ConfigError as exc:
             self._say_config_error(kind, exc)
             return self.results.deferred(
-                claimed,
-                attempt_id=attempt_id,
-                kind=kind,
-                target_text=target_text,
+                Attempt(claimed, attempt_id, kind, target_text),
                 now=now,
                 until=now + self.pause_ms,
                 reason=f"adapter {kind} is misconfigured, not tried",
@@ -108,14 +93,15 @@ class Planner:
                 f"no adapter for target kind {kind!r} (known: {', '.join(self.adapters.kinds())})",
                 error_class="UnknownTargetKind",
             )
-            return self.results.sent(claimed, attempt_id, kind, target_text, now, now, outcome)
+            attempt = Attempt(claimed, attempt_id, kind, target_text)
+            return self.results.sent(attempt, now, now, outcome)
         return Planned(
             claimed,
             attempt_id,
             kind,
+            target_text,
             delivery,
             adapter,
-            target_text,
             key=breaker_key(adapter, delivery),
             limit=in_flight_limit(adapter),
             blocking=is_blocking(adapter),

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from renewald.clock import Clock
+from renewald.daemon.batches import gather
+from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import attempt_keys
-from renewald.daemon.summary import Summary
-from renewald.logging import JobLog, Throttle, emit
-from renewald.store import AttemptResult, Recorded, Store
+from renewald.logging import Throttle, emit
+from renewald.store import AttemptResult, Recorded
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -29,22 +29,9 @@ RECORD_BATCH = 256
 OnRecorded = Callable[[Sequence[AttemptResult], Sequence[bool]], None]
 
 
-class Recorder:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        job_log: JobLog,
-        clock: Clock,
-        owner: str,
-        summary: Summary,
-        on_recorded: OnRecorded,
-    ) -> None:
-        self.store = store
-        self.job_log = job_log
-        self.clock = clock
-        self.owner = owner
-        self.summary = summary
+class Recorder(Part):
+    def __init__(self, parts: DaemonParts, *, on_recorded: OnRecorded) -> None:
+        super().__init__(parts)
         self._on_recorded = on_recorded
         self._queue: queue.Queue[AttemptResult | None] = queue.Queue()
         # Attempts whose lines were flushed; their unlogged marks go with the next batch's
@@ -73,20 +60,8 @@ class Recorder:
         closing = False
         while not closing:
             first = self._queue.get()
-            if first is None:
-                closing = True
-                batch: list[AttemptResult] = []
-            else:
-                batch = [first]
-            while len(batch) < RECORD_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
+            batch = [] if first is None else [first]
+            closing = gather(self._queue, batch, RECORD_BATCH) or first is None
             if batch:
                 self.record(batch)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from renewald.daemon.owner import host_of
+from renewald.daemon.results import attempt_keys_of
 from renewald.logging import JobLog
 from renewald.store import Store
 from renewald.store.unlogged import Unlogged
@@ -61,10 +62,7 @@ def _write_line(job_log: JobLog, u: Unlogged) -> None:
     job_log.log(
         "job.rescued" if abandoned else "attempt.finished",
         now_ms=a.finished_at,
-        job_id=a.job_id,
-        attempt_id=a.attempt_id,
-        attempt=a.attempt_no,
-        conversation=u.conversation,
+        **attempt_keys_of(a.job_id, a.attempt_id, a.attempt_no, u.conversation),
         adapter=a.adapter,
         outcome=a.outcome,
         duration_ms=a.duration_ms,

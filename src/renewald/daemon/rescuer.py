@@ -17,15 +17,13 @@ process's rows: those are alive, whatever their lease says after an outage.
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable, Collection
 
 import structlog
 
-from renewald.clock import iso_utc
-from renewald.daemon.backoff import RetryPolicy, decide
+from renewald.daemon.backoff import RetryPolicy
 from renewald.daemon.malformed import log_ended
-from renewald.daemon.results import attempt_keys, attempt_result
+from renewald.daemon.results import ResultMaker, attempt_keys
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, Job, Store
 from renewald.store.attempts import CANCELLED
@@ -49,9 +47,8 @@ class Rescuer:
     ) -> None:
         self.store = store
         self.job_log = job_log
-        self.policy = policy
         self.owner = owner
-        self._rand = rand or random.Random()
+        self.results = ResultMaker(owner=owner, policy=policy, job_log=job_log, rand=rand)
         self.limit = limit
         self.retries_at: list[int] = []  # when the last pass's rescued jobs fall due again
         self.settle_ms = settle_ms
@@ -205,37 +202,4 @@ class Rescuer:
         return len(logged)
 
     def results_for(self, found: list[Job], *, now: int) -> list[AttemptResult]:
-        results = []
-        for job in found:
-            sent = job.send_token == job.lease_token
-            if job.lease_expires_at is not None and job.lease_expires_at <= now:
-                why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
-            else:
-                why = f"the row held by {job.lease_owner} carries no lease expiry"
-            decision = decide(
-                self.policy,
-                outcome="abandoned",
-                attempt_no=job.attempt_count,
-                max_attempts=job.max_attempts,
-                now=now,
-                deadline_at=job.deadline_at,
-                rand=self._rand,
-            )
-            results.append(
-                attempt_result(
-                    job,
-                    decision,
-                    attempt_id=uuid.uuid4().hex,
-                    lease_owner=job.lease_owner or "",
-                    outcome="abandoned",
-                    adapter=job.target_kind,
-                    target=None,
-                    started=job.started_at or job.last_attempt_at or now,
-                    finished=now,
-                    log_path=self.job_log.path_for(now),
-                    error_class="Abandoned",
-                    error=why,
-                    refund=not sent,
-                )
-            )
-        return results
+        return [self.results.abandoned(job, now) for job in found]

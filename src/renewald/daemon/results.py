@@ -7,9 +7,12 @@ build every result here, so the columns a result carries are set in one place.
 from __future__ import annotations
 
 import random
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from renewald.adapters import Outcome
+from renewald.clock import iso_utc
 from renewald.daemon.backoff import DEADLINE_PASSED, Decision, RetryPolicy, decide, defer
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Job
@@ -61,6 +64,23 @@ def attempt_result(
     )
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a claimed job, as its result names it: the adapter kind and the
+    (redacted) target it is for, when known so far."""
+
+    claimed: ClaimedJob
+    attempt_id: str
+    kind: str | None
+    target_text: str | None
+
+    def log_keys(self) -> dict[str, Any]:
+        job = self.claimed.job
+        return attempt_keys_of(
+            job.job_id, self.attempt_id, job.attempt_count, job.local_conversation_id
+        )
+
+
 class ResultMaker:
     """What an attempt makes of a job, for one daemon: its owner, retry policy, cooldown
     and job log. Every method returns the result; none writes anything."""
@@ -81,61 +101,80 @@ class ResultMaker:
         self._rand = rand or random.Random()
 
     def sent(
-        self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        started: int,
-        finished: int,
-        outcome: Outcome,
+        self, attempt: Attempt, started: int, finished: int, outcome: Outcome
     ) -> AttemptResult:
         """What an attempt's outcome makes of the job (DESIGN §2, §4)."""
-        job = claimed.job
-        decision = decide(
-            self.policy,
-            outcome=outcome.kind.value,
-            attempt_no=job.attempt_count,
-            max_attempts=job.max_attempts,
-            now=finished,
-            after=outcome.after,
-            reason=outcome.reason,
-            deadline_at=job.deadline_at,
-            rand=self._rand,
+        decision = self._decide(
+            attempt.claimed.job, outcome.kind.value, finished, outcome.after, outcome.reason
         )
         delivered = decision.status == "done"
         cooldown = self.cooldown_ms
         return self._ours(
-            claimed, decision, attempt_id, kind, target_text, started, finished,
+            attempt,
+            decision,
+            started,
+            finished,
             outcome=outcome.kind.value,
             error_class=None if delivered else outcome.error_class,
             error=None if delivered else outcome.reason,
             summary=outcome.summary,
             cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
-        )  # fmt: skip
+        )
 
-    def expired(
+    def abandoned(self, job: Job, now: int) -> AttemptResult:
+        """The attempt of a job whose owner is gone (the rescuer's): its lease expired, or
+        it carries none. The attempt is handed back unless its send had begun."""
+        if job.lease_expires_at is not None and job.lease_expires_at <= now:
+            why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
+        else:
+            why = f"the row held by {job.lease_owner} carries no lease expiry"
+        return attempt_result(
+            job,
+            self._decide(job, "abandoned", now),
+            attempt_id=uuid.uuid4().hex,
+            lease_owner=job.lease_owner or "",
+            outcome="abandoned",
+            adapter=job.target_kind,
+            target=None,
+            started=job.started_at or job.last_attempt_at or now,
+            finished=now,
+            log_path=self.job_log.path_for(now),
+            error_class="Abandoned",
+            error=why,
+            refund=job.send_token != job.lease_token,
+        )
+
+    def _decide(
         self,
-        claimed: ClaimedJob,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
+        job: Job,
+        outcome: str,
         now: int,
-        decision: Decision,
-    ) -> AttemptResult:
+        after: float | None = None,
+        reason: str | None = None,
+    ) -> Decision:
+        """`backoff.decide` for this attempt of `job`, on this daemon's policy."""
+        return decide(
+            self.policy,
+            outcome=outcome,
+            attempt_no=job.attempt_count,
+            max_attempts=job.max_attempts,
+            now=now,
+            after=after,
+            reason=reason,
+            deadline_at=job.deadline_at,
+            rand=self._rand,
+        )
+
+    def expired(self, attempt: Attempt, now: int, decision: Decision) -> AttemptResult:
         """The job's deadline passed before it could be tried: ended, never sent."""
         return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="expired", error_class="DeadlinePassed", error=DEADLINE_PASSED,
-        )  # fmt: skip
+            attempt, decision, now, "expired", error_class="DeadlinePassed", error=DEADLINE_PASSED
+        )
 
     def deferred(
         self,
-        claimed: ClaimedJob,
+        attempt: Attempt,
         *,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
         now: int,
         until: int,
         reason: str,
@@ -144,56 +183,63 @@ class ResultMaker:
     ) -> AttemptResult:
         """Put a job back, untried, to `until` (`backoff.defer`); the claim's attempt is
         handed back. The attempt row says why (outcome `deferred`); no connection was made."""
-        decision = defer(until=until, reason=reason, deadline_at=claimed.job.deadline_at)
+        decision = defer(until=until, reason=reason, deadline_at=attempt.claimed.job.deadline_at)
         return self._untried(
-            claimed, decision, attempt_id, kind, target_text, now,
-            outcome="deferred", error_class=error_class, error=error, refund=True,
-        )  # fmt: skip
+            attempt, decision, now, "deferred", error_class=error_class, error=error, refund=True
+        )
 
     def _untried(
         self,
-        claimed: ClaimedJob,
+        attempt: Attempt,
         decision: Decision,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
         now: int,
-        *,
         outcome: str,
+        *,
         error_class: str,
         error: str | None,
         refund: bool = False,
     ) -> AttemptResult:
         """The result of an attempt that ended at `now` without a send."""
         return self._ours(
-            claimed, decision, attempt_id, kind, target_text, now, now,
-            outcome=outcome, error_class=error_class, error=error, refund=refund,
-        )  # fmt: skip
+            attempt,
+            decision,
+            now,
+            now,
+            outcome=outcome,
+            error_class=error_class,
+            error=error,
+            refund=refund,
+        )
 
     def _ours(
-        self,
-        claimed: ClaimedJob,
-        decision: Decision,
-        attempt_id: str,
-        kind: str | None,
-        target_text: str | None,
-        started: int,
-        finished: int,
-        **rest: Any,
+        self, attempt: Attempt, decision: Decision, started: int, finished: int, **rest: Any
     ) -> AttemptResult:
         """`attempt_result` for an attempt of this daemon, logged at `finished`."""
         return attempt_result(
-            claimed.job, decision, attempt_id=attempt_id, lease_owner=self.owner,
-            adapter=kind, target=target_text, started=started, finished=finished,
-            log_path=self.job_log.path_for(finished), **rest,
-        )  # fmt: skip
+            attempt.claimed.job,
+            decision,
+            attempt_id=attempt.attempt_id,
+            lease_owner=self.owner,
+            adapter=attempt.kind,
+            target=attempt.target_text,
+            started=started,
+            finished=finished,
+            log_path=self.job_log.path_for(finished),
+            **rest,
+        )
+
+
+def attempt_keys_of(
+    job_id: str, attempt_id: str, attempt: int, conversation: str | None
+) -> dict[str, Any]:
+    """The keys every event about one attempt starts with (docs/operations.md)."""
+    return {
+        "job_id": job_id,
+        "attempt_id": attempt_id,
+        "attempt": attempt,
+        "conversation": conversation,
+    }
 
 
 def attempt_keys(r: AttemptResult) -> dict[str, Any]:
-    """The keys every event about one attempt starts with (docs/operations.md)."""
-    return {
-        "job_id": r.job_id,
-        "attempt_id": r.attempt_id,
-        "attempt": r.attempt_no,
-        "conversation": r.local_conversation_id,
-    }
+    return attempt_keys_of(r.job_id, r.attempt_id, r.attempt_no, r.local_conversation_id)

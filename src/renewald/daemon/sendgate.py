@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from renewald.store import Store
+from renewald.daemon.batches import gather
+from renewald.daemon.parts import DaemonParts, Part
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -31,20 +32,10 @@ class _Mark:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class SendGate:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        owner: str,
-        lease_ms: int,
-        now_ms: Callable[[], int],
-        stopping: threading.Event,
-    ) -> None:
-        self.store = store
-        self.owner = owner
+class SendGate(Part):
+    def __init__(self, parts: DaemonParts, *, lease_ms: int, stopping: threading.Event) -> None:
+        super().__init__(parts)
         self.lease_ms = lease_ms
-        self._now_ms = now_ms
         self._stopping = stopping
         self._queue: queue.Queue[_Mark | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="renewald-sendgate", daemon=True)
@@ -71,17 +62,11 @@ class SendGate:
                 self._answer_rest()
                 return
             batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._write(batch)
-                    self._answer_rest()
-                    return
-                batch.append(more)
+            closing = gather(self._queue, batch, BATCH)
             self._write(batch)
+            if closing:
+                self._answer_rest()
+                return
 
     def begin_now(self, held: Sequence[tuple[str, int]]) -> list[bool | None]:
         """`begin` for several held jobs, written at once by the calling thread (it has
@@ -101,7 +86,7 @@ class SendGate:
             try:
                 return list(
                     self.store.begin_sends(
-                        owner=self.owner, held=held, now=self._now_ms(), lease_ms=self.lease_ms
+                        owner=self.owner, held=held, now=self.clock.now_ms(), lease_ms=self.lease_ms
                     )
                 )
             except Exception as exc:

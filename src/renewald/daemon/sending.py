@@ -148,13 +148,11 @@ class Sending:
     def _admit(self, planned: Planned) -> AttemptResult | Verdict:
         """Right before the send: the job's deadline (it may have waited in line past it)
         and its target's breaker. A result when the job is not to be sent now."""
-        claimed, job = planned.claimed, planned.claimed.job
+        job = planned.claimed.job
         now = self.clock.now_ms()
         expired = expired_before_attempt(job.deadline_at, now)
         if expired is not None:
-            return self.results.expired(
-                claimed, planned.attempt_id, planned.kind, planned.target_text, now, expired
-            )
+            return self.results.expired(planned, now, expired)
         verdict = self.breakers.admit(
             planned.key,
             adapter=planned.kind,
@@ -218,10 +216,7 @@ class Sending:
             self.job_log,
             "attempt.started",
             now_ms=started,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-            attempt=job.attempt_count,
-            conversation=job.local_conversation_id,
+            **planned.log_keys(),
             adapter=planned.kind,
             owner=self.owner,
         )
@@ -238,15 +233,7 @@ class Sending:
             job_id=job.job_id,
             attempt_id=planned.attempt_id,
         )
-        return self.results.sent(
-            planned.claimed,
-            planned.attempt_id,
-            planned.kind,
-            planned.target_text,
-            started,
-            finished,
-            outcome,
-        )
+        return self.results.sent(planned, started, finished, outcome)
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:
         try:
@@ -267,10 +254,7 @@ class Sending:
         now = self.clock.now_ms()
         assert verdict.until is not None
         return self.results.deferred(
-            planned.claimed,
-            attempt_id=planned.attempt_id,
-            kind=planned.kind,
-            target_text=planned.target_text,
+            planned,
             now=now,
             until=max(verdict.until, now),
             reason=verdict.reason or "breaker open",

@@ -34,6 +34,7 @@ from renewald.daemon.dispatcher import Dispatcher, DispatchSettings
 from renewald.daemon.once import run_once
 from renewald.daemon.owner import make_owner_id
 from renewald.daemon.pacing import Pacer
+from renewald.daemon.parts import DaemonParts
 from renewald.daemon.rescuer import Rescuer
 from renewald.daemon.schedules import TickResult, fire_due_schedules, next_fire_time
 from renewald.daemon.sdnotify import Notifier, WatchdogGate
@@ -91,6 +92,7 @@ class Service:
         self.job_log = JobLog(config.logging.dir)
         self.adapters = AdapterRegistry(config.adapters)
         self.summary = Summary()
+        self.parts = DaemonParts(store, self.clock, self.job_log, self.owner, self.summary)
         self._make_duties(config, on_record)
         self.gate = WatchdogGate(("poll", "heartbeat"), started=self.clock.monotonic())
         self.stopped = threading.Event()
@@ -124,11 +126,8 @@ class Service:
             max_retry_after=r.max_retry_after,
         )
         self.dispatcher = Dispatcher(
-            store=self.store,
+            self.parts,
             adapters=self.adapters,
-            job_log=self.job_log,
-            clock=self.clock,
-            owner=self.owner,
             settings=DispatchSettings(
                 workers=self.options.workers or d.workers,
                 batch=d.batch,
@@ -137,7 +136,6 @@ class Service:
                 max_jobs=self.options.max_jobs,
             ),
             policy=policy,
-            summary=self.summary,
             rand=random.Random(),
             on_capacity=self._on_capacity,
             on_record=on_record,
@@ -157,15 +155,7 @@ class Service:
             gap_ms=t.gap_ms,
             held_here=self.dispatcher.held_ids,
         )
-        self.upkeep = Upkeep(
-            config=config,
-            store=self.store,
-            clock=self.clock,
-            job_log=self.job_log,
-            owner=self.owner,
-            rescuer=self.rescuer,
-            summary=self.summary,
-        )
+        self.upkeep = Upkeep(self.parts, config=config, rescuer=self.rescuer)
 
     # -- signals ---------------------------------------------------------------------
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from renewald.clock import Clock
 from renewald.config import Config, Timings
 from renewald.daemon.malformed import sweep as sweep_malformed
+from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.recovery import recover_lost_lines
 from renewald.daemon.rescuer import Rescuer
-from renewald.daemon.summary import Summary
-from renewald.logging import JobLog
-from renewald.store import Store
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -25,27 +22,13 @@ DEAD_DAEMON_ROW_KEPT_MS = 24 * 3600 * 1000
 PRUNE_DAEMONS_EVERY_MS = 10 * 60 * 1000
 
 
-class Upkeep:
+class Upkeep(Part):
     """The rescue and retention ticks of one daemon (`owner`)."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        store: Store,
-        clock: Clock,
-        job_log: JobLog,
-        owner: str,
-        rescuer: Rescuer,
-        summary: Summary,
-    ) -> None:
+    def __init__(self, parts: DaemonParts, *, config: Config, rescuer: Rescuer) -> None:
+        super().__init__(parts)
         self.config = config
-        self.store = store
-        self.clock = clock
-        self.job_log = job_log
-        self.owner = owner
         self.rescuer = rescuer
-        self.summary = summary
         self.stale_after_ms = Timings.of(config).stale_after_ms
         self._pruned_at: int | None = None
 

@@ -47,9 +47,10 @@ class FailingBackend:
 
 def fake_store(url: str, backend: Any) -> Any:
     from renewald.store.changes import ChangeWatcher
+    from renewald.store.engine import backend_for
 
     return SimpleNamespace(
-        engine=SimpleNamespace(url=make_url(url)),
+        watches_changes=backend_for(url).watches_changes(make_url(url)),
         change_watcher=lambda on_change: ChangeWatcher(url, on_change, backend=backend),
     )
 

@@ -19,7 +19,7 @@ from renewald.cli.startup import wait_for_database
 from renewald.clock import SystemClock, datetime_to_ms
 from renewald.config import Config, Timings, load_config
 from renewald.daemon.sdnotify import Notifier
-from renewald.durations import parse_duration
+from renewald.durations import parse_duration, parse_positive_ms
 from renewald.errors import EX_USAGE, DatabaseUnavailable, UsageError
 from renewald.redact import redact_value
 from renewald.store import DueGate, Store
@@ -257,12 +257,9 @@ def _json_or_text(value: str | None) -> Any:
 def parse_age(value: str, *, option: str) -> int:
     """A positive duration ("2h", "30d") as milliseconds, or one clear usage error."""
     try:
-        seconds = parse_duration(value)
+        return parse_positive_ms(value)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}") from None
-    if seconds <= 0:
-        raise UsageError(f"{option}: must be longer than zero, got {value!r}")
-    return round(seconds * 1000)
 
 
 def operator_id() -> str:

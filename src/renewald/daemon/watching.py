@@ -10,9 +10,8 @@ first poll), the daemon polls every `poll_interval` as before.
 
 A watch counts as up from its first `on_change()` (the backend makes that call once it
 is connected) until the backend's `changes_watch` returns or raises. This wraps the
-backend of the store's own watcher (`store.change_watcher`) and runs no SQL. The one
-thing it asks of a dialect is whether the URL names a transaction pooler (`pooler_of`):
-a store-side flag saying whether the watcher can watch would be the better home.
+backend of the store's own watcher (`store.change_watcher`) and runs no SQL; whether a
+watch can exist at all is the store's to say (`Store.watches_changes`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from collections.abc import Callable
 
 from renewald.store import Store
 from renewald.store.backend import Backend, OnChange, Stop
-from renewald.store.backend_postgresql import pooler_of
 
 
 class _Tracked:
@@ -54,8 +52,7 @@ class WatchedChanges:
     def __init__(self, store: Store, on_change: OnChange, *, on_lost: OnChange) -> None:
         self._up = threading.Event()
         self._on_lost = on_lost
-        # Behind a transaction pooler the store's watcher never watches (no LISTEN).
-        self.can_watch = pooler_of(store.engine.url) is None
+        self.can_watch = store.watches_changes
         self._watcher = store.change_watcher(on_change)
         self._watcher.backend = _Tracked(  # type: ignore[assignment]
             self._watcher.backend, self._up.set, self._down

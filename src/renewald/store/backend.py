@@ -110,6 +110,11 @@ class Backend(Protocol):
         in one parameter, so one cached statement serves every batch size."""
         ...
 
+    def watches_changes(self, url: URL) -> bool:
+        """Whether `changes_watch` can watch at this URL (behind a transaction pooler it
+        only asks for the first poll: nothing LISTENs)."""
+        ...
+
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         """Call `on_change()` once connected and whenever another process may have written
         new work, until `stop` is set; raise when the connection fails."""

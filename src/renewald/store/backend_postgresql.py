@@ -170,6 +170,9 @@ class PostgresqlBackend:
             .render_derived(name="r", with_types=True)
         )
 
+    def watches_changes(self, url: URL) -> bool:
+        return pooler_of(url) is None
+
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         parsed = make_url(url)
         if pooler_of(parsed) is not None:

@@ -135,6 +135,9 @@ class SqliteBackend:
             *(func.json_extract(each.c.value, f"$.{c.name}").label(c.name) for c in columns)
         ).subquery("r")
 
+    def watches_changes(self, url: URL) -> bool:
+        return True
+
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         path = sqlite_path(url)
         if path is None:

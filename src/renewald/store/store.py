@@ -49,6 +49,11 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             self.engine, retry_for=self.retry_for, sleep=self._sleep, backend=self.backend, due=due
         )
 
+    @property
+    def watches_changes(self) -> bool:
+        """Whether this store's change watcher can watch (not behind a transaction pooler)."""
+        return self.backend.watches_changes(self.engine.url)
+
     def change_watcher(
         self, on_change: Callable[[], None], *, interval: float = 0.05
     ) -> ChangeWatcher:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from renewald import render
 from renewald.clock import Clock, iso_utc
 from renewald.daemon.listener import Request, Response
-from renewald.durations import parse_duration
+from renewald.durations import parse_positive_ms
 from renewald.redact import redact_text, redact_value
 from renewald.store import ClaimedJob, Store, status
 from renewald.store.daemons import DaemonRow
@@ -250,12 +250,9 @@ def _job_filters(query: Mapping[str, list[str]], *, now: int) -> dict[str, Any]:
     since_text = (query.get("since") or [""])[0].strip()
     if since_text:
         try:
-            seconds = parse_duration(since_text)
+            since = now - parse_positive_ms(since_text)
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
-        if seconds <= 0:
-            raise BadRequest(f"since: must be longer than zero, got {since_text!r}")
-        since = now - round(seconds * 1000)
     return {
         "statuses": statuses,
         "conversation": (query.get("conversation") or [""])[0] or None,

@@ -26,7 +26,7 @@ import psycopg
 from bench.bare import now_ms as now_ms  # the loop's clock, for every section too
 
 if TYPE_CHECKING:
-    from bench.db import DataSet, DBs, RunDB
+    from bench.db import DBs, RunDB
 
 RENEWALD = str(Path(sys.executable).parent / "renewald")
 BENCH_DIR = Path(__file__).resolve().parent
@@ -283,15 +283,8 @@ class Ctx:
     _n: int = field(default=0)
 
     @property
-    def pg(self) -> bool:
-        return self.dbs.admin is not None
-
-    @property
     def backends(self) -> list[str]:
-        return ["sqlite", "postgresql"] if self.pg else ["sqlite"]
-
-    def db(self, backend: str, ds: DataSet | None, *, fresh: bool = True) -> RunDB:
-        return self.dbs.get(backend, ds, fresh=fresh)
+        return ["sqlite", "postgresql"] if self.dbs.admin is not None else ["sqlite"]
 
     def pick(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full

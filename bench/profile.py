@@ -130,7 +130,7 @@ def run(ctx: Ctx, stamp: str) -> None:
     n = ctx.pick(20_000, 3_000)
     for backend, gil in (("sqlite", False), ("sqlite", True), ("postgresql", False)):
         if backend in ctx.backends:
-            with ctx.db(backend, DataSet(jobs=n, conversations=n // 2)) as db:
+            with ctx.dbs.get(backend, DataSet(jobs=n, conversations=n // 2)) as db:
                 raw, wall = _record(["run", "--once"], f"prof-drain-{backend}", db, ctx, gil=gil)
                 counts = db.status_counts()
             title = f"`run --once`, {n:,} log jobs, {backend}"
@@ -139,14 +139,14 @@ def run(ctx: Ctx, stamp: str) -> None:
     with iobound.Target() as target:
         ds = target.dataset(ctx.pick(3_200, 640))
         for gil in (False, True):
-            with ctx.db("sqlite", ds) as db:
+            with ctx.dbs.get("sqlite", ds) as db:
                 raw, wall = _record(iobound.ARGS, "prof-io", db, ctx, gil=gil, **iobound.CONFIG)
             title = f"I/O-bound `{' '.join(iobound.ARGS)}`, {ds.jobs:,} webhook jobs, SQLite"
             save("io-sqlite", raw, wall, title, gil)
 
     for backend in ctx.backends:
         with (
-            ctx.db(backend, None) as db,
+            ctx.dbs.get(backend, None) as db,
             ctx.daemon(db, f"prof-idle-{backend}", sample=False) as proc,
         ):
             seconds, raw = ctx.pick(30, 8), proc.console.parent / "raw.txt"

@@ -27,7 +27,7 @@ def drain_once(ctx: Ctx, backend: str, daemons: int, ds: DataSet, level: str | N
     """`daemons` processes of `renewald ARGS` (default `run --once`) draining `ds`, spawned
     together; the section `io` reads its figures from this record too."""
     key = f"{backend}-{daemons}" + ("-quiet" if level else "")
-    with ctx.db(backend, ds) as db:
+    with ctx.dbs.get(backend, ds) as db:
         logging = {"level": level} if level else {}
         procs = [ctx.renewald(db, f"{name}-{key}", args, logging=logging, **config)
                  for _ in range(daemons)]  # fmt: skip

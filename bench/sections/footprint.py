@@ -19,7 +19,7 @@ from bench.common import RENEWALD, Ctx, importtime_top, renewald_env, say, sprea
 
 def _idle(ctx: Ctx) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        dbs = {b: stack.enter_context(ctx.db(b, None)) for b in ctx.backends}
+        dbs = {b: stack.enter_context(ctx.dbs.get(b, None)) for b in ctx.backends}
         procs = {
             b: stack.enter_context(ctx.daemon(db, f"idle-{b}", sample=False))
             for b, db in dbs.items()
@@ -56,7 +56,7 @@ def _startup(ctx: Ctx) -> dict[str, Any]:
         "renewald_version_s": spread(_timed([RENEWALD, "--version"])[0] for _ in range(reps)),
     }
     for backend in ctx.backends:
-        with ctx.db(backend, None) as db:
+        with ctx.dbs.get(backend, None) as db:
             env = renewald_env(db.url, ctx.config(ctx.run_dir(f"startup-{backend}")))
             walls = []
             for _ in range(reps):

@@ -18,7 +18,7 @@ def configs(ctx: Ctx) -> list[dict[str, Any]]:
     """key -> backend, claim batch, processes, jobs per run."""
     n = dataset(ctx).jobs
     rows = [("sqlite", 1, 1, ctx.pick(10_000, 1_000)), ("sqlite", 100, 1, n)]
-    if ctx.pg:
+    if "postgresql" in ctx.backends:
         per_job = ctx.pick(3_000, 300)
         rows += [("postgresql", b, p, per_job if b == 1 else n) for b in (1, 100) for p in (1, 3)]
     return [
@@ -34,7 +34,7 @@ def once(ctx: Ctx, c: dict[str, Any], ds: DataSet) -> dict[str, Any]:
     sql = run_dir / "statements.json"
     sql.write_text(statements(c["backend"]).dumps())
     share = -(-c["max_jobs"] // c["procs"])
-    with ctx.db(c["backend"], ds) as db:
+    with ctx.dbs.get(c["backend"], ds) as db:
         cmd = bench_cmd("bare", c["backend"], db.target, sql, c["batch"], share)
         jsonl = [run_dir / f"bare-{i}.jsonl" for i in range(c["procs"])]
         procs = [spawn([*cmd, str(j)], env=child_env(), cwd=run_dir) for j in jsonl]

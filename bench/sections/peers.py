@@ -62,7 +62,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
     n = ctx.pick(10_000, 1_000)
     ds = DataSet(jobs=n, conversations=n // 2)
     keys = ["renewald-sqlite", "bare-sqlite-job", "huey"]
-    if ctx.pg:
+    if "postgresql" in ctx.backends:
         keys += ["renewald-postgresql-1", "pgqueuer", "procrastinate", "bare-postgresql-job-1",
                  "bare-postgresql-100-1"]  # fmt: skip
     todo = {k: functools.partial(_one, ctx, k, ds) for k in keys}

@@ -34,7 +34,7 @@ def pickup_backend(ctx: Ctx, backend: str) -> dict[str, Any]:
     per_window = int(RATE * seconds)
     ds = DataSet(jobs=0, conversations=ctx.reps * len(KINDS) * per_window)
     with (
-        ctx.db(backend, ds) as db,
+        ctx.dbs.get(backend, ds) as db,
         ctx.daemon(db, f"pickup-{backend}") as proc,
         contextlib.closing(db.connect()) as conn,
     ):

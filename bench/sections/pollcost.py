@@ -37,7 +37,7 @@ def dataset(ctx: Ctx) -> DataSet:
 def loaded(ctx: Ctx, backend: str, ds: DataSet, section: str) -> tuple[RunDB, float]:
     """`ds` loaded in a new database, and the seconds that took."""
     t = time.perf_counter()
-    db = ctx.db(backend, ds, fresh=False)
+    db = ctx.dbs.get(backend, ds, fresh=False)
     load_s = time.perf_counter() - t
     say(f"{section}: {backend} with {ds.finished + ds.jobs + ds.future:,} rows in {load_s:.1f}s")
     return db, load_s

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from renewald.daemon.listener import Request, Response
-from renewald.store import Store
+from renewald.store import JobFilter, Store
 from renewald.store.schema import renewal_jobs
 from renewald.web.app import Settings, StatusApp
 from renewald.web.server import guarded
@@ -169,7 +169,7 @@ def test_job_pages_walk_an_index_not_a_sort(
     try:
         store.read(
             lambda conn: status.jobs_page(
-                conn, now=T0, statuses=statuses, after=(T0, "job-x"), limit=50
+                conn, now=T0, where=JobFilter(statuses=statuses), after=(T0, "job-x"), limit=50
             )
         )
     finally:

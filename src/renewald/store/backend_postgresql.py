@@ -175,7 +175,7 @@ class PostgresqlBackend:
 
     def changes_watch(self, url: str, on_change: OnChange, *, stop: Stop, interval: float) -> None:
         parsed = make_url(url)
-        if pooler_of(parsed) is not None:
+        if not self.watches_changes(parsed):
             on_change()
             stop.wait()
             return

@@ -56,7 +56,7 @@ class _Rule:
             return self.brief
         return self.brief.replace(UNTIL, when(self.until) if self.until is not None else "-")
 
-    def _rule_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "rule": self.rule,
             "detail": self.detail,
@@ -74,9 +74,6 @@ class Hold(_Rule):
     until: int | None = None
     brief: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return self._rule_dict()
-
 
 @dataclass(frozen=True)
 class Explanation(_Rule):
@@ -93,7 +90,7 @@ class Explanation(_Rule):
     def as_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
-            **self._rule_dict(),
+            **super().as_dict(),
             "also": [h.as_dict() for h in self.also],
         }
 

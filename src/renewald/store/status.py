@@ -16,7 +16,7 @@ from renewald.store import conversations as conversation_sql
 from renewald.store import facts, stats
 from renewald.store.daemons import DaemonRow, list_daemons
 from renewald.store.decode import epoch_ms_or_none
-from renewald.store.jobs import JobFilter, due_condition
+from renewald.store.jobs import EVERY_JOB, JobFilter, due_condition
 from renewald.store.models import ClaimedJob, Job, TargetPause
 from renewald.store.schema import local_conversations as convs
 from renewald.store.schema import renewal_jobs as jobs
@@ -103,11 +103,7 @@ def jobs_page(
     conn: Connection,
     *,
     now: int,
-    statuses: Sequence[str] = (),
-    conversation: str | None = None,
-    since: int | None = None,
-    reasons: Sequence[str] = (),
-    target_kinds: Sequence[str] = (),
+    where: JobFilter = EVERY_JOB,
     after: tuple[int, str] | None = None,
     limit: int = 50,
     target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
@@ -116,18 +112,18 @@ def jobs_page(
     descending, so the index on them is walked backwards), starting after the cursor
     `(created_at, job_id)` of the previous page's last row; with the facts `explain`
     needs for each job."""
-    where = JobFilter(statuses, conversation, since, reasons, target_kinds).where()
+    terms = where.where()
     if after is not None:
         at, job_id = after
         # The first conjunct is a plain range the index can seek to.
-        where += [
+        terms += [
             jobs.c.created_at <= at,
             or_(jobs.c.created_at < at, and_(jobs.c.created_at == at, jobs.c.job_id < job_id)),
         ]
     order = [jobs.c.created_at.desc(), jobs.c.job_id.desc()]
-    if len(statuses) == 1:
+    if len(where.statuses) == 1:
         order.insert(0, jobs.c.status.desc())
-    rows = conn.execute(select(jobs).where(*where).order_by(*order).limit(limit + 1)).mappings()
+    rows = conn.execute(select(jobs).where(*terms).order_by(*order).limit(limit + 1)).mappings()
     found = [Job.from_row(r) for r in rows]
     more = len(found) > limit
     found = found[:limit]

@@ -24,7 +24,7 @@ from renewald.clock import Clock, iso_utc
 from renewald.daemon.listener import Request, Response
 from renewald.durations import parse_positive_ms
 from renewald.redact import redact_text, redact_value
-from renewald.store import ClaimedJob, Store, status
+from renewald.store import ClaimedJob, JobFilter, Store, status
 from renewald.store.daemons import DaemonRow
 from renewald.store.engine import describe
 from renewald.store.explain import Explanation, explain
@@ -150,7 +150,7 @@ class StatusApp:
         return "overview.html", {"title": "Overview", "view": view, "alive": alive}
 
     def jobs(self, query: Mapping[str, list[str]], *, now: int) -> tuple[str, dict[str, Any]]:
-        filters = _job_filters(query, now=now)
+        where = _job_filter(query, now=now)
         after = _cursor(query)
         page = self.store.read(
             lambda conn: status.jobs_page(
@@ -159,7 +159,7 @@ class StatusApp:
                 after=after,
                 limit=PAGE_SIZE,
                 target_of=self.settings.target_of,
-                **filters,
+                where=where,
             )
         )
         explained = [(f, self._explain(f, now)) for f in page.facts]
@@ -240,7 +240,7 @@ def _error(title: str, message: str) -> dict[str, Any]:
     return {"title": title, "message": message}
 
 
-def _job_filters(query: Mapping[str, list[str]], *, now: int) -> dict[str, Any]:
+def _job_filter(query: Mapping[str, list[str]], *, now: int) -> JobFilter:
     """The jobs page's filters: the options of `renewald jobs`, as query parameters."""
     statuses = tuple(v for v in query.get("status", []) if v)
     bad = [v for v in statuses if v not in STATUSES]
@@ -253,13 +253,13 @@ def _job_filters(query: Mapping[str, list[str]], *, now: int) -> dict[str, Any]:
             since = now - parse_positive_ms(since_text)
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
-    return {
-        "statuses": statuses,
-        "conversation": (query.get("conversation") or [""])[0] or None,
-        "since": since,
-        "reasons": tuple(v for v in query.get("reason", []) if v),
-        "target_kinds": tuple(v for v in query.get("target_kind", []) if v),
-    }
+    return JobFilter(
+        statuses=statuses,
+        conversation=(query.get("conversation") or [""])[0] or None,
+        since=since,
+        reasons=tuple(v for v in query.get("reason", []) if v),
+        target_kinds=tuple(v for v in query.get("target_kind", []) if v),
+    )
 
 
 def _cursor(query: Mapping[str, list[str]]) -> tuple[int, str] | None:

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 
 from renewald.durations import format_duration
+from renewald.store import Decision
 
 
 @dataclass(frozen=True)
@@ -19,21 +20,6 @@ class RetryPolicy:
     cap: float = 6 * 3600.0
     jitter: float = 0.1
     max_retry_after: float = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What becomes of a job after an attempt.
-
-    `status` is the job's next status (done, pending, failed); `decision` and `reason`
-    go to the attempt row and the log ("retry", "backoff=2^2*30s").
-    """
-
-    status: str
-    next_attempt_at: int | None
-    terminal_reason: str | None
-    decision: str
-    reason: str
 
 
 DELIVERED = Decision("done", None, "delivered", "done", "delivered")

@@ -13,16 +13,14 @@ import uuid
 import structlog
 
 from renewald.controls import escape_controls
-from renewald.daemon.backoff import Decision
-from renewald.daemon.results import attempt_keys_of, attempt_result
+from renewald.daemon.results import attempt_keys_of
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
+from renewald.store.models import ENDED_MALFORMED, MALFORMED
 from renewald.store.sweep import Swept
 
 _log = structlog.get_logger("renewald.daemon")
-
-MALFORMED = "malformed"
 
 
 def malformed_result(
@@ -36,14 +34,12 @@ def malformed_result(
     attempt_id: str | None = None,
 ) -> AttemptResult:
     """The result that ends a claimed job failed/malformed without sending it."""
-    return attempt_result(
+    return AttemptResult.of(
         claimed.job,
-        Decision("failed", None, MALFORMED, "failed", MALFORMED),
+        ENDED_MALFORMED,
         attempt_id=attempt_id or uuid.uuid4().hex,
         lease_owner=owner,
         outcome=MALFORMED,
-        adapter=None,
-        target=None,
         started=now,
         finished=now,
         log_path=log_path,

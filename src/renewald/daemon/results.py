@@ -13,55 +13,9 @@ from typing import Any
 
 from renewald.adapters import Outcome
 from renewald.clock import iso_utc
-from renewald.daemon.backoff import DEADLINE_PASSED, Decision, RetryPolicy, decide, defer
+from renewald.daemon.backoff import DEADLINE_PASSED, RetryPolicy, decide, defer
 from renewald.logging import JobLog
-from renewald.store import AttemptResult, ClaimedJob, Job
-
-
-def attempt_result(
-    job: Job,
-    decision: Decision,
-    *,
-    attempt_id: str,
-    lease_owner: str,
-    outcome: str,
-    adapter: str | None,
-    target: str | None,
-    started: int,
-    finished: int,
-    log_path: str | None,
-    error_class: str | None = None,
-    error: str | None = None,
-    summary: str | None = None,
-    refund: bool = False,
-    cooldown_until: int | None = None,
-) -> AttemptResult:
-    """The result of attempt `job.attempt_count` of `job`, fenced by `lease_owner` and the
-    job's lease token; `refund` hands the claim's attempt back (nothing was sent)."""
-    return AttemptResult(
-        attempt_id=attempt_id,
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
-        lease_owner=lease_owner,
-        lease_token=job.lease_token,
-        adapter=adapter,
-        target=target,
-        started_at=started,
-        finished_at=finished,
-        outcome=outcome,
-        status=decision.status,
-        next_attempt_at=decision.next_attempt_at,
-        terminal_reason=decision.terminal_reason,
-        error_class=error_class,
-        error_message=error,
-        response_summary=summary,
-        decision=decision.decision,
-        decision_reason=decision.reason,
-        log_path=log_path,
-        refund_attempt=refund,
-        cooldown_until=cooldown_until,
-        local_conversation_id=job.local_conversation_id,
-    )
+from renewald.store import AttemptResult, ClaimedJob, Decision, Job
 
 
 @dataclass(frozen=True)
@@ -128,14 +82,13 @@ class ResultMaker:
             why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
         else:
             why = f"the row held by {job.lease_owner} carries no lease expiry"
-        return attempt_result(
+        return AttemptResult.of(
             job,
             self._decide(job, "abandoned", now),
             attempt_id=uuid.uuid4().hex,
             lease_owner=job.lease_owner or "",
             outcome="abandoned",
             adapter=job.target_kind,
-            target=None,
             started=job.started_at or job.last_attempt_at or now,
             finished=now,
             log_path=self.job_log.path_for(now),
@@ -214,8 +167,8 @@ class ResultMaker:
     def _ours(
         self, attempt: Attempt, decision: Decision, started: int, finished: int, **rest: Any
     ) -> AttemptResult:
-        """`attempt_result` for an attempt of this daemon, logged at `finished`."""
-        return attempt_result(
+        """`AttemptResult.of` for an attempt of this daemon, logged at `finished`."""
+        return AttemptResult.of(
             attempt.claimed.job,
             decision,
             attempt_id=attempt.attempt_id,

@@ -5,7 +5,16 @@ from __future__ import annotations
 from renewald.store.due import DueGate
 from renewald.store.jobs import JobFilter
 from renewald.store.migrate import HEAD, check_schema, migrate
-from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, Link, NewJob, Recorded
+from renewald.store.models import (
+    Attempt,
+    AttemptResult,
+    ClaimedJob,
+    Decision,
+    Job,
+    Link,
+    NewJob,
+    Recorded,
+)
 from renewald.store.store import Store
 
 __all__ = [
@@ -13,6 +22,7 @@ __all__ = [
     "Attempt",
     "AttemptResult",
     "ClaimedJob",
+    "Decision",
     "DueGate",
     "Job",
     "JobFilter",

@@ -24,7 +24,7 @@ from sqlalchemy import (
 
 from renewald.store.backend import Backend
 from renewald.store.leases import held_by
-from renewald.store.models import AttemptResult, Job, Recorded
+from renewald.store.models import AttemptResult, Recorded
 from renewald.store.schema import (
     local_conversations,
     renewal_job_attempts,
@@ -237,43 +237,10 @@ def _attempt_row(r: AttemptResult, cancelled: bool) -> dict[str, object]:
     }
 
 
-def insert_untried(
-    conn: Connection,
-    job: Job,
-    *,
-    attempt_id: str,
-    owner: str | None,
-    now: int,
-    outcome: str,
-    decision: str,
-    reason: str | None,
-    next_attempt_at: int | None = None,
-    error_class: str | None = None,
-    error: str | None = None,
-) -> None:
-    """The attempt row of an attempt that ended at `now` without a send: an operator's
-    retry or cancel, a swept row that does not fit."""
-    conn.execute(
-        insert(renewal_job_attempts).values(
-            attempt_id=attempt_id,
-            job_id=job.job_id,
-            attempt_no=job.attempt_count,
-            lease_owner=owner,
-            lease_token=job.lease_token,
-            adapter=None,
-            target=None,
-            started_at=now,
-            finished_at=now,
-            duration_ms=0,
-            outcome=outcome,
-            error_class=error_class,
-            error_message=error,
-            response_summary=None,
-            next_attempt_at=next_attempt_at,
-            decision=decision,
-            decision_reason=reason,
-        )
-    )
+def insert_untried(conn: Connection, result: AttemptResult) -> None:
+    """The attempt row of an attempt that ended without a send: an operator's retry or
+    cancel, a swept row that does not fit."""
+    conn.execute(insert(renewal_job_attempts).values(**_attempt_row(result, cancelled=False)))
 
 
 def mark_logged(conn: Connection, attempt_ids: Sequence[str]) -> None:

@@ -129,6 +129,26 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """What becomes of a job after an attempt (`daemon/backoff.py` decides it).
+
+    `status` is the job's next status (done, pending, failed); `decision` and `reason`
+    go to the attempt row and the log ("retry", "backoff=2^2*30s").
+    """
+
+    status: str
+    next_attempt_at: int | None
+    terminal_reason: str | None
+    decision: str
+    reason: str
+
+
+MALFORMED = "malformed"
+# A row that does not fit ends failed/malformed, its attempt never sent (DESIGN §2).
+ENDED_MALFORMED = Decision("failed", None, MALFORMED, "failed", MALFORMED)
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     """One finished attempt and what it does to its job, written together or not at all.
 
@@ -165,6 +185,54 @@ class AttemptResult:
         # line, so no stored text can forge a line of `show` or of a log.
         for name in ("error_message", "response_summary", "decision_reason", "target"):
             object.__setattr__(self, name, escape_optional(getattr(self, name)))
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        decision: Decision,
+        *,
+        attempt_id: str,
+        lease_owner: str,
+        outcome: str,
+        started: int,
+        finished: int,
+        adapter: str | None = None,
+        target: str | None = None,
+        log_path: str | None = None,
+        error_class: str | None = None,
+        error: str | None = None,
+        summary: str | None = None,
+        refund: bool = False,
+        cooldown_until: int | None = None,
+    ) -> AttemptResult:
+        """The one way a result is built: attempt `job.attempt_count` of `job`, fenced by
+        `lease_owner` and the job's lease token; `refund` hands the claim's attempt back
+        (nothing was sent)."""
+        return cls(
+            attempt_id=attempt_id,
+            job_id=job.job_id,
+            attempt_no=job.attempt_count,
+            lease_owner=lease_owner,
+            lease_token=job.lease_token,
+            adapter=adapter,
+            target=target,
+            started_at=started,
+            finished_at=finished,
+            outcome=outcome,
+            status=decision.status,
+            next_attempt_at=decision.next_attempt_at,
+            terminal_reason=decision.terminal_reason,
+            error_class=error_class,
+            error_message=error,
+            response_summary=summary,
+            decision=decision.decision,
+            decision_reason=decision.reason,
+            log_path=log_path,
+            refund_attempt=refund,
+            cooldown_until=cooldown_until,
+            local_conversation_id=job.local_conversation_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Connection, or_, select, update
 
 from renewald.store.attempts import CANCEL_REASON, CANCELLED, insert_untried
 from renewald.store.jobs import get_job
-from renewald.store.models import Job
+from renewald.store.models import AttemptResult, Decision, Job
 from renewald.store.retention import FINISHED
 from renewald.store.schema import (
     renewal_job_attempts,
@@ -50,23 +50,14 @@ class OperatorAction:
     log_path: str | None = None
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """How an operator's write is told in its attempt row."""
-
-    outcome: str
-    decision: str
-    reason: str
-    next_attempt_at: int | None
-
-
 def _operator_write(
     conn: Connection,
     job: Job,
     *,
     fence: Sequence[ColumnElement[bool]],
     values: dict[str, Any],
-    entry: _Entry,
+    outcome: str,
+    decision: Decision,
     attempt_id: str,
     now: int,
     action: OperatorAction,
@@ -80,17 +71,16 @@ def _operator_write(
     ).rowcount
     if matched != 1:
         return None
-    insert_untried(
-        conn,
+    untried = AttemptResult.of(
         job,
+        decision,
         attempt_id=attempt_id,
-        owner=action.operator,
-        now=now,
-        outcome=entry.outcome,
-        decision=entry.decision,
-        reason=entry.reason,
-        next_attempt_at=entry.next_attempt_at,
+        lease_owner=action.operator,
+        outcome=outcome,
+        started=now,
+        finished=now,
     )
+    insert_untried(conn, untried)
     after = get_job(conn, job.job_id)
     assert after is not None
     return after
@@ -125,7 +115,8 @@ def retry_job(
             "lease_expires_at": None,
             "updated_at": now,
         },
-        entry=_Entry("operator_retry", "retry", RETRY_REASON, next_attempt_at=now),
+        outcome="operator_retry",
+        decision=Decision("pending", now, None, "retry", RETRY_REASON),
         attempt_id=attempt_id,
         now=now,
         action=action,
@@ -208,7 +199,8 @@ def cancel_job(
                 "finished_at": now,
                 "updated_at": now,
             },
-            entry=_Entry(CANCELLED, "failed", CANCEL_REASON, next_attempt_at=None),
+            outcome=CANCELLED,
+            decision=Decision("failed", None, CANCELLED, "failed", CANCEL_REASON),
             attempt_id=attempt_id,
             now=now,
             action=action,

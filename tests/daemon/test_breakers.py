@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from renewald.adapters import Outcome
-from renewald.daemon.breaker import Breakers
+from renewald.daemon.breaker import Breakers, TargetAttempt
 from renewald.daemon.breaker_rules import DELIVER, BreakerSettings, Verdict
 from renewald.logging import JobLog, read_lines
 from renewald.store import Store
@@ -26,21 +26,12 @@ def breakers(store: Store, job_log: JobLog) -> Breakers:
 
 
 def record(b: Breakers, outcome: Outcome, now: int, verdict: Verdict = DELIVER) -> None:
-    b.record(
-        KEY,
-        adapter="browser.proxy_delivery",
-        outcome=outcome,
-        verdict=verdict,
-        now=now,
-        job_id=f"job-{now}",
-        attempt_id=f"att-{now}",
-    )
+    at = TargetAttempt(KEY, "browser.proxy_delivery", f"job-{now}", f"att-{now}")
+    b.record(at, outcome, verdict, now)
 
 
 def admit(b: Breakers, now: int) -> Verdict:
-    return b.admit(
-        KEY, adapter="browser.proxy_delivery", now=now, job_id=f"job-{now}", attempt_id="a"
-    )
+    return b.admit(TargetAttempt(KEY, "browser.proxy_delivery", f"job-{now}", "a"), now)
 
 
 def test_a_healthy_target_costs_no_query(store: Store, job_log: JobLog, statements) -> None:

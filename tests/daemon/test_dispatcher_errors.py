@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from renewald.config import Config, DaemonConfig, LoggingConfig
+from renewald.daemon.breaker import TargetAttempt, Verdict
 from renewald.daemon.service import Service
 from renewald.store import Store
 from tests.clock import ManualClock
@@ -57,10 +58,10 @@ def test_an_error_in_one_job_ends_that_job_and_the_workers_go_on(
     victim = make_job(store, conversation=_log_target(store))
     admit = service.dispatcher.breakers.admit
 
-    def flaky_admit(key: str, **kw: Any):  # type: ignore[no-untyped-def]
-        if kw["job_id"] == victim.job_id:
+    def flaky_admit(at: TargetAttempt, now: int) -> Verdict:
+        if at.job_id == victim.job_id:
             raise TypeError("'<' not supported between instances of 'int' and 'str'")
-        return admit(key, **kw)
+        return admit(at, now)
 
     monkeypatch.setattr(service.dispatcher.breakers, "admit", flaky_admit)
     service.dispatcher.poll_once(T0)

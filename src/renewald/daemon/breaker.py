@@ -43,20 +43,28 @@ from renewald.store.models import TargetPause
 
 # The settings and verdicts are part of what Breakers takes and returns: its callers
 # (dispatcher, service) import the three from here.
-__all__ = ["BreakerSettings", "Breakers", "Verdict"]
+__all__ = ["BreakerSettings", "Breakers", "TargetAttempt", "Verdict"]
 
 _log = structlog.get_logger("renewald.breaker")
 
 
 @dataclass(frozen=True)
-class _Attempt:
-    """The delivery a breaker transition happens on, as its log line names it."""
+class TargetAttempt:
+    """The delivery a breaker decision is about: its target key, and the adapter, job and
+    attempt its log lines name."""
 
     key: str
     adapter: str
     job_id: str
     attempt_id: str
-    now: int
+
+    def log_keys(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "attempt_id": self.attempt_id,
+            "adapter": self.adapter,
+            "target_key": self.key,
+        }
 
 
 class Breakers:
@@ -140,8 +148,9 @@ class Breakers:
             return deferral(row, now, self.settings)
         return DELIVER
 
-    def admit(self, key: str, *, adapter: str, now: int, job_id: str, attempt_id: str) -> Verdict:
+    def admit(self, at: TargetAttempt, now: int) -> Verdict:
         """Right before a delivery: deliver, deliver as the half-open probe, or defer."""
+        key = at.key
         row = self.cached(key)
         for _ in range(3):
             state = state_of(row, now)
@@ -162,7 +171,8 @@ class Breakers:
                         self._probing.add(key)
                     self._remember(key, dataclasses.replace(row, paused_until=probe_until))
                     self._log_event(
-                        _Attempt(key, adapter, job_id, attempt_id, now),
+                        at,
+                        now,
                         "breaker.probe",
                         failures=row.failures,
                         reason="half-open: this delivery probes the target",
@@ -175,32 +185,22 @@ class Breakers:
             self._remember(key, row)
         return deferral(row, now, self.settings)
 
-    def record(
-        self,
-        key: str,
-        *,
-        adapter: str,
-        outcome: Outcome,
-        verdict: Verdict,
-        now: int,
-        job_id: str,
-        attempt_id: str,
-    ) -> None:
+    def record(self, at: TargetAttempt, outcome: Outcome, verdict: Verdict, now: int) -> None:
         """Count what a delivery to `key` came to. Never raises for a database error:
         the breaker is a protection, and a lost count is better than a lost result."""
         probe = verdict.action == "probe"
-        at = _Attempt(key, adapter, job_id, attempt_id, now)
+        key = at.key
         try:
             if outcome.kind is OutcomeKind.delivered:
                 if probe or self.cached(key) is not None:
-                    self._close(at)
+                    self._close(at, now)
             elif outcome.is_transient:
-                self._fail(at, error=outcome.reason, probe=probe)
+                self._fail(at, now, error=outcome.reason, probe=probe)
             elif probe:
                 probe_until = verdict.probe_until or now
                 _, after = self.store.change_target_pause(
                     target_key=key,
-                    adapter=adapter,
+                    adapter=at.adapter,
                     now=now,
                     change=lambda row: after_inconclusive_probe(
                         row, now=now, probe_until=probe_until
@@ -214,38 +214,34 @@ class Breakers:
                 with self._lock:
                     self._probing.discard(key)
 
-    def _close(self, at: _Attempt) -> None:
+    def _close(self, at: TargetAttempt, now: int) -> None:
         before = self.store.clear_target_pause(target_key=at.key)
         self._remember(at.key, None)
         if before is not None and before.paused_until is not None:
             self._log_event(
                 at,
+                now,
                 "breaker.closed",
                 failures=before.failures,
                 reason="the target accepted a delivery",
             )
 
-    def _fail(self, at: _Attempt, *, error: str | None, probe: bool) -> None:
+    def _fail(self, at: TargetAttempt, now: int, *, error: str | None, probe: bool) -> None:
         settings = self.settings
 
         def change(row: TargetPause | None) -> TargetPause:
             return after_failure(
-                row,
-                target_key=at.key,
-                adapter=at.adapter,
-                error=error,
-                now=at.now,
-                settings=settings,
-                probe=probe,
+                row, at.key, at.adapter, error=error, now=now, settings=settings, probe=probe
             )
 
         before, after = self.store.change_target_pause(
-            target_key=at.key, adapter=at.adapter, now=at.now, change=change
+            target_key=at.key, adapter=at.adapter, now=now, change=change
         )
         self._remember(at.key, after)
         if after is not None and opened(before, after):
             self._log_event(
                 at,
+                now,
                 "breaker.opened",
                 failures=after.failures,
                 paused_until=after.paused_until,
@@ -258,18 +254,10 @@ class Breakers:
                 level="warning",
             )
 
-    def _log_event(self, at: _Attempt, event: str, *, level: str = "info", **fields: Any) -> None:
-        emit(
-            self.job_log,
-            event,
-            now_ms=at.now,
-            level=level,
-            job_id=at.job_id,
-            attempt_id=at.attempt_id,
-            adapter=at.adapter,
-            target_key=at.key,
-            **fields,
-        )
+    def _log_event(
+        self, at: TargetAttempt, now: int, event: str, *, level: str = "info", **fields: Any
+    ) -> None:
+        emit(self.job_log, event, now_ms=now, level=level, **at.log_keys(), **fields)
         for observer in self.observers:
             observer(event.removeprefix("breaker."))
 

@@ -62,9 +62,9 @@ def defer_until(row: TargetPause | None, now: int, settings: BreakerSettings) ->
 
 def after_failure(
     row: TargetPause | None,
-    *,
     target_key: str,
     adapter: str | None,
+    *,
     error: str | None,
     now: int,
     settings: BreakerSettings,

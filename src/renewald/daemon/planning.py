@@ -13,6 +13,7 @@ import structlog
 
 from renewald.adapters import Adapter, AdapterRegistry, Delivery, Outcome
 from renewald.daemon.backoff import expired_before_attempt
+from renewald.daemon.breaker import TargetAttempt
 from renewald.daemon.malformed import malformed_result
 from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import Attempt, ResultMaker
@@ -41,6 +42,9 @@ class Planned(Attempt):
     key: str
     limit: int
     blocking: bool
+
+    def at_target(self) -> TargetAttempt:
+        return TargetAttempt(self.key, self.kind, self.claimed.job.job_id, self.attempt_id)
 
 
 class Planner(Part):

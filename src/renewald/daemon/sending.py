@@ -153,13 +153,7 @@ class Sending:
         expired = expired_before_attempt(job.deadline_at, now)
         if expired is not None:
             return self.results.expired(planned, now, expired)
-        verdict = self.breakers.admit(
-            planned.key,
-            adapter=planned.kind,
-            now=now,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-        )
+        verdict = self.breakers.admit(planned.at_target(), now)
         if not verdict.deliver:
             return self._deferred_by_breaker(planned, verdict)
         return verdict
@@ -210,7 +204,6 @@ class Sending:
 
     def _send(self, planned: Planned, verdict: Verdict) -> AttemptResult:
         """Send a job whose send is marked begun; what came of it."""
-        job = planned.claimed.job
         started = self.clock.now_ms()
         emit(
             self.job_log,
@@ -224,15 +217,7 @@ class Sending:
             self.job_log.flush()  # a long delivery is visible in the job log while it runs
         outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
-        self.breakers.record(
-            planned.key,
-            adapter=planned.kind,
-            outcome=outcome,
-            verdict=verdict,
-            now=finished,
-            job_id=job.job_id,
-            attempt_id=planned.attempt_id,
-        )
+        self.breakers.record(planned.at_target(), outcome, verdict, finished)
         return self.results.sent(planned, started, finished, outcome)
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:

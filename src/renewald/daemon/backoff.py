@@ -58,11 +58,11 @@ def backoff_delay(policy: RetryPolicy, attempt_no: int, rand: random.Random | No
 
 def decide(
     policy: RetryPolicy,
-    *,
     outcome: str,
     attempt_no: int,
     max_attempts: int,
     now: int,
+    *,
     after: float | None = None,
     reason: str | None = None,
     deadline_at: int | None = None,

@@ -59,12 +59,8 @@ class TargetAttempt:
     attempt_id: str
 
     def log_keys(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "attempt_id": self.attempt_id,
-            "adapter": self.adapter,
-            "target_key": self.key,
-        }
+        keys = {"job_id": self.job_id, "attempt_id": self.attempt_id, "adapter": self.adapter}
+        return {**keys, "target_key": self.key}
 
 
 class Breakers:

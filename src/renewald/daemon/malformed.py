@@ -17,7 +17,7 @@ from renewald.daemon.results import attempt_keys_of
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
-from renewald.store.models import ENDED_MALFORMED, MALFORMED
+from renewald.store.models import MALFORMED
 from renewald.store.sweep import Swept
 
 _log = structlog.get_logger("renewald.daemon")
@@ -34,17 +34,14 @@ def malformed_result(
     attempt_id: str | None = None,
 ) -> AttemptResult:
     """The result that ends a claimed job failed/malformed without sending it."""
-    return AttemptResult.of(
+    return AttemptResult.malformed(
         claimed.job,
-        ENDED_MALFORMED,
+        now,
+        malformed_error(problems if problems is not None else claimed.problems),
         attempt_id=attempt_id or uuid.uuid4().hex,
-        lease_owner=owner,
-        outcome=MALFORMED,
-        started=now,
-        finished=now,
-        log_path=log_path,
+        owner=owner,
         error_class=error_class,
-        error=malformed_error(problems if problems is not None else claimed.problems),
+        log_path=log_path,
         refund=True,
     )
 

@@ -108,10 +108,10 @@ class ResultMaker:
         """`backoff.decide` for this attempt of `job`, on this daemon's policy."""
         return decide(
             self.policy,
-            outcome=outcome,
-            attempt_no=job.attempt_count,
-            max_attempts=job.max_attempts,
-            now=now,
+            outcome,
+            job.attempt_count,
+            job.max_attempts,
+            now,
             after=after,
             reason=reason,
             deadline_at=job.deadline_at,

@@ -234,6 +234,35 @@ class AttemptResult:
             local_conversation_id=job.local_conversation_id,
         )
 
+    @classmethod
+    def malformed(
+        cls,
+        job: Job,
+        now: int,
+        error: str,
+        *,
+        attempt_id: str,
+        owner: str,
+        error_class: str = "MalformedRow",
+        log_path: str | None = None,
+        refund: bool = False,
+    ) -> AttemptResult:
+        """`job` ended failed/malformed at `now`, never sent: its row (or its handling)
+        did not fit; `error` names what."""
+        return cls.of(
+            job,
+            ENDED_MALFORMED,
+            attempt_id=attempt_id,
+            lease_owner=owner,
+            outcome=MALFORMED,
+            started=now,
+            finished=now,
+            log_path=log_path,
+            error_class=error_class,
+            error=error,
+            refund=refund,
+        )
+
 
 @dataclass(frozen=True)
 class NewJob:

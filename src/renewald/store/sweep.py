@@ -18,7 +18,7 @@ from sqlalchemy import Connection, or_, select, update
 
 from renewald.store.attempts import insert_untried
 from renewald.store.decode import MAX_EPOCH_MS, malformed_error
-from renewald.store.models import ENDED_MALFORMED, MALFORMED, AttemptResult, Job
+from renewald.store.models import MALFORMED, AttemptResult, Job
 from renewald.store.schema import renewal_jobs
 
 jobs = renewal_jobs
@@ -102,16 +102,7 @@ def _end(
     if ended != 1:
         return None
     attempt_id = uuid.uuid4().hex
-    untried = AttemptResult.of(
-        job,
-        ENDED_MALFORMED,
-        attempt_id=attempt_id,
-        lease_owner=owner,
-        outcome=MALFORMED,
-        started=now,
-        finished=now,
-        error_class="MalformedRow",
-        error=error,
+    insert_untried(
+        conn, AttemptResult.malformed(job, now, error, attempt_id=attempt_id, owner=owner)
     )
-    insert_untried(conn, untried)
     return Swept(job.job_id, attempt_id, job.attempt_count, job.local_conversation_id, error)

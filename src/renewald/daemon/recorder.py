@@ -13,6 +13,7 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -102,34 +103,31 @@ class Recorder(Part):
                 threading.Event().wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _line(self, event: str, r: AttemptResult, now: int, **fields: Any) -> None:
+        """One line about the attempt `r`: its keys, adapter, outcome and owner first."""
+        keys = {**attempt_keys(r), "adapter": r.adapter, "outcome": r.outcome}
+        emit(self.job_log, event, now_ms=now, **keys, **fields, owner=r.lease_owner)
+
     def _log_result(self, r: AttemptResult, applied: bool, now: int, *, cancelled: bool) -> None:
         if not applied:
-            emit(
-                self.job_log,
+            self._line(
                 "lease.lost",
-                now_ms=now,
+                r,
+                now,
                 level="warning",
-                **attempt_keys(r),
-                adapter=r.adapter,
-                outcome=r.outcome,
                 reason="the job was taken away before its result was recorded",
-                owner=r.lease_owner,
             )
             self.summary.count("lost", "lease_lost")
             return
-        emit(
-            self.job_log,
+        # A deferral hands its attempt back: its `attempt` is the number the next real
+        # attempt will have, as its database row says.
+        self._line(
             "attempt.finished",
-            now_ms=r.finished_at,
+            r,
+            r.finished_at,
             level="warning" if r.status == "failed" and not cancelled else "info",
-            # A deferral hands its attempt back: its `attempt` is the number the next real
-            # attempt will have, as its database row says.
-            **attempt_keys(r),
-            adapter=r.adapter,
-            outcome=r.outcome,
             duration_ms=r.finished_at - r.started_at,
             reason=r.decision_reason,
-            owner=r.lease_owner,
             status=r.status,
             decision=r.decision,
             next_attempt_at=r.next_attempt_at,
@@ -137,17 +135,8 @@ class Recorder(Part):
             summary=r.response_summary,
         )
         if cancelled:
-            emit(
-                self.job_log,
-                "job.cancelled",
-                now_ms=now,
-                job_id=r.job_id,
-                attempt_id=r.attempt_id,
-                conversation=r.local_conversation_id,
-                reason=f"cancelled by operator while running (the attempt was {r.outcome})",
-                owner=r.lease_owner,
-                status="failed",
-            )
+            why = f"cancelled by operator while running (the attempt was {r.outcome})"
+            self._line("job.cancelled", r, now, reason=why, status="failed")
             self.summary.count("failed", "cancelled")
             return
         reason = r.terminal_reason or r.decision_reason or ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection
+from typing import Any
 
 import structlog
 
@@ -129,18 +130,14 @@ class Rescuer:
         for job, d in found:
             if not applied.get(job.job_id):
                 continue
-            emit(
-                self.job_log,
+            self._taken_back(
                 "job.reconciled",
-                now_ms=now,
+                job,
+                now,
                 level="warning",
-                job_id=job.job_id,
                 attempt_id=d.attempt_id,
-                conversation=job.local_conversation_id,
                 status="done",
                 reason=f"the ledger records a delivered attempt; the row said {job.status}",
-                owner=self.owner,
-                previous_owner=job.lease_owner,
                 was=job.status,
             )
         return sum(1 for ok in applied.values() if ok)
@@ -157,19 +154,23 @@ class Rescuer:
                 if job.lease_owner
                 else f"the row said {job.status} but no daemon held it"
             )
-            emit(
-                self.job_log,
+            self._taken_back(
                 "job.released",
-                now_ms=now,
-                job_id=job.job_id,
-                conversation=job.local_conversation_id,
+                job,
+                now,
                 status="pending",
                 next_attempt_at=job.next_attempt_at,
                 reason=why,
-                owner=self.owner,
-                previous_owner=job.lease_owner,
             )
         return sum(1 for ok in applied.values() if ok)
+
+    def _taken_back(self, event: str, job: Job, now: int, **fields: Any) -> None:
+        """One line for a job this rescuer took back from its previous owner."""
+        keys: dict[str, Any] = {"job_id": job.job_id, "conversation": job.local_conversation_id}
+        emit(self.job_log, event, now_ms=now, **keys, **fields, **self._owners(job.lease_owner))
+
+    def _owners(self, previous: str | None) -> dict[str, Any]:
+        return {"owner": self.owner, "previous_owner": previous}
 
     def _abandon(self, found: list[Job], now: int) -> int:
         if not found:
@@ -194,8 +195,7 @@ class Rescuer:
                 next_attempt_at=result.next_attempt_at,
                 reason=result.decision_reason,
                 error=result.error_message,
-                owner=self.owner,
-                previous_owner=result.lease_owner,
+                **self._owners(result.lease_owner),
             )
         self.job_log.flush()
         self.store.mark_logged(logged)

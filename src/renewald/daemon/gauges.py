@@ -23,6 +23,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from renewald.background import BackgroundLoop
 from renewald.clock import Clock
 from renewald.store.engine import describe
 from renewald.store.stats import Gauges
@@ -71,14 +72,13 @@ class GaugeReader:
         self._ok = False
         self._error: str | None = "no read yet"
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader = BackgroundLoop(self._loop, name="renewald-gauges", stopping=self._stop)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="renewald-gauges", daemon=True)
-        self._thread.start()
+        self._reader.start()
 
     def close(self) -> None:
-        self._stop.set()
+        self._reader.stop()
         with self._cond:
             self._cond.notify_all()
         # Not joined: a read stuck on the database must not hold up the shutdown.
@@ -120,7 +120,7 @@ class GaugeReader:
     def current(self, wait: float = SCRAPE_WAIT) -> Reading:
         """Ask for a fresh read, wait up to `wait` for it, answer with what there is.
         Without the reader thread (tests, tools), the read happens here."""
-        if self._thread is None:
+        if not self._reader.started:
             self.refresh()
             return self._reading()
         with self._cond:

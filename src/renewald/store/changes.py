@@ -10,11 +10,11 @@ nobody watched.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import structlog
 
+from renewald.background import BackgroundLoop
 from renewald.store.backend import Backend, Stop
 from renewald.store.engine import backend_for
 
@@ -37,22 +37,18 @@ class ChangeWatcher:
         self.interval = interval
         self.backend = backend or backend_for(url)
         self._stop = Stop()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop(self._run, name="renewald-changes", stopping=self._stop)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="renewald-changes", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            if self._thread.is_alive():
-                return  # still inside a driver call: its pipe is left to the process
-        self._stop.close()
+        if self._loop.stop(wait=2):
+            self._stop.close()
+        # else still inside a driver call: its pipe is left to the process
 
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.is_alive()
 
     def _run(self) -> None:
         delay = 0.5

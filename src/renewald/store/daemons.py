@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
@@ -25,18 +25,10 @@ class DaemonRow:
 def register_daemon(
     conn: Connection, *, owner: str, host: str, pid: int, version: str, now: int
 ) -> None:
-    conn.execute(delete(daemons).where(daemons.c.owner_id == owner))
-    conn.execute(
-        insert(daemons).values(
-            owner_id=owner,
-            host=host,
-            pid=pid,
-            version=version,
-            started_at=now,
-            heartbeat_at=now,
-            status="starting",
-        )
-    )
+    """A fresh row for this owner (any row it left is replaced), started and beating now."""
+    unregister_daemon(conn, owner=owner)
+    row = DaemonRow(owner, host, pid, version, started_at=now, heartbeat_at=now, status="starting")
+    conn.execute(insert(daemons).values(asdict(row)))
 
 
 def heartbeat_daemon(conn: Connection, *, owner: str, now: int, status: str | None) -> bool:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy import Text
+
 from renewald.controls import escape_controls
+from renewald.store.schema import Millis, renewal_jobs
 
 # 9999-12-31T23:59:59.999Z: the last instant `datetime` can show.
 MAX_EPOCH_MS = 253_402_300_799_999
@@ -169,24 +172,22 @@ def _json_error(exc: ValueError) -> str:
     return type(exc).__name__
 
 
-_TEXT_REQUIRED = ("job_id", "local_conversation_id", "message_id", "status", "payload")
-_TEXT_OPTIONAL = (
-    "target_snapshot",
-    "last_error",
-    "log_path",
-    "lease_owner",
-    "terminal_reason",
-    "target_kind",
-)
-_TIMES_REQUIRED = ("created_at", "updated_at")
-_TIMES_OPTIONAL = (
-    "next_attempt_at",
-    "last_attempt_at",
-    "started_at",
-    "finished_at",
-    "lease_expires_at",
-    "deadline_at",
-)
+def _job_columns(declared: Callable[[Any], bool], *, nullable: bool) -> tuple[str, ...]:
+    """The `renewal_jobs` columns the schema declares of one type and nullability, in table
+    order (the order their problems are named in), but those `job_values` reads apart."""
+    return tuple(
+        c.name
+        for c in renewal_jobs.columns
+        if declared(c.type) and c.nullable == nullable and c.name not in _READ_APART
+    )
+
+
+# payload_kind (NULL reads as 'text') and the two columns only renewald writes.
+_READ_APART = ("payload_kind", "send_token", "delivered_at")
+_TEXT_REQUIRED = _job_columns(lambda t: isinstance(t, Text), nullable=False)
+_TEXT_OPTIONAL = _job_columns(lambda t: isinstance(t, Text), nullable=True)
+_TIMES_REQUIRED = _job_columns(lambda t: t is Millis, nullable=False)
+_TIMES_OPTIONAL = _job_columns(lambda t: t is Millis, nullable=True)
 
 
 def job_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -7,6 +7,8 @@ defaulted columns and tables of its own (DESIGN §1). Times are epoch millisecon
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -22,42 +24,58 @@ Millis = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
-local_conversations = Table(
+
+def _table(name: str, key: str, *columns: Column[Any] | Index) -> Table:
+    """A table keyed, as every table here is, by one TEXT id: `job_id TEXT PRIMARY KEY`."""
+    return Table(name, metadata, Column(key, Text, primary_key=True), *columns)
+
+
+def _optional(type_: Any, *names: str) -> list[Column[Any]]:
+    """Nullable columns of one type, as the tracker's DDL runs them: `title TEXT, summary TEXT`."""
+    return [Column(name, type_) for name in names]
+
+
+def _required(type_: Any, *names: str) -> list[Column[Any]]:
+    """NOT NULL columns of one type, without a default."""
+    return [Column(name, type_, nullable=False) for name in names]
+
+
+def _stamps() -> list[Column[Any]]:
+    """When the row was made and last changed: every tracker table (and a schedule) ends
+    with these two."""
+    return _required(Millis, "created_at", "updated_at")
+
+
+local_conversations = _table(
     "local_conversations",
-    metadata,
-    Column("local_conversation_id", Text, primary_key=True),
+    "local_conversation_id",
     Column("platform", Text, nullable=False),
     Column("automation_status", Text, nullable=False, server_default=text("'manual'")),
-    Column("title", Text),
-    Column("summary", Text),
-    Column("last_message_id", Text),
-    Column("last_message_at", Millis),
-    Column("cooldown_until", Millis),
-    Column("paused_at", Millis),
-    Column("created_at", Millis, nullable=False),
-    Column("updated_at", Millis, nullable=False),
+    *_optional(Text, "title", "summary", "last_message_id"),
+    *_optional(Millis, "last_message_at", "cooldown_until", "paused_at"),
+    *_stamps(),
 )
 
-conversation_links = Table(
+conversation_links = _table(
     "conversation_links",
-    metadata,
-    Column("link_id", Text, primary_key=True),
-    Column("local_conversation_id", Text, nullable=False),
-    Column("platform", Text, nullable=False),
-    Column("remote_conversation_id", Text),
-    Column("client_id", Text),
-    Column("page_url", Text),
-    Column("page_title", Text),
-    Column("route_path", Text),
-    Column("route_pattern", Text),
-    Column("route_params", Text),
-    Column("target_kind", Text),
-    Column("target_id", Text),
-    Column("target_payload", Text),
+    "link_id",
+    *_required(Text, "local_conversation_id", "platform"),
+    *_optional(
+        Text,
+        "remote_conversation_id",
+        "client_id",
+        "page_url",
+        "page_title",
+        "route_path",
+        "route_pattern",
+        "route_params",
+        "target_kind",
+        "target_id",
+        "target_payload",
+    ),
     Column("is_active", Integer, nullable=False, server_default=text("1")),
     Column("observed_at", Millis, nullable=False),
-    Column("created_at", Millis, nullable=False),
-    Column("updated_at", Millis, nullable=False),
+    *_stamps(),
 )
 
 TRACKER_JOB_COLUMNS = (
@@ -80,26 +98,20 @@ TRACKER_JOB_COLUMNS = (
     "updated_at",
 )
 
-renewal_jobs = Table(
+renewal_jobs = _table(
     "renewal_jobs",
-    metadata,
-    Column("job_id", Text, primary_key=True),
-    Column("local_conversation_id", Text, nullable=False),
-    Column("message_id", Text, nullable=False),
+    "job_id",
+    *_required(Text, "local_conversation_id", "message_id"),
     Column("status", Text, nullable=False, server_default=text("'pending'")),
     Column("payload", Text, nullable=False),
     Column("payload_kind", Text, nullable=False, server_default=text("'text'")),
     Column("target_snapshot", Text),
     Column("attempt_count", Integer, nullable=False, server_default=text("0")),
     Column("max_attempts", Integer, nullable=False, server_default=text("3")),
-    Column("next_attempt_at", Millis),
-    Column("last_attempt_at", Millis),
-    Column("last_error", Text),
-    Column("log_path", Text),
-    Column("started_at", Millis),
-    Column("finished_at", Millis),
-    Column("created_at", Millis, nullable=False),
-    Column("updated_at", Millis, nullable=False),
+    *_optional(Millis, "next_attempt_at", "last_attempt_at"),
+    *_optional(Text, "last_error", "log_path"),
+    *_optional(Millis, "started_at", "finished_at"),
+    *_stamps(),
     # renewald's additions (DESIGN §1): lease, fencing counter, why it ended, deadline.
     Column("lease_owner", Text),
     Column("lease_expires_at", Millis),
@@ -130,48 +142,39 @@ renewal_jobs = Table(
     Index("idx_renewal_jobs_status_created", "status", "created_at", "job_id"),
 )
 
-renewal_job_attempts = Table(
+renewal_job_attempts = _table(
     "renewal_job_attempts",
-    metadata,
-    Column("attempt_id", Text, primary_key=True),
+    "attempt_id",
     Column("job_id", Text, nullable=False),
     Column("attempt_no", Integer, nullable=False),
     Column("lease_owner", Text),
     Column("lease_token", Integer),
-    Column("adapter", Text),
-    Column("target", Text),
-    Column("started_at", Millis, nullable=False),
-    Column("finished_at", Millis, nullable=False),
+    *_optional(Text, "adapter", "target"),
+    *_required(Millis, "started_at", "finished_at"),
     Column("duration_ms", Integer),
     Column("outcome", Text, nullable=False),
-    Column("error_class", Text),
-    Column("error_message", Text),
-    Column("response_summary", Text),
+    *_optional(Text, "error_class", "error_message", "response_summary"),
     Column("next_attempt_at", Millis),
-    Column("decision", Text),
-    Column("decision_reason", Text),
+    *_optional(Text, "decision", "decision_reason"),
     Index("idx_renewal_job_attempts_job", "job_id", "attempt_no"),
 )
 
 # Attempt rows whose JSONL line may not be flushed yet: a crash leaves them for the next
 # start to write (migration 0004).
-renewald_unlogged_attempts = Table(
+renewald_unlogged_attempts = _table(
     "renewald_unlogged_attempts",
-    metadata,
-    Column("attempt_id", Text, primary_key=True),
+    "attempt_id",
     Column("owner", Text, nullable=False),
     Column("created_at", Millis, nullable=False),
 )
 
-renewald_daemons = Table(
+renewald_daemons = _table(
     "renewald_daemons",
-    metadata,
-    Column("owner_id", Text, primary_key=True),
+    "owner_id",
     Column("host", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("version", Text, nullable=False),
-    Column("started_at", Millis, nullable=False),
-    Column("heartbeat_at", Millis, nullable=False),
+    *_required(Millis, "started_at", "heartbeat_at"),
     Column("status", Text),
 )
 
@@ -235,42 +238,35 @@ def tracker_ddl_postgresql() -> tuple[str, ...]:
 
 
 # Circuit breaker state per delivery target, shared by every daemon on the database.
-renewal_target_pauses = Table(
+renewal_target_pauses = _table(
     "renewal_target_pauses",
-    metadata,
-    Column("target_key", Text, primary_key=True),
+    "target_key",
     Column("adapter", Text),
     Column("failures", Integer, nullable=False, server_default=text("0")),
-    Column("paused_until", Millis),
-    Column("opened_at", Millis),
+    *_optional(Millis, "paused_until", "opened_at"),
     Column("last_error", Text),
     Column("updated_at", Millis, nullable=False),
 )
 
 # Recurring renewals: each fire time becomes one renewal_jobs row (issue: schedules).
-renewal_schedules = Table(
+renewal_schedules = _table(
     "renewal_schedules",
-    metadata,
-    Column("schedule_id", Text, primary_key=True),
-    Column("local_conversation_id", Text, nullable=False),
-    Column("trigger_kind", Text, nullable=False),  # 'every' | 'cron'
+    "schedule_id",
+    *_required(Text, "local_conversation_id", "trigger_kind"),  # trigger_kind: 'every' | 'cron'
     Column("every_ms", Millis),
     Column("cron", Text),
     Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
     Column("payload", Text, nullable=False),
     Column("payload_kind", Text, nullable=False, server_default=text("'text'")),
-    Column("target_kind", Text),
-    Column("target_snapshot", Text),
+    *_optional(Text, "target_kind", "target_snapshot"),
     Column("max_attempts", Integer, nullable=False, server_default=text("3")),
     Column("jitter_ms", Millis, nullable=False, server_default=text("0")),
     Column("misfire", Text, nullable=False, server_default=text("'coalesce'")),
     Column("misfire_grace_ms", Millis),
     Column("allow_overlap", Integer, nullable=False, server_default=text("0")),
     Column("enabled", Integer, nullable=False, server_default=text("1")),
-    Column("next_fire_at", Millis),
-    Column("last_fire_at", Millis),
+    *_optional(Millis, "next_fire_at", "last_fire_at"),
     Column("last_job_id", Text),
-    Column("created_at", Millis, nullable=False),
-    Column("updated_at", Millis, nullable=False),
+    *_stamps(),
     Index("idx_renewal_schedules_due", "enabled", "next_fire_at"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Connection, func, or_, select
 
@@ -96,8 +96,7 @@ def stats(
         expired_leases=int(expired),
         failures_since=failures_since,
         failures=failures,
-        daemons=list_daemons(conn),
-        paused_targets=paused_targets(conn, now=now),
+        **fleet(conn, now=now),
     )
 
 
@@ -125,6 +124,17 @@ def _pending_counts(
         ),
         "unscheduled": count(jobs.c.status == "pending", jobs.c.next_attempt_at.is_(None)),
     }
+
+
+class Fleet(TypedDict):
+    daemons: list[DaemonRow]
+    paused_targets: list[TargetPause]
+
+
+def fleet(conn: Connection, *, now: int) -> Fleet:
+    """Who serves the queue and which targets are paused: what `renewald stats` and the
+    status page's overview both show below their counts."""
+    return {"daemons": list_daemons(conn), "paused_targets": paused_targets(conn, now=now)}
 
 
 def paused_targets(conn: Connection, *, now: int) -> list[TargetPause]:

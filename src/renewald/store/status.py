@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Connection, and_, func, literal, or_, sele
 
 from renewald.store import conversations as conversation_sql
 from renewald.store import facts, stats
-from renewald.store.daemons import DaemonRow, list_daemons
+from renewald.store.daemons import DaemonRow
 from renewald.store.decode import epoch_ms_or_none
 from renewald.store.jobs import EVERY_JOB, JobFilter, due_condition
 from renewald.store.models import ClaimedJob, Job, TargetPause
@@ -85,8 +85,7 @@ def overview(
         by_status=by_status,
         due=due,
         oldest_due_at=epoch_ms_or_none(oldest),
-        daemons=list_daemons(conn),
-        paused_targets=stats.paused_targets(conn, now=now),
+        **stats.fleet(conn, now=now),
         recent_failures=[Job.from_row(r) for r in failed],
         cap=cap,
         due_cap=due_cap,

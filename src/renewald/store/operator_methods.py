@@ -17,7 +17,8 @@ from renewald.store import (
     ops,
     retention,
 )
-from renewald.store.models import ClaimedJob, TargetPause
+from renewald.store.models import ClaimedJob
+from renewald.store.passthrough import reads
 from renewald.store.transactions import T, Transactions
 
 
@@ -184,11 +185,8 @@ class OperatorMethods(Transactions):
             lambda conn: stats_sql.gauges(conn, now=now, dispatch_statuses=self.due.statuses)
         )
 
-    def paused_targets(self, *, now: int) -> list[TargetPause]:
-        return self.read(lambda conn: stats_sql.paused_targets(conn, now=now))
-
-    def count_prunable(self, *, before: int) -> tuple[int, int]:
-        return self.read(lambda conn: retention.count_prunable(conn, before=before))
+    paused_targets = reads(stats_sql.paused_targets)
+    count_prunable = reads(retention.count_prunable)
 
     def prune_finished(
         self, *, before: int, batch: int = 500, max_batches: int | None = None

@@ -8,7 +8,7 @@ from sqlalchemy import insert, update
 
 from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
 from renewald.store.conversations import Conversation
-from renewald.store.ops import OperatorAction
+from renewald.store.ops import FailedJobFilter, OperatorAction
 from renewald.store.schema import (
     renewal_jobs,
     renewal_target_pauses,
@@ -239,12 +239,13 @@ def test_retry_failed_filters_and_batches(store: Store) -> None:
         failed_job(store, job_id=f"old-{n}", conversation="a", now=T0 - 10_000)
     failed_job(store, job_id="recent", conversation="b", now=T0)
     failed_job(store, job_id="cancelled", conversation="b", now=T0, reason="cancelled")
-    assert store.failed_job_ids(since=T0) == ["cancelled", "recent"]
-    assert store.failed_job_ids(since=T0 + 1) == []
-    assert store.failed_job_ids(conversation="b", exclude_reasons=["cancelled"]) == ["recent"]
-    assert store.failed_job_ids(reasons=["cancelled"]) == ["cancelled"]
+    assert store.failed_job_ids(where=FailedJobFilter(since=T0)) == ["cancelled", "recent"]
+    assert store.failed_job_ids(where=FailedJobFilter(since=T0 + 1)) == []
+    only_b = FailedJobFilter(conversation="b", exclude_reasons=["cancelled"])
+    assert store.failed_job_ids(where=only_b) == ["recent"]
+    assert store.failed_job_ids(where=FailedJobFilter(reasons=["cancelled"])) == ["cancelled"]
     retried = store.retry_failed(
-        now=T0 + 1, action=OPERATOR, exclude_reasons=["cancelled"], batch=2
+        now=T0 + 1, action=OPERATOR, where=FailedJobFilter(exclude_reasons=["cancelled"]), batch=2
     )
     assert sorted(r.job.job_id for r in retried) == [*(f"old-{n}" for n in range(5)), "recent"]
     assert store.failed_job_ids() == ["cancelled"]

@@ -11,7 +11,7 @@ from renewald.errors import UsageError
 from renewald.logging import JobLog
 from renewald.store import Job
 from renewald.store.attempts import CANCEL_REASON
-from renewald.store.ops import RETRY_REASON, OperatorAction
+from renewald.store.ops import RETRY_REASON, FailedJobFilter, OperatorAction
 
 
 def _job_log(ctx: Context) -> JobLog:
@@ -78,24 +78,19 @@ def retry_cmd(
         _retry_one(ctx, job_id, now=now, dry_run=dry_run, as_json=as_json)
         return
     # An operator cancelled those on purpose: they come back only when named.
-    exclude = () if reasons else ("cancelled",)
+    where = FailedJobFilter(
+        since=since_at,
+        conversation=conversation,
+        reasons=reasons,
+        exclude_reasons=() if reasons else ("cancelled",),
+    )
     if dry_run:
-        ids = ctx.store().failed_job_ids(
-            since=since_at, conversation=conversation, reasons=reasons, exclude_reasons=exclude
-        )
-        _echo_retried(ids, dry_run=True, as_json=as_json)
+        _echo_retried(ctx.store().failed_job_ids(where=where), dry_run=True, as_json=as_json)
         return
     job_log = _job_log(ctx)
     try:
         action = _action(job_log, now)
-        retried = ctx.store().retry_failed(
-            now=now,
-            action=action,
-            since=since_at,
-            conversation=conversation,
-            reasons=reasons,
-            exclude_reasons=exclude,
-        )
+        retried = ctx.store().retry_failed(now=now, action=action, where=where)
         for r in retried:
             _log_retried(job_log, r.job, r.attempt_id, action, now)
     finally:

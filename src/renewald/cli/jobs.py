@@ -33,18 +33,30 @@ from renewald.store import ClaimedJob, JobFilter, NewJob
 from renewald.store.explain import Explanation
 from renewald.store.facts import JobFacts
 
+# The options that say what a new job carries, defined once for `enqueue` and `schedules
+# add` (which apply them each in its own order): `check_new_job` checks what they give.
+CONVERSATION = click.option("--conversation", required=True, help="local_conversation_id")
+PAYLOAD_KIND = click.option("--payload-kind", type=click.Choice(["text", "json"]), default="text")
+MAX_ATTEMPTS = click.option(
+    "--max-attempts", type=click.IntRange(min=1), default=3, show_default=True
+)
+TARGET_KIND = click.option(
+    "--target-kind", help="adapter kind (default: from the conversation's link)"
+)
+TARGET = click.option("--target", "target_json", help="target parameters as a JSON object")
+
 
 @cli.command("enqueue")
-@click.option("--conversation", required=True, help="local_conversation_id")
+@CONVERSATION
 @click.option("--payload", required=True, help="the message to deliver")
-@click.option("--payload-kind", type=click.Choice(["text", "json"]), default="text")
+@PAYLOAD_KIND
 @click.option("--message", "message_id", help="message id (default: renewald:<uuid>)")
 @click.option("--job-id", help="job id (default: a new uuid)")
 @click.option("--at", "at", default="now", help="ISO-8601 time or +30s/+5m/+2h (default: now)")
 @click.option("--deadline", help="give up after this time: ISO-8601 or +1h")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--target-kind", help="adapter kind (default: from the conversation's link)")
-@click.option("--target", "target_json", help="target parameters as a JSON object")
+@MAX_ATTEMPTS
+@TARGET_KIND
+@TARGET
 @click.option("--json", "as_json", is_flag=True, help="print the job as JSON")
 @pass_ctx
 def enqueue_cmd(

@@ -12,7 +12,14 @@ import click
 
 from renewald import render
 from renewald.cli.app import Context, _json_or_text, cli, parse_target, pass_ctx
-from renewald.cli.jobs import check_new_job
+from renewald.cli.jobs import (
+    CONVERSATION,
+    MAX_ATTEMPTS,
+    PAYLOAD_KIND,
+    TARGET,
+    TARGET_KIND,
+    check_new_job,
+)
 from renewald.clock import iso_utc
 from renewald.daemon.schedules import (
     DEFAULT_MISFIRE_GRACE_MS,
@@ -78,12 +85,12 @@ def _trigger(
 
 
 @schedules_group.command("add")
-@click.option("--conversation", required=True, help="local_conversation_id")
+@CONVERSATION
 @click.option("--every", "every", metavar="DURATION", help="fire every DURATION, e.g. 6h")
 @click.option("--cron", "cron", metavar="EXPR", help='a crontab expression, e.g. "0 9 * * 1-5"')
 @click.option("--tz", "timezone", metavar="ZONE", help="time zone of --cron (default UTC)")
 @click.option("--payload", required=True, help="the message each fire delivers")
-@click.option("--payload-kind", type=click.Choice(["text", "json"]), default="text")
+@PAYLOAD_KIND
 @click.option("--jitter", default="0s", show_default=True, help="delay each job by up to this")
 @click.option(
     "--misfire", type=click.Choice(MISFIRE_POLICIES), default="coalesce", show_default=True
@@ -95,9 +102,9 @@ def _trigger(
     f"(default {format_duration(DEFAULT_MISFIRE_GRACE_MS / 1000)})",
 )
 @click.option("--allow-overlap", is_flag=True, help="fire even while the previous job is pending")
-@click.option("--target-kind", help="adapter kind (default: from the conversation's link)")
-@click.option("--target", "target_json", help="target parameters as a JSON object")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@TARGET_KIND
+@TARGET
+@MAX_ATTEMPTS
 @click.option("--id", "schedule_id", help="schedule id (default: a new random id)")
 @click.option("--json", "as_json", is_flag=True, help="print the schedule as JSON")
 @pass_ctx

@@ -17,7 +17,8 @@ from renewald.store import (
     ops,
     retention,
 )
-from renewald.store.models import ClaimedJob, TargetPause
+from renewald.store.models import ClaimedJob
+from renewald.store.passthrough import reads
 from renewald.store.transactions import T, Transactions
 
 
@@ -106,51 +107,25 @@ class OperatorMethods(Transactions):
         )
 
     def failed_job_ids(
-        self,
-        *,
-        since: int | None = None,
-        conversation: str | None = None,
-        reasons: Sequence[str] = (),
-        exclude_reasons: Sequence[str] = (),
-        limit: int | None = None,
+        self, *, where: ops.FailedJobFilter = ops.EVERY_FAILED_JOB, limit: int | None = None
     ) -> list[str]:
-        return self.read(
-            lambda conn: ops.failed_job_ids(
-                conn,
-                since=since,
-                conversation=conversation,
-                reasons=reasons,
-                exclude_reasons=exclude_reasons,
-                limit=limit,
-            )
-        )
+        return self.read(lambda conn: ops.failed_job_ids(conn, where, limit=limit))
 
     def retry_failed(
         self,
         *,
         now: int,
         action: ops.OperatorAction,
-        since: int | None = None,
-        conversation: str | None = None,
-        reasons: Sequence[str] = (),
-        exclude_reasons: Sequence[str] = (),
+        where: ops.FailedJobFilter = ops.EVERY_FAILED_JOB,
         batch: int = 200,
     ) -> list[ops.Retried]:
-        """Retry every failed job the filters select, `batch` jobs per short transaction."""
+        """Retry every failed job `where` selects, `batch` jobs per short transaction."""
         done: list[ops.Retried] = []
         after: str | None = None
         while True:
 
             def tx(conn: Connection, after: str | None = after) -> tuple[list[ops.Retried], str]:
-                ids = ops.failed_job_ids(
-                    conn,
-                    since=since,
-                    conversation=conversation,
-                    reasons=reasons,
-                    exclude_reasons=exclude_reasons,
-                    limit=batch,
-                    after_id=after,
-                )
+                ids = ops.failed_job_ids(conn, where, limit=batch, after_id=after)
                 got = [
                     ops.retry_job(
                         conn, job_id=i, attempt_id=uuid.uuid4().hex, now=now, action=action
@@ -210,11 +185,8 @@ class OperatorMethods(Transactions):
             lambda conn: stats_sql.gauges(conn, now=now, dispatch_statuses=self.due.statuses)
         )
 
-    def paused_targets(self, *, now: int) -> list[TargetPause]:
-        return self.read(lambda conn: stats_sql.paused_targets(conn, now=now))
-
-    def count_prunable(self, *, before: int) -> tuple[int, int]:
-        return self.read(lambda conn: retention.count_prunable(conn, before=before))
+    paused_targets = reads(stats_sql.paused_targets)
+    count_prunable = reads(retention.count_prunable)
 
     def prune_finished(
         self, *, before: int, batch: int = 500, max_batches: int | None = None

@@ -30,8 +30,10 @@ jobs = renewal_jobs
 attempts = renewal_job_attempts
 
 __all__ = [
+    "EVERY_FAILED_JOB",
     "RETRY_REASON",
     "Cancelled",
+    "FailedJobFilter",
     "OperatorAction",
     "Retried",
     "cancel_job",
@@ -124,27 +126,41 @@ def retry_job(
     return None if after is None else Retried(after, attempt_id, job.terminal_reason)
 
 
+@dataclass(frozen=True)
+class FailedJobFilter:
+    """What `retry --failed` selects among failed jobs: `finished_at >= since`, one
+    conversation, only these terminal reasons, none of those. Empty: every failed job."""
+
+    since: int | None = None
+    conversation: str | None = None
+    reasons: Sequence[str] = ()
+    exclude_reasons: Sequence[str] = ()
+
+
+EVERY_FAILED_JOB = FailedJobFilter()
+
+
 def failed_job_ids(
     conn: Connection,
+    where: FailedJobFilter = EVERY_FAILED_JOB,
     *,
-    since: int | None = None,
-    conversation: str | None = None,
-    reasons: Sequence[str] = (),
-    exclude_reasons: Sequence[str] = (),
     limit: int | None = None,
     after_id: str | None = None,
 ) -> list[str]:
-    """Failed jobs, by job id, that `retry --failed` selects (`finished_at >= since`)."""
+    """Failed jobs, by job id, that `retry --failed` selects, after `after_id`."""
     query = select(jobs.c.job_id).where(jobs.c.status == "failed")
-    if since is not None:
-        query = query.where(jobs.c.finished_at >= since)
-    if conversation is not None:
-        query = query.where(jobs.c.local_conversation_id == conversation)
-    if reasons:
-        query = query.where(jobs.c.terminal_reason.in_(list(reasons)))
-    if exclude_reasons:
+    if where.since is not None:
+        query = query.where(jobs.c.finished_at >= where.since)
+    if where.conversation is not None:
+        query = query.where(jobs.c.local_conversation_id == where.conversation)
+    if where.reasons:
+        query = query.where(jobs.c.terminal_reason.in_(list(where.reasons)))
+    if where.exclude_reasons:
         query = query.where(
-            or_(jobs.c.terminal_reason.is_(None), jobs.c.terminal_reason.not_in(exclude_reasons))
+            or_(
+                jobs.c.terminal_reason.is_(None),
+                jobs.c.terminal_reason.not_in(where.exclude_reasons),
+            )
         )
     if after_id is not None:
         query = query.where(jobs.c.job_id > after_id)

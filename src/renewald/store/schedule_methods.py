@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 
 import renewald.store.schedules as schedule_sql
 from renewald.store.models import NewJob
+from renewald.store.passthrough import reads, writes
 from renewald.store.transactions import Transactions
 
 
@@ -36,15 +37,8 @@ class ScheduleMethods(Transactions):
 
         return self.write(tx)
 
-    def get_schedule(self, schedule_id: str) -> schedule_sql.Schedule | None:
-        return self.read(lambda conn: schedule_sql.get_schedule(conn, schedule_id))
-
-    def list_schedules(
-        self, *, conversation: str | None = None, limit: int = 100
-    ) -> list[schedule_sql.Schedule]:
-        return self.read(
-            lambda conn: schedule_sql.list_schedules(conn, conversation=conversation, limit=limit)
-        )
+    get_schedule = reads(schedule_sql.get_schedule)
+    list_schedules = reads(schedule_sql.list_schedules)
 
     def due_schedules(self, *, now: int, limit: int = 100) -> list[schedule_sql.Schedule]:
         return self.read(lambda conn: schedule_sql.due_schedules(conn, now=now, limit=limit))
@@ -71,25 +65,7 @@ class ScheduleMethods(Transactions):
             )
         )
 
-    def advance_schedule(
-        self,
-        *,
-        schedule_id: str,
-        seen: int,
-        next_fire_at: int | None,
-        last_fire_at: int | None,
-        now: int,
-    ) -> bool:
-        return self.write(
-            lambda conn: schedule_sql.advance_schedule(
-                conn,
-                schedule_id=schedule_id,
-                seen=seen,
-                next_fire_at=next_fire_at,
-                last_fire_at=last_fire_at,
-                now=now,
-            )
-        )
+    advance_schedule = writes(schedule_sql.advance_schedule)
 
     def pause_schedule(self, schedule_id: str, *, now: int) -> bool:
         return self.write(

@@ -25,8 +25,9 @@ from renewald.store import (
 from renewald.store.changes import ChangeWatcher
 from renewald.store.due import AUTO_ONLY, DueGate
 from renewald.store.engine import make_engine, sqlite_path
-from renewald.store.models import Attempt, AttemptResult, ClaimedJob, Job, NewJob, Recorded
+from renewald.store.models import AttemptResult, ClaimedJob, Job, NewJob, Recorded
 from renewald.store.operator_methods import OperatorMethods
+from renewald.store.passthrough import reads, writes
 from renewald.store.schedule_methods import ScheduleMethods
 from renewald.store.target_methods import TargetMethods
 from renewald.store.transactions import RETRY_FOR
@@ -121,24 +122,21 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
 
         return self.write(tx)
 
-    def get_job(self, job_id: str) -> Job | None:
-        return self.read(lambda conn: jobs.get_job(conn, job_id))
+    get_job = reads(jobs.get_job)
 
     def list_jobs(
         self, *, where: jobs.JobFilter = jobs.EVERY_JOB, limit: int | None = 50
     ) -> list[Job]:
         return self.read(lambda conn: jobs.list_jobs(conn, where, limit=limit))
 
-    def list_attempts(self, job_id: str) -> list[Attempt]:
-        return self.read(lambda conn: jobs.list_attempts(conn, job_id))
+    list_attempts = reads(jobs.list_attempts)
 
     def count_due(self, *, now: int) -> int:
         return self.read(
             lambda conn: jobs.count_due(conn, now=now, dispatch_statuses=self.due.statuses)
         )
 
-    def next_due_at(self, *, now: int) -> int | None:
-        return self.read(lambda conn: jobs.next_due_at(conn, now=now))
+    next_due_at = reads(jobs.next_due_at)
 
     # -- the daemon's writes ---------------------------------------------------------
 
@@ -220,18 +218,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         if attempt_ids:
             self.write(lambda conn: attempts.mark_logged(conn, attempt_ids))
 
-    def find_unlogged(
-        self,
-        *,
-        stale_before: int,
-        exclude_writer: str | None = None,
-        limit: int = 1000,
-    ) -> list[unlogged.Unlogged]:
-        return self.read(
-            lambda conn: unlogged.find_unlogged(
-                conn, stale_before=stale_before, exclude_writer=exclude_writer, limit=limit
-            )
-        )
+    find_unlogged = reads(unlogged.find_unlogged)
 
     def extend_leases(
         self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
@@ -247,20 +234,9 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             return []
         return self.write(lambda conn: leases.release_jobs(conn, owner=owner, held=held, now=now))
 
-    def find_abandoned(
-        self, *, now: int, exclude_owner: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        return self.read(
-            lambda conn: leases.find_abandoned(
-                conn, now=now, exclude_owner=exclude_owner, limit=limit
-            )
-        )
-
-    def find_rewound(self, *, limit: int = 100) -> list[Job]:
-        return self.read(lambda conn: leases.find_rewound(conn, limit=limit))
-
-    def delivered_attempts(self, job_ids: Sequence[str]) -> dict[str, leases.DeliveredAt]:
-        return self.read(lambda conn: leases.delivered_attempts(conn, job_ids))
+    find_abandoned = reads(leases.find_abandoned)
+    find_rewound = reads(leases.find_rewound)
+    delivered_attempts = reads(leases.delivered_attempts)
 
     def reconcile_delivered(
         self, found: Sequence[tuple[Job, leases.DeliveredAt]], *, now: int
@@ -286,32 +262,24 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
             }
         )
 
-    def held_leases(self, *, exclude_owner: str | None = None) -> list[leases.HeldLeases]:
-        return self.read(lambda conn: leases.held_leases(conn, exclude_owner=exclude_owner))
+    held_leases = reads(leases.held_leases)
 
     # -- the daemon registry ---------------------------------------------------------
 
-    def register_daemon(self, *, owner: str, host: str, pid: int, version: str, now: int) -> None:
-        self.write(
-            lambda conn: daemons.register_daemon(
-                conn, owner=owner, host=host, pid=pid, version=version, now=now
-            )
-        )
+    register_daemon = writes(daemons.register_daemon)
 
     def heartbeat_daemon(self, *, owner: str, now: int, status: str | None = None) -> bool:
         return self.write(
             lambda conn: daemons.heartbeat_daemon(conn, owner=owner, now=now, status=status)
         )
 
-    def unregister_daemon(self, *, owner: str) -> None:
-        self.write(lambda conn: daemons.unregister_daemon(conn, owner=owner))
+    unregister_daemon = writes(daemons.unregister_daemon)
 
     def prune_daemons(self, *, stale_before: int) -> int:
         """Forget registry rows whose heartbeat is older than `stale_before`."""
         return self.write(lambda conn: daemons.prune_daemons(conn, stale_before=stale_before))
 
-    def list_daemons(self) -> list[daemons.DaemonRow]:
-        return self.read(daemons.list_daemons)
+    list_daemons = reads(daemons.list_daemons)
 
     # -- rows that do not fit (store/decode.py, store/sweep.py) ------------------------
 

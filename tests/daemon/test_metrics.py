@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from renewald.daemon.metrics import Metrics
-from renewald.store import AttemptResult, Store
+from renewald.store import Store
 from tests.clock import ManualClock
-from tests.store.factories import T0, make_job
+from tests.store.factories import T0, attempt_result, job_value, make_job
 from tests.store.test_ops import OWNER, add_pause, claim, finish
 
 
@@ -44,11 +44,7 @@ def test_metrics_gauges_and_health(store: Store) -> None:
     assert sample(text, "renewald_jobs_running") == 0.0
     assert sample(text, "renewald_oldest_due_age_seconds") == 90.0
 
-    result = AttemptResult(
-        attempt_id="a", job_id="x", attempt_no=1, lease_owner=OWNER, lease_token=1,
-        adapter="log", target=None, started_at=T0, finished_at=T0 + 250,
-        outcome="delivered", status="done",
-    )  # fmt: skip
+    result = attempt_result(job_value(job_id="x"), lease_owner=OWNER, finished_at=T0 + 250)
     metrics.observe(result, True)
     metrics.observe(result, False)
     metrics.rescued(2)

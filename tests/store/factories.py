@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sqlite3
 from typing import Any
@@ -10,7 +11,7 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
-from renewald.store import AttemptResult, ClaimedJob, Job, NewJob, Store
+from renewald.store import AttemptResult, ClaimedJob, Decision, Job, NewJob, Store
 from renewald.store.models import Schedule
 from renewald.store.schema import conversation_links, local_conversations, renewal_job_attempts
 
@@ -112,24 +113,55 @@ def make_job(store: Store, *, now: int = T0, **overrides: Any) -> Job:
     return store.enqueue(job=NewJob(**fields), now=now)
 
 
+def job_value(**overrides: Any) -> Job:
+    """A job as the store would hand it out, without a database (running, claimed once)."""
+    values: dict[str, Any] = {
+        "job_id": "j", "local_conversation_id": "c", "message_id": "m", "status": "running",
+        "payload": "p", "payload_kind": "text", "target_snapshot": None, "attempt_count": 1,
+        "max_attempts": 3, "next_attempt_at": T0, "last_attempt_at": T0, "last_error": None,
+        "log_path": None, "started_at": T0, "finished_at": None, "created_at": T0,
+        "updated_at": T0, "lease_token": 1,
+    }  # fmt: skip
+    return Job(**{**values, **overrides})
+
+
+_DECIDED = {"status", "next_attempt_at", "terminal_reason", "decision", "decision_reason"}
+
+
+def attempt_result(
+    job: Job, *, status: str = "done", now: int = T0, **fields: Any
+) -> AttemptResult:
+    """A result for `job`: delivered when `status` is done, else a retry; `fields` override
+    any `AttemptResult` field or the decision's (`status`, `decision_reason`, ...), and
+    `lease_token` the job's token (a stale or a future claim)."""
+    if "lease_token" in fields:
+        job = dataclasses.replace(job, lease_token=fields.pop("lease_token"))
+    done = status == "done"
+    decided: dict[str, Any] = {
+        "status": status, "next_attempt_at": None,
+        "terminal_reason": "delivered" if done else None,
+        "decision": "done" if done else "retry",
+        "decision_reason": "delivered" if done else "retry",
+    }  # fmt: skip
+    decided.update({k: fields.pop(k) for k in _DECIDED & fields.keys()})
+    decided["reason"] = decided.pop("decision_reason")
+    values: dict[str, Any] = {
+        "attempt_id": f"att-{job.job_id}-{job.lease_token}", "lease_owner": job.lease_owner or "o",
+        "outcome": "delivered" if done else "retry", "started_at": now, "finished_at": now + 5,
+        "adapter": "log",
+    }  # fmt: skip
+    return AttemptResult(job, Decision(**decided), **{**values, **fields})
+
+
 def delivered(claimed: ClaimedJob, *, now: int, owner: str) -> AttemptResult:
     """What the owner's recorder writes when the delivery of `claimed` went through."""
     job = claimed.job
-    return AttemptResult(
+    return attempt_result(
+        job,
         attempt_id=f"owner-{job.job_id}-{claimed.lease_token}",
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
         lease_owner=owner,
-        lease_token=claimed.lease_token,
-        adapter="log",
-        target=None,
         started_at=job.started_at or now,
         finished_at=now,
-        outcome="delivered",
-        status="done",
-        terminal_reason="delivered",
-        decision="done",
-        decision_reason="delivered",
     )
 
 

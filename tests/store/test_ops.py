@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert, update
 
-from renewald.store import AttemptResult, ClaimedJob, DueGate, Store
+from renewald.store import ClaimedJob, DueGate, Store
 from renewald.store.conversations import Conversation
 from renewald.store.ops import FailedJobFilter, OperatorAction
 from renewald.store.schema import (
@@ -15,6 +15,7 @@ from renewald.store.schema import (
 )
 from tests.store.factories import (
     T0,
+    attempt_result,
     attempt_rows,
     conversation_row,
     make_conversation,
@@ -44,23 +45,19 @@ def finish(
     outcome: str | None = None,
 ) -> bool:
     job = claimed.job
-    result = AttemptResult(
-        attempt_id=f"att-{job.job_id}-{job.lease_token}",
-        job_id=job.job_id,
-        attempt_no=job.attempt_count,
+    result = attempt_result(
+        job,
+        status=status,
+        now=now,
         lease_owner=job.lease_owner or OWNER,
-        lease_token=job.lease_token,
-        adapter="log",
-        target=None,
         started_at=job.started_at or now,
         finished_at=now,
         outcome=outcome or {"done": "delivered", "pending": "retry"}.get(status, "permanent"),
-        status=status,
         next_attempt_at=next_attempt_at,
         terminal_reason=reason or ("delivered" if status == "done" else None),
         error_message=error,
         decision={"done": "done", "pending": "retry"}.get(status, "failed"),
-        decision_reason="backoff=2^0*30s" if status == "pending" else reason,
+        decision_reason="backoff=2^0*30s" if status == "pending" else (reason or status),
     )
     [applied] = store.record_results([result], now=now)
     return applied

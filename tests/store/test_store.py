@@ -19,7 +19,7 @@ from renewald.store import (
 )
 from renewald.store.migrate import HEAD, VERSION_TABLE
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
-from tests.store.factories import T0, make_conversation, make_job, make_link
+from tests.store.factories import T0, attempt_result, make_conversation, make_job, make_link
 
 OWNER = "host:1:boot"
 LEASE = 60_000
@@ -30,23 +30,8 @@ def claim(store: Store, *, now: int = T0, limit: int = 10, owner: str = OWNER):
 
 
 def result_for(claimed, *, status: str = "done", now: int = T0, **overrides) -> AttemptResult:
-    job = claimed.job
-    values = {
-        "attempt_id": f"att-{job.job_id}-{job.lease_token}",
-        "job_id": job.job_id,
-        "attempt_no": job.attempt_count,
-        "lease_owner": OWNER,
-        "lease_token": job.lease_token,
-        "adapter": "log",
-        "target": None,
-        "started_at": now,
-        "finished_at": now + 5,
-        "outcome": "delivered" if status == "done" else "retry",
-        "status": status,
-        "terminal_reason": "delivered" if status == "done" else None,
-    }
-    values.update(overrides)
-    return AttemptResult(**values)
+    overrides.setdefault("lease_owner", OWNER)
+    return attempt_result(claimed.job, status=status, now=now, **overrides)
 
 
 # -- schema ----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from renewald.store.decode import (
     malformed_error,
     sqlite_text,
 )
-from renewald.store.models import AttemptResult, Job, Link
+from renewald.store.models import Job, Link
+from tests.store.factories import attempt_result, job_value
 
 T0 = 1_800_000_000_000
 
@@ -169,11 +170,9 @@ def test_escape_controls():
 
 
 def test_attempt_results_store_errors_on_one_line():
-    result = AttemptResult(
-        attempt_id="a", job_id="j", attempt_no=1, lease_owner="o", lease_token=1,
-        adapter="http.webhook", target='{"url": "http://h/\\r\\n"}', started_at=T0,
-        finished_at=T0, outcome="permanent", status="failed",
-        error_message="host 'evil\r\nstatus       done' is not allowed",
+    result = attempt_result(
+        job_value(), status="failed", adapter="http.webhook", target='{"url": "http://h/\\r\\n"}',
+        outcome="permanent", error_message="host 'evil\r\nstatus       done' is not allowed",
         response_summary="line1\nline2", decision_reason="x\x1by",
     )  # fmt: skip
     assert result.error_message == "host 'evil\\r\\nstatus       done' is not allowed"

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from renewald.daemon.metrics import Metrics
 from renewald.daemon.schedules import TickResult
 from renewald.store import AttemptResult
+from tests.store.factories import attempt_result, job_value
 
 T0 = 1_795_000_000_000
 
@@ -41,12 +42,9 @@ def _metrics() -> Metrics:
 
 
 def _result(**fields: Any) -> AttemptResult:
-    base: dict[str, Any] = dict(
-        attempt_id="a", job_id="j", attempt_no=1, lease_owner="me", lease_token=1,
-        adapter="log", target=None, started_at=T0, finished_at=T0 + 40,
-        outcome="delivered", status="done",
-    )  # fmt: skip
-    return AttemptResult(**{**base, **fields})
+    return attempt_result(
+        job_value(), now=T0, **{"lease_owner": "me", "finished_at": T0 + 40, **fields}
+    )
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

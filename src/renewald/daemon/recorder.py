@@ -22,6 +22,7 @@ from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import attempt_keys
 from renewald.logging import Throttle, emit
 from renewald.store import AttemptResult, Recorded
+from renewald.store.attempts import CANCELLED
 
 _log = structlog.get_logger("renewald.daemon")
 
@@ -73,7 +74,10 @@ class Recorder(Part):
         for result, ok in zip(batch, applied, strict=True):
             self._log_result(result, ok, now, cancelled=result.job_id in cancelled)
             if result.job_id in cancelled:  # what the database holds now
-                result = dataclasses.replace(result, status="failed", terminal_reason="cancelled")
+                ended = dataclasses.replace(
+                    result.decided, status="failed", terminal_reason=CANCELLED
+                )
+                result = dataclasses.replace(result, decided=ended)
             for observer in self._observers:
                 observer(result, ok)
         self.job_log.flush()

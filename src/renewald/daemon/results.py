@@ -66,12 +66,12 @@ class ResultMaker:
         return self._ours(
             attempt,
             decision,
+            outcome.kind.value,
             started,
             finished,
-            outcome=outcome.kind.value,
             error_class=None if delivered else outcome.error_class,
-            error=None if delivered else outcome.reason,
-            summary=outcome.summary,
+            error_message=None if delivered else outcome.reason,
+            response_summary=outcome.summary,
             cooldown_until=finished + cooldown if delivered and cooldown > 0 else None,
         )
 
@@ -82,19 +82,19 @@ class ResultMaker:
             why = f"lease of {job.lease_owner} expired at {iso_utc(job.lease_expires_at)}"
         else:
             why = f"the row held by {job.lease_owner} carries no lease expiry"
-        return AttemptResult.of(
+        return AttemptResult(
             job,
             self._decide(job, "abandoned", now),
-            attempt_id=uuid.uuid4().hex,
-            lease_owner=job.lease_owner or "",
-            outcome="abandoned",
+            uuid.uuid4().hex,
+            job.lease_owner or "",
+            "abandoned",
+            job.started_at or job.last_attempt_at or now,
+            now,
             adapter=job.target_kind,
-            started=job.started_at or job.last_attempt_at or now,
-            finished=now,
             log_path=self.job_log.path_for(now),
             error_class="Abandoned",
-            error=why,
-            refund=job.send_token != job.lease_token,
+            error_message=why,
+            refund_attempt=job.send_token != job.lease_token,
         )
 
     def _decide(
@@ -156,27 +156,35 @@ class ResultMaker:
         return self._ours(
             attempt,
             decision,
+            outcome,
             now,
             now,
-            outcome=outcome,
             error_class=error_class,
-            error=error,
-            refund=refund,
+            error_message=error,
+            refund_attempt=refund,
         )
 
     def _ours(
-        self, attempt: Attempt, decision: Decision, started: int, finished: int, **rest: Any
+        self,
+        attempt: Attempt,
+        decision: Decision,
+        outcome: str,
+        started: int,
+        finished: int,
+        **rest: Any,
     ) -> AttemptResult:
-        """`AttemptResult.of` for an attempt of this daemon, logged at `finished`."""
-        return AttemptResult.of(
+        """The result of an attempt of this daemon, logged at `finished`; `rest` are the
+        `AttemptResult` fields that differ by outcome."""
+        return AttemptResult(
             attempt.claimed.job,
             decision,
-            attempt_id=attempt.attempt_id,
-            lease_owner=self.owner,
+            attempt.attempt_id,
+            self.owner,
+            outcome,
+            started,
+            finished,
             adapter=attempt.kind,
             target=attempt.target_text,
-            started=started,
-            finished=finished,
             log_path=self.job_log.path_for(finished),
             **rest,
         )

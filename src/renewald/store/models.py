@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from operator import attrgetter
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import RowMapping
 
-from renewald.controls import escape_optional
+from renewald.controls import escape_controls, escape_optional
 from renewald.store.decode import job_values, link_values
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -148,91 +152,50 @@ MALFORMED = "malformed"
 ENDED_MALFORMED = Decision("failed", None, MALFORMED, "failed", MALFORMED)
 
 
+class _Through(Generic[T]):
+    """A read-only attribute that is another object's: `_Through[str]("job.job_id")`."""
+
+    def __init__(self, path: str) -> None:
+        self._get = attrgetter(path)
+
+    def __get__(self, obj: object, owner: type | None = None) -> T:
+        return cast(T, self._get(obj))
+
+
 @dataclass(frozen=True)
 class AttemptResult:
-    """One finished attempt and what it does to its job, written together or not at all.
+    """One finished attempt of `job` (as claimed) and what it does to it, `decided`:
+    written together or not at all, fenced by `lease_owner` and the job's lease token.
 
     `status` is the job's next status: 'done', 'pending' (retry at `next_attempt_at`)
     or 'failed' (with `terminal_reason`). `refund_attempt` gives the attempt back to the
     job's budget (a deferral that never reached the target, such as an open breaker).
     """
 
+    job: Job
+    decided: Decision
     attempt_id: str
-    job_id: str
-    attempt_no: int
     lease_owner: str
-    lease_token: int
-    adapter: str | None
-    target: str | None
+    outcome: str
     started_at: int
     finished_at: int
-    outcome: str
-    status: str
-    next_attempt_at: int | None = None
-    terminal_reason: str | None = None
+    adapter: str | None = None
+    target: str | None = None
     error_class: str | None = None
     error_message: str | None = None
     response_summary: str | None = None
-    decision: str | None = None
-    decision_reason: str | None = None
     log_path: str | None = None
     refund_attempt: bool = False
     cooldown_until: int | None = None
-    local_conversation_id: str | None = None
 
     def __post_init__(self) -> None:
         # Errors and summaries quote what targets said and what rows held: stored on one
         # line, so no stored text can forge a line of `show` or of a log.
-        for name in ("error_message", "response_summary", "decision_reason", "target"):
+        for name in ("error_message", "response_summary", "target"):
             object.__setattr__(self, name, escape_optional(getattr(self, name)))
-
-    @classmethod
-    def of(
-        cls,
-        job: Job,
-        decision: Decision,
-        *,
-        attempt_id: str,
-        lease_owner: str,
-        outcome: str,
-        started: int,
-        finished: int,
-        adapter: str | None = None,
-        target: str | None = None,
-        log_path: str | None = None,
-        error_class: str | None = None,
-        error: str | None = None,
-        summary: str | None = None,
-        refund: bool = False,
-        cooldown_until: int | None = None,
-    ) -> AttemptResult:
-        """The one way a result is built: attempt `job.attempt_count` of `job`, fenced by
-        `lease_owner` and the job's lease token; `refund` hands the claim's attempt back
-        (nothing was sent)."""
-        return cls(
-            attempt_id=attempt_id,
-            job_id=job.job_id,
-            attempt_no=job.attempt_count,
-            lease_owner=lease_owner,
-            lease_token=job.lease_token,
-            adapter=adapter,
-            target=target,
-            started_at=started,
-            finished_at=finished,
-            outcome=outcome,
-            status=decision.status,
-            next_attempt_at=decision.next_attempt_at,
-            terminal_reason=decision.terminal_reason,
-            error_class=error_class,
-            error_message=error,
-            response_summary=summary,
-            decision=decision.decision,
-            decision_reason=decision.reason,
-            log_path=log_path,
-            refund_attempt=refund,
-            cooldown_until=cooldown_until,
-            local_conversation_id=job.local_conversation_id,
-        )
+        reason = escape_controls(self.decided.reason)
+        if reason != self.decided.reason:
+            object.__setattr__(self, "decided", dataclasses.replace(self.decided, reason=reason))
 
     @classmethod
     def malformed(
@@ -249,19 +212,30 @@ class AttemptResult:
     ) -> AttemptResult:
         """`job` ended failed/malformed at `now`, never sent: its row (or its handling)
         did not fit; `error` names what."""
-        return cls.of(
+        return cls(
             job,
             ENDED_MALFORMED,
-            attempt_id=attempt_id,
-            lease_owner=owner,
-            outcome=MALFORMED,
-            started=now,
-            finished=now,
-            log_path=log_path,
+            attempt_id,
+            owner,
+            MALFORMED,
+            now,
+            now,
             error_class=error_class,
-            error=error,
-            refund=refund,
+            error_message=error,
+            log_path=log_path,
+            refund_attempt=refund,
         )
+
+    # Read through to the job as claimed and to the decision: the row is written from these.
+    job_id = _Through[str]("job.job_id")
+    attempt_no = _Through[int]("job.attempt_count")
+    lease_token = _Through[int]("job.lease_token")
+    local_conversation_id = _Through[str]("job.local_conversation_id")
+    status = _Through[str]("decided.status")
+    next_attempt_at = _Through[int | None]("decided.next_attempt_at")
+    terminal_reason = _Through[str | None]("decided.terminal_reason")
+    decision = _Through[str]("decided.decision")
+    decision_reason = _Through[str]("decided.reason")
 
 
 @dataclass(frozen=True)

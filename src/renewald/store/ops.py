@@ -73,16 +73,9 @@ def _operator_write(
     ).rowcount
     if matched != 1:
         return None
-    untried = AttemptResult.of(
-        job,
-        decision,
-        attempt_id=attempt_id,
-        lease_owner=action.operator,
-        outcome=outcome,
-        started=now,
-        finished=now,
+    insert_untried(
+        conn, AttemptResult(job, decision, attempt_id, action.operator, outcome, now, now)
     )
-    insert_untried(conn, untried)
     after = get_job(conn, job.job_id)
     assert after is not None
     return after

@@ -249,18 +249,23 @@ def mark_logged(conn: Connection, attempt_ids: Sequence[str]) -> None:
         conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(attempt_ids))))
 
 
+def ended_failed(
+    reason: str, error: str, *, at: int, now: int, log_path: str | None
+) -> dict[str, object]:
+    """The values that end a held or pending job failed/`reason` at `at`, without a
+    decision of its own (a cancel, a row that does not fit): its lease let go, `error` its
+    last error, its log file kept unless `log_path` names one."""
+    values: dict[str, object] = {"status": "failed", "terminal_reason": reason}
+    values.update(last_error=error, finished_at=at, updated_at=now)
+    values.update(lease_owner=None, lease_expires_at=None)
+    if log_path is not None:
+        values["log_path"] = log_path
+    return values
+
+
 def _cancelled_values(r: AttemptResult, now: int) -> dict[str, object]:
-    values: dict[str, object] = {
-        "status": "failed",
-        "terminal_reason": CANCELLED,
-        "finished_at": r.finished_at,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "last_error": r.error_message or CANCEL_REASON,
-        "updated_at": now,
-    }
-    if r.log_path is not None:
-        values["log_path"] = r.log_path
+    error = r.error_message or CANCEL_REASON
+    values = ended_failed(CANCELLED, error, at=r.finished_at, now=now, log_path=r.log_path)
     values["attempt_count"] = r.attempt_no - (1 if r.refund_attempt else 0)
     if r.outcome == "delivered":
         values["delivered_at"] = func.coalesce(jobs.c.delivered_at, r.finished_at)

@@ -18,16 +18,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    BindParameter,
-    ColumnClause,
-    ColumnElement,
-    Connection,
-    Engine,
-    FromClause,
-    Table,
-)
-from sqlalchemy.engine import URL
+from sqlalchemy import BindParameter, ColumnClause, ColumnElement, FromClause, Table
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.sql.dml import Insert
 
 OnChange = Callable[[], None]
@@ -56,6 +48,17 @@ class Stop(threading.Event):
     def close(self) -> None:
         os.close(self._read)
         os.close(self._write)
+
+
+class Capabilities:
+    """What a database without any of the capabilities `Backend` names would say: a
+    backend module's class inherits these and states only what it has."""
+
+    skip_locked = False
+    listen_notify = False
+    serial_writes = False
+    unavailable_states: frozenset[str] = frozenset()
+    race_states: frozenset[str] = frozenset()
 
 
 class Backend(Protocol):

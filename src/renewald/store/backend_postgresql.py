@@ -51,7 +51,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
-from renewald.store.backend import OnChange, Stop
+from renewald.store.backend import Capabilities, OnChange, Stop
 
 CHANNEL = "renewald_jobs"
 POOLER = "pooler"
@@ -97,11 +97,10 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
 
 
-class PostgresqlBackend:
+class PostgresqlBackend(Capabilities):
     name = "postgresql"
     skip_locked = True
     listen_notify = True
-    serial_writes = False
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     unavailable_states: frozenset[str] = frozenset(
         {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}

@@ -51,7 +51,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
-from renewald.store.backend import READ_ONLY, OnChange, Stop
+from renewald.store.backend import READ_ONLY, Capabilities, OnChange, Stop
 from renewald.store.decode import sqlite_text
 
 try:
@@ -75,14 +75,10 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-class SqliteBackend:
+class SqliteBackend(Capabilities):
     name = "sqlite"
-    skip_locked = False
-    listen_notify = False
     serial_writes = True
     driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
-    unavailable_states: frozenset[str] = frozenset()
-    race_states: frozenset[str] = frozenset()
     unavailable_text: tuple[str, ...] = (
         "database is locked",
         "database is busy",

@@ -202,13 +202,13 @@ def _claim_locked_statement():  # type: ignore[no-untyped-def]
 
 def claim_due_jobs(
     conn: Connection,
-    *,
     backend: Backend,
+    dispatch_statuses: Sequence[str],
+    *,
     owner: str,
     clock: Callable[[], int],
     lease_ms: int,
     limit: int,
-    dispatch_statuses: Sequence[str],
 ) -> list[Job]:
     gate = tuple(dispatch_statuses)
     # Read inside the transaction (SQLite's write lock is taken at BEGIN; PostgreSQL's

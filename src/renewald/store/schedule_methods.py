@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from sqlalchemy import Connection
 
 import renewald.store.schedules as schedule_sql
-from renewald.store.models import NewJob
-from renewald.store.passthrough import reads, writes
+from renewald.store.passthrough import gated_writes, reads, writes
 from renewald.store.transactions import Transactions
 
 
@@ -43,28 +40,7 @@ class ScheduleMethods(Transactions):
     def due_schedules(self, *, now: int, limit: int = 100) -> list[schedule_sql.Schedule]:
         return self.read(lambda conn: schedule_sql.due_schedules(conn, now=now, limit=limit))
 
-    def fire_schedule(
-        self,
-        *,
-        schedule: schedule_sql.Schedule,
-        new_jobs: Sequence[NewJob],
-        next_fire_at: int | None,
-        last_fire_at: int,
-        now: int,
-    ) -> schedule_sql.FireOutcome:
-        return self.write(
-            lambda conn: schedule_sql.fire_schedule(
-                conn,
-                backend=self.backend,
-                schedule=schedule,
-                new_jobs=new_jobs,
-                next_fire_at=next_fire_at,
-                last_fire_at=last_fire_at,
-                now=now,
-                dispatch_statuses=self.due.statuses,
-            )
-        )
-
+    fire_schedule = gated_writes(schedule_sql.fire_schedule)
     advance_schedule = writes(schedule_sql.advance_schedule)
 
     def pause_schedule(self, schedule_id: str, *, now: int) -> bool:

@@ -200,14 +200,14 @@ def skip_reason(
 
 def fire_schedule(
     conn: Connection,
-    *,
     backend: Backend,
+    dispatch_statuses: Sequence[str],
+    *,
     schedule: Schedule,
     new_jobs: Sequence[NewJob],
     next_fire_at: int | None,
     last_fire_at: int,
     now: int,
-    dispatch_statuses: Sequence[str],
 ) -> FireOutcome:
     """Advance `schedule` past its due fires and create `new_jobs` for them, exactly once.
 

@@ -156,12 +156,12 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         def tx(conn: Connection) -> list[ClaimedJob]:
             claimed = claim.claim_due_jobs(
                 conn,
-                backend=self.backend,
+                self.backend,
+                self.due.statuses,
                 owner=owner,
                 clock=clock,
                 lease_ms=lease_ms,
                 limit=limit,
-                dispatch_statuses=self.due.statuses,
             )
             return claim.load_targets(conn, claimed)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select, update
 
-from renewald.store.attempts import insert_untried
+from renewald.store.attempts import ended_failed, insert_untried
 from renewald.store.decode import MAX_EPOCH_MS, malformed_error
 from renewald.store.models import MALFORMED, AttemptResult, Job
 from renewald.store.schema import renewal_jobs
@@ -88,16 +88,7 @@ def _end(
     ended = conn.execute(
         update(jobs)
         .where(jobs.c.job_id == job.job_id, *fence)
-        .values(
-            status="failed",
-            terminal_reason=MALFORMED,
-            last_error=error,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-            log_path=log_path if log_path is not None else jobs.c.log_path,
-        )
+        .values(ended_failed(MALFORMED, error, at=now, now=now, log_path=log_path))
     ).rowcount
     if ended != 1:
         return None

@@ -24,11 +24,6 @@ class TargetMethods(Transactions):
         """Apply a pure `change` to the target's row, locked; returns (before, after)."""
         return self.write(
             lambda conn: targets.change_target_pause(
-                conn,
-                backend=self.backend,
-                target_key=target_key,
-                adapter=adapter,
-                now=now,
-                change=change,
+                conn, self.backend, target_key=target_key, adapter=adapter, now=now, change=change
             )
         )

@@ -43,8 +43,8 @@ def get_target_pause(conn: Connection, target_key: str) -> TargetPause | None:
 
 def change_target_pause(
     conn: Connection,
-    *,
     backend: Backend,
+    *,
     target_key: str,
     adapter: str | None,
     now: int,

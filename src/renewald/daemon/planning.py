@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import structlog
 
@@ -43,7 +44,9 @@ class Planned(Attempt):
     limit: int
     blocking: bool
 
+    @cached_property
     def at_target(self) -> TargetAttempt:
+        """What the breaker is told at admit and at record: made once per send."""
         return TargetAttempt(self.key, self.kind, self.claimed.job.job_id, self.attempt_id)
 
 

@@ -153,7 +153,7 @@ class Sending:
         expired = expired_before_attempt(job.deadline_at, now)
         if expired is not None:
             return self.results.expired(planned, now, expired)
-        verdict = self.breakers.admit(planned.at_target(), now)
+        verdict = self.breakers.admit(planned.at_target, now)
         if not verdict.deliver:
             return self._deferred_by_breaker(planned, verdict)
         return verdict
@@ -217,7 +217,7 @@ class Sending:
             self.job_log.flush()  # a long delivery is visible in the job log while it runs
         outcome = self._deliver(planned.adapter, planned.delivery)
         finished = self.clock.now_ms()
-        self.breakers.record(planned.at_target(), outcome, verdict, finished)
+        self.breakers.record(planned.at_target, outcome, verdict, finished)
         return self.results.sent(planned, started, finished, outcome)
 
     def _deliver(self, adapter: Adapter, delivery: Delivery) -> Outcome:

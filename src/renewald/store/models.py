@@ -153,13 +153,21 @@ ENDED_MALFORMED = Decision("failed", None, MALFORMED, "failed", MALFORMED)
 
 
 class _Through(Generic[T]):
-    """A read-only attribute that is another object's: `_Through[str]("job.job_id")`."""
+    """A read-only attribute that is another object's: `_Through[str]("job.job_id")`.
+
+    The value is kept in the instance on first read (the recorder reads these for every
+    result), which is safe because both objects it reads through are frozen."""
 
     def __init__(self, path: str) -> None:
         self._get = attrgetter(path)
+        self._name = path
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
     def __get__(self, obj: object, owner: type | None = None) -> T:
-        return cast(T, self._get(obj))
+        value = obj.__dict__[self._name] = self._get(obj)
+        return cast(T, value)
 
 
 @dataclass(frozen=True)

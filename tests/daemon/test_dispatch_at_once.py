@@ -88,6 +88,8 @@ def dispatcher(
     d.start()
     yield d
     held.go.set()
+    # A worker still sending after close would write its lines to a closed job log.
+    d.wait_idle(10)
     d.close(now=T0)
 
 

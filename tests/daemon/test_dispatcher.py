@@ -68,6 +68,7 @@ def dispatcher(
     d.add_observer(lambda result, applied: recorded.append((result, applied)))
     d.start()
     yield d
+    d.wait_idle(10)
     d.close(now=clock.now)
 
 

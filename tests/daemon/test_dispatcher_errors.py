@@ -24,6 +24,7 @@ def service(store: Store, tmp_path: Path) -> Iterator[Service]:
     svc = Service(config, store, clock=ManualClock(T0))
     svc.dispatcher.start()
     yield svc
+    svc.dispatcher.wait_idle(10)
     svc.dispatcher.close(now=T0)
     svc.job_log.close()
 

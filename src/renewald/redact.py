@@ -12,6 +12,7 @@ secrets, `max_tokens` is a count, `secret_env` names a variable rather than hold
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import threading
@@ -128,6 +129,7 @@ def add_secret(value: str | None) -> None:
         _secrets = tuple(sorted(set(_secrets) | forms, key=len, reverse=True))
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(name: str, *, in_url: bool = False) -> bool:
     """Whether a value stored under `name` is a secret.
 
@@ -204,12 +206,29 @@ def _mask_key_value(m: re.Match[str]) -> str:
     return f"{m['q']}{m['key']}{m['q']}{m['sep']}{masked}"
 
 
+# Texts up to this long are remembered: the same reasons, errors and summaries recur on
+# every job (and one attempt's texts are redacted for its row and again for its lines).
+_MEMO_CHARS = 512
+
+
 def redact_text(text: str | None) -> str | None:
     """Mask every secret-looking part of a free text (an error, a response body, a URL)."""
     if text is None:
         return None
+    if len(text) <= _MEMO_CHARS:
+        return _redact_short(text, _secrets)
+    return _redact(text, _secrets)
+
+
+@functools.lru_cache(maxsize=4096)
+def _redact_short(text: str, secrets: tuple[str, ...]) -> str:
+    """`_redact`, remembered per text and per set of configured secrets."""
+    return _redact(text, secrets)
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
     out = text
-    for secret in _secrets:
+    for secret in secrets:
         if secret in out:
             out = out.replace(secret, MASK)
     out = _URL_USERINFO.sub(_mask_userinfo, out)

@@ -178,6 +178,18 @@ def test_configured_secrets_are_masked_anywhere():
     assert redact_text(text) == f"key {MASK} in url https://h/p?x={MASK} abc"
 
 
+def test_a_secret_configured_after_a_text_was_redacted_is_masked_in_it_next_time():
+    text = "short text with q7-late-secret in it"
+    assert redact_text(text) == text  # remembered as it was
+    add_secret("q7-late-secret")
+    assert redact_text(text) == f"short text with {MASK} in it"
+
+
+def test_long_texts_are_redacted_like_short_ones():
+    long = "x" * 600 + " Authorization: Bearer abcdef012345"
+    assert redact_text(long) == "x" * 600 + f" Authorization: {MASK}"
+
+
 def test_longer_secret_containing_a_shorter_one_is_masked_whole():
     add_secret("abcd")
     add_secret("abcd-efgh")

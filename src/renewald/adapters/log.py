@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from renewald.adapters.base import Delivery, Outcome
+from renewald.redact import redact_text
 
 _log = structlog.get_logger("renewald.adapters.log")
 
@@ -46,7 +47,8 @@ class LogAdapter:
             return Outcome.delivered(summary=f"logged {len(delivery.payload)} chars")
         text = delivery.payload[: self._max_chars]
         more = len(delivery.payload) - len(text)
-        return Outcome.delivered(summary=f"logged: {text}" + (f" (+{more} chars)" if more else ""))
+        summary = f"logged: {text}" + (f" (+{more} chars)" if more else "")
+        return Outcome.delivered(summary=redact_text(summary))
 
     def close(self) -> None:
         pass

@@ -58,6 +58,22 @@ class Held(Recording):
         return super().deliver(delivery)
 
 
+class OneTarget(Held):
+    """Held jobs that all go to one target, which takes as many at once as there are
+    workers."""
+
+    kind = "one-target"
+    max_in_flight_per_target = 2
+
+    def target_key(self, delivery: Delivery) -> str:
+        return "one-target:only"
+
+
+@pytest.fixture
+def one_target() -> OneTarget:
+    return OneTarget()
+
+
 @pytest.fixture
 def instant() -> Recording:
     return Recording()
@@ -70,7 +86,7 @@ def held() -> Held:
 
 @pytest.fixture
 def dispatcher(
-    store: Store, job_log: JobLog, instant: Recording, held: Held
+    store: Store, job_log: JobLog, instant: Recording, held: Held, one_target: OneTarget
 ) -> Iterator[Dispatcher]:
     adapters = AdapterRegistry({})
 
@@ -79,6 +95,7 @@ def dispatcher(
 
     adapters.register("instant", factory(instant))
     adapters.register("held", factory(held))
+    adapters.register("one-target", factory(one_target))
     d = Dispatcher(
         DaemonParts(store, ManualClock(T0), job_log, OWNER),
         adapters=adapters,
@@ -88,6 +105,7 @@ def dispatcher(
     d.start()
     yield d
     held.go.set()
+    one_target.go.set()
     # A worker still sending after close would write its lines to a closed job log.
     d.wait_idle(10)
     d.close(now=T0)
@@ -179,3 +197,20 @@ def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
     assert dispatcher.poll_once(T0).claimed == 8  # batch
     assert dispatcher.wait_idle(10)
     assert len(instant.sent) == 11
+
+
+def test_jobs_in_line_for_a_busy_target_stand_for_the_lead_not_beside_it(
+    dispatcher: Dispatcher, store: Store, one_target: OneTarget
+) -> None:
+    for _ in range(12):
+        make_job(store, target_kind="one-target")
+    first = dispatcher.poll_once(T0)
+    # workers=2, lead 1: both workers send, the third job waits in the target's line
+    assert (first.claimed, dispatcher.holding()) == (3, 3)
+    # that job is the lead: with every worker busy nothing more is claimed, where the
+    # line used to grow a lead at a time to the whole capacity (2 + 2 x batch)
+    assert [dispatcher.poll_once(T0).claimed for _ in range(5)] == [0] * 5
+    assert dispatcher.holding() == 3
+    one_target.go.set()
+    assert dispatcher.wait_idle(10)
+    assert dispatcher.poll_once(T0).claimed == 3

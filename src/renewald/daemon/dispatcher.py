@@ -210,7 +210,11 @@ class Dispatcher(Sending, Part):
         """How many jobs a claim may take now (under `_held_lock`)."""
         room = self.capacity - len(self._held)
         if self._size_to_workers:
-            room = min(room, self.settings.workers + self._lead - self._with_workers)
+            # Jobs in a busy target's line are the lead: claiming on behind them would
+            # hoard jobs other daemons could start now. Free workers still get a claim,
+            # so one slow target does not hold back every other target's jobs.
+            lead = self._lead - min(self._limits.waiting(), self._lead)
+            room = min(room, self.settings.workers + lead - self._with_workers)
             if room < self._lead and self._with_workers >= self.settings.workers:
                 return 0  # every worker has a job: refill the lead in one claim, not one by one
         return room

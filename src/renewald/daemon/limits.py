@@ -26,6 +26,7 @@ class TargetLimits(Generic[T]):
     def __init__(self) -> None:
         self._in_flight: dict[str, int] = {}
         self._waiting: dict[str, deque[T]] = {}
+        self._in_line = 0
 
     def acquire(self, key: str, limit: int, item: T) -> bool:
         """Take a slot of `key` for `item` (True), or put `item` in line for one (False)."""
@@ -34,6 +35,7 @@ class TargetLimits(Generic[T]):
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
             return True
         self._waiting.setdefault(key, deque()).append(item)
+        self._in_line += 1
         return False
 
     def release(self, key: str) -> T | None:
@@ -42,6 +44,7 @@ class TargetLimits(Generic[T]):
         line = self._waiting.get(key)
         if line:
             item = line.popleft()
+            self._in_line -= 1
             if not line:
                 del self._waiting[key]
             return item
@@ -59,4 +62,4 @@ class TargetLimits(Generic[T]):
         """Items in line for `key`, or for every key."""
         if key is not None:
             return len(self._waiting.get(key, ()))
-        return sum(len(line) for line in self._waiting.values())
+        return self._in_line

@@ -172,18 +172,22 @@ def test_an_instant_job_taken_away_before_its_send_began_is_not_sent(
     assert [(x["job_id"], x["during"]) for x in lost] == [(taken.job_id, "send")]
 
 
+@pytest.mark.parametrize("kind", ["held", "one-target"])
 def test_claims_for_blocking_adapters_take_only_what_the_free_workers_can_start(
-    dispatcher: Dispatcher, store: Store, held: Held
+    dispatcher: Dispatcher, store: Store, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    for _ in range(7):
-        make_job(store, target_kind="held")
+    """workers=2 and a lead of 1 (a worker that frees finds its next job), not batch=8.
+    One target taking two at a time: the job in its line is the lead, where the line
+    used to grow a lead at a time to the whole capacity (2 + 2 x batch)."""
+    adapter = request.getfixturevalue(kind.replace("-", "_"))
+    for _ in range(12):
+        make_job(store, target_kind=kind)
     first = dispatcher.poll_once(T0)
-    # workers=2 and a lead of 1 (a worker that frees finds its next job), not batch=8
     assert (first.claimed, dispatcher.holding()) == (3, 3)
-    second = dispatcher.poll_once(T0)
-    assert (second.claimed, second.more_waiting) == (0, True)  # both workers busy
-    assert not dispatcher.has_room()
-    held.go.set()
+    later = [dispatcher.poll_once(T0) for _ in range(5)]
+    assert [(p.claimed, p.more_waiting) for p in later] == [(0, True)] * 5  # both busy
+    assert not dispatcher.has_room() and dispatcher.holding() == 3
+    adapter.go.set()
     assert dispatcher.wait_idle(10)
     assert dispatcher.poll_once(T0).claimed == 3
 
@@ -197,20 +201,3 @@ def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
     assert dispatcher.poll_once(T0).claimed == 8  # batch
     assert dispatcher.wait_idle(10)
     assert len(instant.sent) == 11
-
-
-def test_jobs_in_line_for_a_busy_target_stand_for_the_lead_not_beside_it(
-    dispatcher: Dispatcher, store: Store, one_target: OneTarget
-) -> None:
-    for _ in range(12):
-        make_job(store, target_kind="one-target")
-    first = dispatcher.poll_once(T0)
-    # workers=2, lead 1: both workers send, the third job waits in the target's line
-    assert (first.claimed, dispatcher.holding()) == (3, 3)
-    # that job is the lead: with every worker busy nothing more is claimed, where the
-    # line used to grow a lead at a time to the whole capacity (2 + 2 x batch)
-    assert [dispatcher.poll_once(T0).claimed for _ in range(5)] == [0] * 5
-    assert dispatcher.holding() == 3
-    one_target.go.set()
-    assert dispatcher.wait_idle(10)
-    assert dispatcher.poll_once(T0).claimed == 3

@@ -132,14 +132,26 @@ class Decoder:
     def texts(
         self, row: Mapping[Any, Any], columns: tuple[str, ...], *, nullable: bool = True
     ) -> dict[str, Any]:
-        return {column: self.text(column, row.get(column), nullable=nullable) for column in columns}
+        out = {}
+        for column in columns:
+            value = row.get(column)
+            # What nearly every row holds, answered without the checks (`BadText` is a
+            # subclass of str, so it goes through them).
+            fits = type(value) is str or (value is None and nullable)
+            out[column] = value if fits else self.text(column, value, nullable=nullable)
+        return out
 
     def times(
         self, row: Mapping[Any, Any], columns: tuple[str, ...], *, nullable: bool = True
     ) -> dict[str, Any]:
-        return {
-            column: self.epoch_ms(column, row.get(column), nullable=nullable) for column in columns
-        }
+        out = {}
+        for column in columns:
+            value = row.get(column)
+            if (type(value) is int and 0 <= value <= MAX_EPOCH_MS) or (value is None and nullable):
+                out[column] = value
+            else:
+                out[column] = self.epoch_ms(column, value, nullable=nullable)
+        return out
 
     def one_of(self, column: str, value: str | None, allowed: tuple[str, ...]) -> None:
         if value is not None and value not in allowed:
@@ -192,6 +204,7 @@ _TIMES_OPTIONAL = _job_columns(lambda t: t is Millis, nullable=True)
 
 def job_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The values of a `renewal_jobs` row as `Job` declares them, and what did not fit."""
+    row = dict(row)  # a plain dict's `get`, not the result row's Mapping one
     d = Decoder("renewal_jobs")
     values = d.texts(row, _TEXT_REQUIRED, nullable=False)
     kind = row.get("payload_kind")

@@ -19,7 +19,7 @@ from typing import Any, TextIO, cast
 import structlog
 
 from renewald.clock import iso_utc
-from renewald.logging import _ordered, _redact
+from renewald.logging import ConsoleLane, _ordered, _redact, set_console_lane
 
 
 def _stamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -64,6 +64,8 @@ def configure_console(
         ),
         cache_logger_on_first_use=False,
     )
+    least = logging.getLevelNamesMapping()[level.upper()]
+    set_console_lane(None if human or _gathered is None else ConsoleLane(least, _gathered))
 
 
 class _GatheredLines:

@@ -110,11 +110,19 @@ class JobLog:
 
     def write_redacted(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
         """`log` for fields that are redacted already and hold no None."""
+        path = self.path_for(now_ms)
+        self._append(self.render(event, now_ms, fields), path)
+        return path
+
+    def render(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
+        """The line of an event whose fields are redacted already and hold no None."""
         data: dict[str, Any] = {"ts": iso_utc(now_ms), "event": event}
         data.update(fields)
-        path = self.path_for(now_ms)
-        self._append(str(self._render(None, "", _ordered(None, "", data))), path)
-        return path
+        return str(self._render(None, "", _ordered(None, "", data)))
+
+    def append(self, line: str, now_ms: int) -> None:
+        """Append a line made by `render`."""
+        self._append(line, self.path_for(now_ms))
 
     def _append(self, line: str, path: str) -> None:
         with self._lock:
@@ -210,8 +218,7 @@ def _events() -> Any:
     """The console's event logger, bound once per structlog configuration (binding on
     every call costs more than rendering the line)."""
     global _events_bound
-    config = structlog.get_config()
-    key = (id(config["processors"]), id(config["logger_factory"]))
+    key = _config_key()
     bound = _events_bound
     if bound is None or bound[0] != key:
         bound = _events_bound = (key, structlog.get_logger("renewald.events").bind())
@@ -232,13 +239,58 @@ def emit(
     A traceback (`exc_info`) goes to the console only."""
     data = _redact(None, "", {k: v for k, v in fields.items() if v is not None})
     if job_log is not None:
-        job_log.write_redacted(event, now_ms, data)
+        line = job_log.render(event, now_ms, data)
+        job_log.append(line, now_ms)
+        lane = _console_lane
+        if lane is not None and exc_info is None and lane.usable(level):
+            lane.write(line, level)
+            return
     extra = {"exc_info": exc_info} if exc_info is not None else {}
     token = _redacted_already.set(True)
     try:
         getattr(_events(), level)(event, ts=iso_utc(now_ms), **data, **extra)
     finally:
         _redacted_already.reset(token)
+
+
+class ConsoleLane:
+    """The JSON console's short way for job events (`emit`): their console line is the
+    job log's line with its `level`, exactly what the console's processors would make of
+    the same dict (tests/unit/test_logging.py compares them), without running them again.
+
+    Set by `console.configure_console` for the JSON console; taken only while structlog
+    still has that configuration and no context variables are bound (they would add
+    keys), so anything else gets the processors' own way."""
+
+    def __init__(self, least: int, writer: Any) -> None:
+        self._least = least
+        self._writer = writer
+        self._config = _config_key()
+
+    def usable(self, level: str) -> bool:
+        return (
+            level in _LEVELS
+            and self._config == _config_key()
+            and not structlog.contextvars.get_contextvars()
+        )
+
+    def write(self, line: str, level: str) -> None:
+        if _LEVELS[level] >= self._least:
+            getattr(self._writer, level)(f'{line[:-1]}, "level": "{level}"}}')
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_console_lane: ConsoleLane | None = None
+
+
+def set_console_lane(lane: ConsoleLane | None) -> None:
+    global _console_lane
+    _console_lane = lane
+
+
+def _config_key() -> tuple[int, int]:
+    config = structlog.get_config()
+    return id(config["processors"]), id(config["logger_factory"])
 
 
 class Throttle:

@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -113,3 +114,43 @@ def test_gathered_console_lines_are_written_within_a_moment_without_a_flush() ->
     emit(None, "attempt.finished", now_ms=T0, job_id="j1")
     wait_for(console.getvalue, timeout=5, what="the gathered line written")
     assert json.loads(console.getvalue())["job_id"] == "j1"
+
+
+def test_a_job_events_console_line_is_the_processors_own_line_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """`emit` with a job log writes the console line from the job log's (ConsoleLane);
+    without one, structlog's processors make it. Both ways give the same bytes."""
+    console = io.StringIO()
+    configure_console(level="info", console="json", stream=console)
+    job_log = JobLog(tmp_path)
+    events: list[tuple[str, str, dict[str, Any]]] = [
+        ("attempt.finished", "info", {"job_id": "j1", "attempt": 2, "status": "done",
+                                      "summary": "logged: é ✓ \"quoted\"", "next_attempt_at": None,
+                                      "target": {"url": "https://h/?token=abc12345"}}),
+        ("lease.lost", "warning", {"job_id": "j2", "reason": "taken away", "owner": "me"}),
+        ("schedule.fired", "debug", {"job_id": "j3"}),
+        ("job.released", "error", {"job_id": "j4", "during": "send"}),
+    ]  # fmt: skip
+    ways = []
+    for log in (job_log, None):
+        for event, level, fields in events:
+            emit(log, event, now_ms=T0, level=level, **fields)
+        flush_console()
+        ways.append(console.getvalue())
+        console.truncate(0)
+        console.seek(0)
+    job_log.close()
+    assert ways[0] == ways[1] and len(ways[0].splitlines()) == 3  # debug is below the level
+    assert "abc12345" not in ways[0]
+
+
+def test_bound_context_variables_reach_the_console_line_of_a_job_event(tmp_path: Path) -> None:
+    console = io.StringIO()
+    configure_console(level="info", console="json", stream=console)
+    job_log = JobLog(tmp_path)
+    with structlog.contextvars.bound_contextvars(request="r-1"):
+        emit(job_log, "attempt.started", now_ms=T0, job_id="j1")
+    job_log.close()
+    flush_console()
+    assert json.loads(console.getvalue())["request"] == "r-1"

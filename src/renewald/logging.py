@@ -106,13 +106,7 @@ class JobLog:
 
     def log(self, event: str, *, now_ms: int, **fields: Any) -> str:
         data = {k: v for k, v in fields.items() if v is not None}
-        return self.write_redacted(event, now_ms, _redact(None, "", data))
-
-    def write_redacted(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
-        """`log` for fields that are redacted already and hold no None."""
-        path = self.path_for(now_ms)
-        self._append(self.render(event, now_ms, fields), path)
-        return path
+        return self.append(self.render(event, now_ms, _redact(None, "", data)), now_ms)
 
     def render(self, event: str, now_ms: int, fields: Mapping[str, Any]) -> str:
         """The line of an event whose fields are redacted already and hold no None."""
@@ -120,9 +114,11 @@ class JobLog:
         data.update(fields)
         return str(self._render(None, "", _ordered(None, "", data)))
 
-    def append(self, line: str, now_ms: int) -> None:
-        """Append a line made by `render`."""
-        self._append(line, self.path_for(now_ms))
+    def append(self, line: str, now_ms: int) -> str:
+        """Append a line made by `render`; the path of its file."""
+        path = self.path_for(now_ms)
+        self._append(line, path)
+        return path
 
     def _append(self, line: str, path: str) -> None:
         with self._lock:

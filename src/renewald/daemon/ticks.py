@@ -14,7 +14,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_ERROR
-from apscheduler.executors.base import BaseExecutor, run_job
+from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from renewald.clock import ms_to_datetime
@@ -32,14 +32,26 @@ class TickExecutor(BaseExecutor):
     the interpreter exits, so one tick stuck in a database call that does not answer
     would hold a stopped daemon up until systemd's SIGKILL: these are daemon threads.
     A tick's thread is started at its first run and fed through a queue afterwards, so
-    an idle daemon does not start a thread per tick. `max_instances` (1) keeps each tick
-    to one run at a time, so a queue never holds more than one.
+    an idle daemon does not start a thread per tick; one thread runs one run at a time.
+
+    A run asked for while the tick still runs waits behind it instead of being skipped:
+    the pacer moves a tick's next run from inside that tick (a job due a millisecond
+    after the poll), and APScheduler would skip that run and wait a whole interval.
+    At most one waits (`max_instances` + 1 in all), so a stuck tick piles up nothing.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._queues: dict[str, queue.SimpleQueue[_Run | None]] = {}
         self._queues_lock = threading.Lock()
+
+    def submit_job(self, job: Any, run_times: list[Any]) -> None:
+        assert self._lock is not None, "the scheduler starts its executors"
+        with self._lock:
+            if self._instances[job.id] > job.max_instances:
+                raise MaxInstancesReachedError(job)
+            self._do_submit_job(job, run_times)
+            self._instances[job.id] += 1
 
     def _do_submit_job(self, job: Any, run_times: list[Any]) -> None:
         def run() -> None:

@@ -229,8 +229,6 @@ class Dispatcher(Sending, Part):
         for thread in self._threads:
             if thread.name == "renewald-recorder":
                 thread.join(timeout=10)
-        if self._gate is not None:
-            self._gate.close()
         self.recorder.close()
         return released
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 
 from sqlalchemy import (
     BigInteger,
     Connection,
     Integer,
+    Table,
     Text,
     Update,
     bindparam,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.sql.dml import Delete, Insert
 
 from renewald.store.backend import Backend
 from renewald.store.leases import held_by
@@ -147,7 +150,7 @@ def record_results(
     attempt row keeps what the target said, its decision says the job was cancelled.
     """
     if logged:
-        conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(logged))))
+        _forget_unlogged(conn, backend, logged)
     # In job_id order: one lock order for every duty that writes several rows.
     ordered = sorted(results, key=lambda r: r.job_id)
     rows = json.dumps([_finish_row(r) for r in ordered], separators=(",", ":"))
@@ -166,13 +169,14 @@ def record_results(
             # A retry of a commit whose answer was lost (the connection dropped during
             # COMMIT): the attempt row is there, so the result was applied, once.
             finished.add(r.job_id)
-    _write_recorded(conn, recorded, cancelled, now=now, writer=writer)
+    _write_recorded(conn, backend, recorded, cancelled, now=now, writer=writer)
     applied = finished | cancelled
     return Recorded([r.job_id in applied for r in results], frozenset(cancelled))
 
 
 def _write_recorded(
     conn: Connection,
+    backend: Backend,
     recorded: Sequence[AttemptResult],
     cancelled: set[str],
     *,
@@ -189,15 +193,40 @@ def _write_recorded(
                 .values(cooldown_until=r.cooldown_until, updated_at=now)
             )
     if recorded:
-        conn.execute(
-            insert(renewal_job_attempts), [_attempt_row(r, r.job_id in cancelled) for r in recorded]
-        )
-        conn.execute(
-            insert(unlogged),
-            [{"attempt_id": r.attempt_id, "owner": writer or r.lease_owner or "",
-              "created_at": now}
-             for r in recorded],
-        )  # fmt: skip
+        rows = [_attempt_row(r, r.job_id in cancelled) for r in recorded]
+        _insert_rows(conn, backend, renewal_job_attempts, rows)
+        marks = [{"attempt_id": r.attempt_id, "owner": writer or r.lease_owner or "",
+                  "created_at": now}
+                 for r in recorded]  # fmt: skip
+        _insert_rows(conn, backend, unlogged, marks)
+
+
+def _insert_rows(
+    conn: Connection, backend: Backend, table: Table, rows: Sequence[dict[str, object]]
+) -> None:
+    """Insert `rows` (all with the same keys): as one statement over a JSON array where
+    the backend's driver would spend a round of Python per row (`bulk_rows_as_json`)."""
+    if not backend.bulk_rows_as_json:
+        conn.execute(insert(table), rows)
+        return
+    statement = _json_insert(backend, table, tuple(rows[0]))
+    conn.execute(statement, {"p_rows": json.dumps(rows, separators=(",", ":"))})
+
+
+@lru_cache(maxsize=8)
+def _json_insert(backend: Backend, table: Table, names: tuple[str, ...]) -> Insert:
+    columns = [column(name, table.c[name].type) for name in names]
+    r = backend.rows_from_json(bindparam("p_rows", type_=Text), columns)
+    return insert(table).from_select(list(names), select(*(r.c[name] for name in names)))
+
+
+def _forget_unlogged(conn: Connection, backend: Backend, attempt_ids: Sequence[str]) -> None:
+    conn.execute(_forget_statement(backend), {"ids": list(attempt_ids)})
+
+
+@lru_cache(maxsize=4)
+def _forget_statement(backend: Backend) -> Delete:
+    return delete(unlogged).where(backend.one_of(unlogged.c.attempt_id, "ids"))
 
 
 def _finish_cancelled(conn: Connection, r: AttemptResult, now: int) -> bool:
@@ -243,10 +272,10 @@ def insert_untried(conn: Connection, result: AttemptResult) -> None:
     conn.execute(insert(renewal_job_attempts).values(**_attempt_row(result, cancelled=False)))
 
 
-def mark_logged(conn: Connection, attempt_ids: Sequence[str]) -> None:
+def mark_logged(conn: Connection, backend: Backend, attempt_ids: Sequence[str]) -> None:
     """The JSONL lines of these attempts are flushed: forget their marks."""
     if attempt_ids:
-        conn.execute(delete(unlogged).where(unlogged.c.attempt_id.in_(list(attempt_ids))))
+        _forget_unlogged(conn, backend, attempt_ids)
 
 
 def ended_failed(

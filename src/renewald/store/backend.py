@@ -57,6 +57,7 @@ class Capabilities:
     skip_locked = False
     listen_notify = False
     serial_writes = False
+    bulk_rows_as_json = False
     unavailable_states: frozenset[str] = frozenset()
     race_states: frozenset[str] = frozenset()
 
@@ -72,6 +73,9 @@ class Backend(Protocol):
     serial_writes: bool
     """One writer at a time: the process queues its own write transactions on a lock
     rather than in the database's busy handler, which sleeps in steps of milliseconds."""
+    bulk_rows_as_json: bool
+    """Many rows are inserted as one statement over a JSON array (`rows_from_json`)
+    rather than by the driver's executemany, which costs a round of Python per row."""
     driver_errors: tuple[type[BaseException], ...]
     unavailable_states: frozenset[str]
     """SQLSTATEs of a server that is going away, starting up, full or unreachable."""
@@ -111,6 +115,11 @@ class Backend(Protocol):
     ) -> FromClause:
         """A table of `columns` read from `rows`, one JSON array of objects: a whole batch
         in one parameter, so one cached statement serves every batch size."""
+        ...
+
+    def one_of(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        """`column` is one of the values of the list parameter `name`, in a statement
+        whose text does not depend on the list's length (so the driver prepares it once)."""
         ...
 
     def watches_changes(self, url: URL) -> bool:

@@ -37,6 +37,8 @@ from sqlalchemy import (
     FromClause,
     Integer,
     Table,
+    any_,
+    bindparam,
     cast,
     column,
     create_engine,
@@ -102,6 +104,7 @@ class PostgresqlBackend(Capabilities):
     name = "postgresql"
     skip_locked = True
     listen_notify = True
+    bulk_rows_as_json = True
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     unavailable_states: frozenset[str] = frozenset(
         {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}
@@ -175,6 +178,9 @@ class PostgresqlBackend(Capabilities):
             .render_derived(name="each", with_types=True)
         )
         return sql_select(recordset).limit(func.json_array_length(json_rows)).subquery("r")
+
+    def one_of(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
 
     def watches_changes(self, url: URL) -> bool:
         return pooler_of(url) is None

@@ -41,6 +41,7 @@ from sqlalchemy import (
     Engine,
     FromClause,
     Table,
+    bindparam,
     create_engine,
     event,
     func,
@@ -130,6 +131,10 @@ class SqliteBackend(Capabilities):
         return sql_select(
             *(func.json_extract(each.c.value, f"$.{c.name}").label(c.name) for c in columns)
         ).subquery("r")
+
+    def one_of(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        # sqlite3 caches a statement per text: one per list length is cheap enough.
+        return column.in_(bindparam(name, expanding=True))
 
     def watches_changes(self, url: URL) -> bool:
         return True

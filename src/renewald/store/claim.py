@@ -36,6 +36,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Select,
     Text,
     bindparam,
     func,
@@ -189,12 +190,12 @@ def _pick_statement(dispatch_statuses: tuple[str, ...], backend: Backend):  # ty
     return select(candidates.c.job_id).where(or_(conversation.is_(None), locked))
 
 
-@lru_cache(maxsize=1)
-def _claim_locked_statement():  # type: ignore[no-untyped-def]
+@lru_cache(maxsize=4)
+def _claim_locked_statement(backend: Backend):  # type: ignore[no-untyped-def]
     """The claim of the picked jobs (`ids`) whose conversations are still free."""
     return (
         update(jobs)
-        .where(jobs.c.job_id.in_(bindparam("ids", expanding=True)), _conversation_free())
+        .where(backend.one_of(jobs.c.job_id, "ids"), _conversation_free())
         .values(**_claim_values())
         .returning(*jobs.c)
     )
@@ -229,29 +230,28 @@ def claim_due_jobs(
         params["ids"] = list(conn.execute(pick, params).scalars())
         if not params["ids"]:
             return []
-        statement = _claim_locked_statement()
+        statement = _claim_locked_statement(backend)
     return [Job.from_row(r) for r in conn.execute(statement, params).mappings()]
 
 
-def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
-    """Attach each claimed job's conversation platform and active link (latest observed)."""
+def load_targets(
+    conn: Connection, claimed: Sequence[Job], *, backend: Backend | None = None
+) -> list[ClaimedJob]:
+    """Attach each claimed job's conversation platform and active link (latest observed).
+
+    With the `backend` (the claim), the statements' text is the same however many
+    conversations a claim holds, so PostgreSQL's driver prepares them once; the operator
+    views read a page at a time and need not care."""
     if not claimed:
         return []
     ids = sorted({j.local_conversation_id for j in claimed})
-    conversation_rows = conn.execute(
-        select(local_conversations).where(local_conversations.c.local_conversation_id.in_(ids))
-    ).mappings()
-    platforms = {row["local_conversation_id"]: conversation_gate(row) for row in conversation_rows}
+    conversations_of, links_of = _target_statements(backend)
+    platforms = {
+        row["local_conversation_id"]: conversation_gate(row)
+        for row in conn.execute(conversations_of, {"ids": ids}).mappings()
+    }
     links: dict[str, Link] = {}
-    link_rows = conn.execute(
-        select(conversation_links)
-        .where(
-            conversation_links.c.local_conversation_id.in_(ids),
-            conversation_links.c.is_active == 1,
-        )
-        .order_by(conversation_links.c.observed_at.desc(), conversation_links.c.link_id)
-    ).mappings()
-    for row in link_rows:
+    for row in conn.execute(links_of, {"ids": ids}).mappings():
         links.setdefault(row["local_conversation_id"], Link.from_row(row))
     ordered = sorted(claimed, key=lambda j: (j.next_attempt_at or 0, j.created_at, j.job_id))
     return [
@@ -263,3 +263,25 @@ def load_targets(conn: Connection, claimed: Sequence[Job]) -> list[ClaimedJob]:
         )
         for j in ordered
     ]
+
+
+@lru_cache(maxsize=4)
+def _target_statements(backend: Backend | None) -> tuple[Select[Any], Select[Any]]:
+    """The conversations and their active links, of the conversations in the list `ids`."""
+
+    def among(conversation: ColumnElement[Any]) -> ColumnElement[bool]:
+        if backend is None:
+            return conversation.in_(bindparam("ids", expanding=True))
+        return backend.one_of(conversation, "ids")
+
+    conversations = select(local_conversations).where(
+        among(local_conversations.c.local_conversation_id)
+    )
+    links = (
+        select(conversation_links)
+        .where(
+            among(conversation_links.c.local_conversation_id), conversation_links.c.is_active == 1
+        )
+        .order_by(conversation_links.c.observed_at.desc(), conversation_links.c.link_id)
+    )
+    return conversations, links

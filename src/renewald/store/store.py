@@ -163,7 +163,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
                 lease_ms=lease_ms,
                 limit=limit,
             )
-            return claim.load_targets(conn, claimed)
+            return claim.load_targets(conn, claimed, backend=self.backend)
 
         return self.write(tx)
 
@@ -216,7 +216,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
 
     def mark_logged(self, attempt_ids: Sequence[str]) -> None:
         if attempt_ids:
-            self.write(lambda conn: attempts.mark_logged(conn, attempt_ids))
+            self.write(lambda conn: attempts.mark_logged(conn, self.backend, attempt_ids))
 
     find_unlogged = reads(unlogged.find_unlogged)
 

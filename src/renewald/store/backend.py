@@ -58,6 +58,7 @@ class Capabilities:
     listen_notify = False
     serial_writes = False
     bulk_rows_as_json = False
+    bare_statements = False
     unavailable_states: frozenset[str] = frozenset()
     race_states: frozenset[str] = frozenset()
 
@@ -73,6 +74,9 @@ class Backend(Protocol):
     serial_writes: bool
     """One writer at a time: the process queues its own write transactions on a lock
     rather than in the database's busy handler, which sleeps in steps of milliseconds."""
+    bare_statements: bool
+    """A write of one statement goes without BEGIN and COMMIT (each a round trip to a
+    server); SQLite keeps its BEGIN IMMEDIATE, which takes the write lock up front."""
     bulk_rows_as_json: bool
     """Many rows are inserted as one statement over a JSON array (`rows_from_json`)
     rather than by the driver's executemany, which costs a round of Python per row."""

@@ -105,6 +105,7 @@ class PostgresqlBackend(Capabilities):
     skip_locked = True
     listen_notify = True
     bulk_rows_as_json = True
+    bare_statements = True
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     unavailable_states: frozenset[str] = frozenset(
         {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}

@@ -48,12 +48,13 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
 from renewald.errors import DatabaseError
 from renewald.store.backend import READ_ONLY, Capabilities, OnChange, Stop
 from renewald.store.decode import sqlite_text
+from renewald.store.engine import sqlite_path
 
 try:
     from inotify_simple import INotify
@@ -66,14 +67,6 @@ _log = structlog.get_logger("renewald.store.changes")
 FORCE_POLL_ENV = "RENEWALD_SQLITE_WATCH"
 """`RENEWALD_SQLITE_WATCH=poll` skips inotify and polls `data_version` (tests, odd mounts)."""
 GATHER_S = 0.005
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
 
 
 class SqliteBackend(Capabilities):

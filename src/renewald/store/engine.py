@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
@@ -19,7 +20,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from renewald.errors import DatabaseError
 from renewald.store.backend import READ_ONLY, Backend
-from renewald.store.backend_sqlite import sqlite_path
 
 __all__ = [
     "BACKENDS",
@@ -66,6 +66,14 @@ class _Backends(Mapping[str, Backend]):
 
 
 BACKENDS = _Backends()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _parse(url: str) -> URL:

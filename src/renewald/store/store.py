@@ -174,7 +174,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         for a job no longer ours: it must not be sent."""
         if not held:
             return []
-        return self.write(
+        return self.write_statement(
             lambda conn: leases.begin_sends(
                 conn, backend=self.backend, owner=owner, held=held, until=now + lease_ms
             )

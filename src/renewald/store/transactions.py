@@ -78,14 +78,17 @@ class Transactions:
 
     # -- transactions ----------------------------------------------------------------
 
-    def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+    def _run(self, fn: Callable[[Connection], T], *, write: bool, alone: bool = False) -> T:
         started = time.monotonic()
         delay = 0.005
         tries = 0
         while True:
             tries += 1
             try:
-                if write:
+                if alone:
+                    with self.engine.connect() as conn:
+                        result = fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+                elif write:
                     with self._writing(), self.engine.begin() as conn:
                         result = fn(conn)
                 else:
@@ -106,6 +109,13 @@ class Transactions:
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         return self._run(fn, write=True)
+
+    def write_statement(self, fn: Callable[[Connection], T]) -> T:
+        """`write` for `fn` that runs one statement, whose running twice changes nothing
+        more than once. Where a statement is a transaction of its own and a round trip
+        (`Backend.bare_statements`), it is sent without BEGIN and COMMIT: one round trip,
+        not three."""
+        return self._run(fn, write=True, alone=self.backend.bare_statements)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         return self._run(fn, write=False)

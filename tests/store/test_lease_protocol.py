@@ -7,10 +7,13 @@ never writes the lease columns, so those (and the attempt ledger) decide.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import sqlite3
+
+import psycopg
+from sqlalchemy import Connection, select, text
 
 from renewald.store import ClaimedJob, Store
-from renewald.store.schema import TRACKER_JOB_COLUMNS
+from renewald.store.schema import TRACKER_JOB_COLUMNS, renewal_jobs
 from tests.store.factories import T0, delivered, make_job
 
 OWNER = "host-a:1:boot"
@@ -135,6 +138,50 @@ def test_begin_sends_marks_only_what_is_still_held(store: Store) -> None:
     rows = {j.job_id: j for j in (store.get_job(f"j{n}") for n in range(3)) if j}
     assert rows["j0"].send_token == a.lease_token and rows["j0"].lease_expires_at == T0 + 5 + LEASE
     assert rows["j1"].send_token is None
+
+
+def test_a_send_begun_mark_written_twice_counts_once(store: Store) -> None:
+    """The mark is one statement, sent without BEGIN and COMMIT where statements are
+    their own transactions: a retry after a lost answer must change nothing more."""
+    make_job(store, job_id="j")
+    [c] = claim(store)
+    held = [("j", c.lease_token)]
+    for _ in range(2):
+        assert store.begin_sends(owner=OWNER, held=held, now=T0 + 5, lease_ms=LEASE) == [True]
+    job = store.get_job("j")
+    assert job is not None and (job.send_token, job.attempt_count) == (c.lease_token, 1)
+
+
+def test_a_one_statement_write_goes_without_a_transaction_only_where_the_backend_says(
+    store: Store,
+) -> None:
+    def in_transaction(conn: Connection) -> bool:
+        conn.execute(text("SELECT 1"))
+        return _driver_in_transaction(conn)
+
+    assert store.write(in_transaction) is True
+    assert store.write_statement(in_transaction) is not store.backend.bare_statements
+
+
+def _driver_in_transaction(conn: Connection) -> bool:
+    driver = conn.connection.dbapi_connection
+    if isinstance(driver, sqlite3.Connection):
+        return driver.in_transaction
+    return driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # type: ignore[union-attr]
+
+
+def test_a_list_of_ids_is_one_parameter_whatever_its_length(store: Store) -> None:
+    """`Backend.one_of`: the claim's, the targets' and the unlogged statements keep one
+    text whatever the batch, so PostgreSQL's driver prepares each once."""
+    for n in range(3):
+        make_job(store, job_id=f"j{n}", conversation=f"c{n}")
+    query = select(renewal_jobs.c.job_id).where(store.backend.one_of(renewal_jobs.c.job_id, "ids"))
+    for ids in (["j0"], ["j2", "j1", "nope"], []):
+
+        def found(conn: Connection, ids: list[str] = ids) -> set[str]:
+            return set(conn.execute(query, {"ids": ids}).scalars())
+
+        assert store.read(found) == set(ids) - {"nope"}
 
 
 def test_a_retried_record_whose_commit_went_through_counts_as_applied(store: Store) -> None:

@@ -19,7 +19,14 @@ from renewald.store import (
 )
 from renewald.store.migrate import HEAD, VERSION_TABLE
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
-from tests.store.factories import T0, attempt_result, make_conversation, make_job, make_link
+from tests.store.factories import (
+    T0,
+    attempt_result,
+    conversation_row,
+    make_conversation,
+    make_job,
+    make_link,
+)
 
 OWNER = "host:1:boot"
 LEASE = 60_000
@@ -192,6 +199,35 @@ def test_retry_result_reschedules(store: Store) -> None:
     assert job is not None
     assert (job.status, job.next_attempt_at, job.last_error) == ("pending", T0 + 30_000, "HTTP 503")
     assert job.finished_at is None and job.terminal_reason is None
+
+
+def test_a_recorded_result_starts_its_conversations_cooldown_and_a_lost_one_does_not(
+    store: Store,
+) -> None:
+    for n in range(2):
+        make_job(store, job_id=f"j{n}", conversation=f"c{n}")
+    a, b = claim(store)
+    ours = result_for(a, cooldown_until=T0 + 60_000)
+    lost = result_for(b, cooldown_until=T0 + 60_000, lease_token=b.lease_token + 1)
+    assert store.record_results([ours, lost], now=T0 + 5) == [True, False]
+    assert conversation_row(store, "c0")["cooldown_until"] == T0 + 60_000
+    assert conversation_row(store, "c1")["cooldown_until"] is None
+    assert [x.attempt_id for x in store.list_attempts("j0")] == [ours.attempt_id]
+    assert store.list_attempts("j1") == []
+
+
+def test_a_batch_with_a_stale_result_beside_the_jobs_new_one_applies_only_the_new(
+    store: Store,
+) -> None:
+    make_job(store, job_id="j")
+    [first] = claim(store)
+    held = [("j", first.lease_token)]
+    assert store.release_jobs(owner=OWNER, held=held, now=T0 + 1) == [True]
+    [second] = claim(store)
+    stale = result_for(first, attempt_id="stale")
+    new = result_for(second, attempt_id="new")
+    assert store.record_results([stale, new], now=T0 + 5) == [False, True]
+    assert [a.attempt_id for a in store.list_attempts("j")] == ["new"]
 
 
 def test_fenced_write_with_stale_token_changes_nothing(store: Store) -> None:

@@ -105,7 +105,7 @@ def _build_finish(backend: Backend) -> Update:
             # The claim's number, not the row's: a tracker upsert may have rewritten it.
             attempt_count=r.attempt_count,
         )
-        .returning(jobs.c.job_id)
+        .returning(jobs.c.job_id, jobs.c.lease_token)
     )
 
 
@@ -154,13 +154,13 @@ def record_results(
     # In job_id order: one lock order for every duty that writes several rows.
     ordered = sorted(results, key=lambda r: r.job_id)
     rows = json.dumps([_finish_row(r) for r in ordered], separators=(",", ":"))
-    finished = set(
-        conn.execute(_finish_statement(backend), {"p_rows": rows, "p_now": now}).scalars()
-    )
+    # Keyed by lease as well: a batch may hold a stale result of a job beside its new one.
+    statement = _finish_statement(backend)
+    finished = {(j, t) for j, t in conn.execute(statement, {"p_rows": rows, "p_now": now})}
     cancelled: set[str] = set()
     recorded: list[AttemptResult] = []
     for r in ordered:
-        if r.job_id in finished:
+        if (r.job_id, r.lease_token) in finished:
             recorded.append(r)
         elif _finish_cancelled(conn, r, now):
             cancelled.add(r.job_id)
@@ -168,10 +168,12 @@ def record_results(
         elif _already_recorded(conn, r.attempt_id):
             # A retry of a commit whose answer was lost (the connection dropped during
             # COMMIT): the attempt row is there, so the result was applied, once.
-            finished.add(r.job_id)
+            finished.add((r.job_id, r.lease_token))
     _write_recorded(conn, backend, recorded, cancelled, now=now, writer=writer)
-    applied = finished | cancelled
-    return Recorded([r.job_id in applied for r in results], frozenset(cancelled))
+    return Recorded(
+        [(r.job_id, r.lease_token) in finished or r.job_id in cancelled for r in results],
+        frozenset(cancelled),
+    )
 
 
 def _write_recorded(

@@ -173,6 +173,18 @@ def test_sweep_ends_unclaimable_rows_and_nothing_else(store: Store) -> None:
     assert store.sweep_malformed(now=T0, owner="o1") == []
 
 
+def test_a_sweep_with_nothing_to_end_writes_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle daemon sweeps every rescue interval: on SQLite a write transaction would
+    take the lock the tracker writes under."""
+    make_job(store)
+    writes: list[object] = []
+    monkeypatch.setattr(store, "write", lambda fn: writes.append(fn))
+    assert store.sweep_malformed(now=T0, owner="o1") == []
+    assert writes == []
+
+
 # -- the dispatcher: bad jobs end failed/malformed, errors in one job end only that job ----
 
 

@@ -288,6 +288,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     ) -> list[sweep.Swept]:
         """End pending jobs no claim can select (a `next_attempt_at` that is not a time)
         failed/malformed, up to `limit` of them."""
+        if not self.read(sweep.any_unclaimable):
+            return []
         return self.write(
             lambda conn: sweep.sweep_malformed(
                 conn, now=now, owner=owner, log_path=log_path, limit=limit

@@ -42,6 +42,12 @@ def _unclaimable():  # type: ignore[no-untyped-def]
     )
 
 
+def any_unclaimable(conn: Connection) -> bool:
+    """Whether the sweep has anything to end: read first, so that an idle daemon's sweep
+    takes no write lock (on SQLite, one the tracker would have to wait for)."""
+    return conn.execute(select(jobs.c.job_id).where(*_unclaimable()).limit(1)).first() is not None
+
+
 def sweep_malformed(
     conn: Connection, *, now: int, owner: str, log_path: str | None, limit: int
 ) -> list[Swept]:

@@ -263,6 +263,20 @@ def test_extend_and_lose_leases(store: Store) -> None:
     assert store.extend_leases(owner=OWNER, held=[("j", 99)], now=T0, lease_ms=LEASE) == ["j"]
 
 
+def test_extending_many_leases_is_one_write_that_names_each_lost_one(store: Store) -> None:
+    for n in range(4):
+        make_job(store, job_id=f"j{n}", conversation=f"c{n}")
+    a, b, c, d = claim(store)
+    held = [("j3", d.lease_token), ("j0", a.lease_token), ("j2", c.lease_token + 1),
+            ("j1", b.lease_token + 1), ("gone", 1)]  # fmt: skip
+    lost = store.extend_leases(owner=OWNER, held=held, now=T0 + 20_000, lease_ms=LEASE)
+    assert lost == ["gone", "j1", "j2"]
+    until = {n: store.get_job(f"j{n}").lease_expires_at for n in range(4)}  # type: ignore[union-attr]
+    assert until[0] == until[3] == T0 + 20_000 + LEASE
+    assert until[1] == until[2] == T0 + LEASE
+    assert store.extend_leases(owner=OWNER, held=[], now=T0, lease_ms=LEASE) == []
+
+
 def test_release_puts_job_back_unspent(store: Store) -> None:
     make_job(store, job_id="j")
     [c] = claim(store)

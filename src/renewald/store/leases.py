@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -44,29 +45,50 @@ def held_by(owner: str | None, lease_token: int):  # type: ignore[no-untyped-def
 
 
 _HELD_COLUMNS = (column("job_id", Text), column("lease_token", Integer))
-_BEGIN: dict[str, Update] = {}
+_HELD_BATCH: dict[tuple[str, bool], Update] = {}
 
 
-def _begin_many_statement(backend: Backend) -> Update:
-    """The send-begun marks of a batch in one statement: the batch is one JSON parameter
-    (`Backend.rows_from_json`), so one compiled statement serves every size."""
-    statement = _BEGIN.get(backend.name)
+def _held_batch_statement(backend: Backend, *, mark_sent: bool) -> Update:
+    """A fenced write of a batch of held jobs in one statement, RETURNING the job ids it
+    matched: the lease pushed out to `p_until`, and the send marked begun if `mark_sent`.
+    The batch is one JSON parameter (`Backend.rows_from_json`), so one compiled statement
+    serves every size."""
+    key = (backend.name, mark_sent)
+    statement = _HELD_BATCH.get(key)
     if statement is None:
         r = backend.rows_from_json(bindparam("p_rows", type_=Text), _HELD_COLUMNS).c
-        statement = _BEGIN[backend.name] = (
+        values: dict[str, Any] = {"lease_expires_at": bindparam("p_until", type_=BigInteger)}
+        if mark_sent:
+            values["send_token"] = jobs.c.lease_token
+        statement = _HELD_BATCH[key] = (
             update(jobs)
             .where(
                 jobs.c.job_id == r.job_id,
                 jobs.c.lease_token == r.lease_token,
                 jobs.c.lease_owner == bindparam("p_owner", type_=Text),
             )
-            .values(
-                send_token=jobs.c.lease_token,
-                lease_expires_at=bindparam("p_until", type_=BigInteger),
-            )
+            .values(**values)
             .returning(jobs.c.job_id)
         )
     return statement
+
+
+def _write_held_batch(
+    conn: Connection,
+    backend: Backend,
+    *,
+    owner: str,
+    held: Sequence[tuple[str, int]],
+    until: int,
+    mark_sent: bool,
+) -> set[str]:
+    # Rows locked in job_id order, as every other multi-row write here.
+    rows = json.dumps(
+        [{"job_id": j, "lease_token": t} for j, t in sorted(held)], separators=(",", ":")
+    )
+    params = {"p_rows": rows, "p_owner": owner, "p_until": until}
+    statement = _held_batch_statement(backend, mark_sent=mark_sent)
+    return set(conn.execute(statement, params).scalars())
 
 
 def begin_sends(
@@ -80,34 +102,22 @@ def begin_sends(
     """Mark each held job's attempt as spent, right before its send, and renew its lease
     to `until`, in one statement. Returns, per job in `held`'s order, whether it was still
     held: a job no longer held (rescued, released) must not be sent."""
-    # Rows locked in job_id order, as every other multi-row write here.
-    rows = json.dumps(
-        [{"job_id": j, "lease_token": t} for j, t in sorted(held)], separators=(",", ":")
-    )
-    params = {"p_rows": rows, "p_owner": owner, "p_until": until}
-    begun = set(conn.execute(_begin_many_statement(backend), params).scalars())
+    begun = _write_held_batch(conn, backend, owner=owner, held=held, until=until, mark_sent=True)
     return [job_id in begun for job_id, _ in held]
 
 
 def extend_leases(
     conn: Connection,
     *,
+    backend: Backend,
     owner: str,
     held: Sequence[tuple[str, int]],
     until: int,
 ) -> list[str]:
-    """Push out to `until` the lease of each (job_id, lease_token) still held; returns the
-    lost job ids."""
-    lost = []
-    for job_id, token in sorted(held):
-        matched = conn.execute(
-            update(jobs)
-            .where(jobs.c.job_id == job_id, *held_by(owner, token))
-            .values(lease_expires_at=until)
-        ).rowcount
-        if matched != 1:
-            lost.append(job_id)
-    return lost
+    """Push out to `until` the lease of each (job_id, lease_token) still held, in one
+    statement; returns the lost job ids."""
+    kept = _write_held_batch(conn, backend, owner=owner, held=held, until=until, mark_sent=False)
+    return [job_id for job_id, _ in sorted(held) if job_id not in kept]
 
 
 def release_jobs(

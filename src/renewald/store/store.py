@@ -225,8 +225,10 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     ) -> list[str]:
         if not held:
             return []
-        return self.write(
-            lambda conn: leases.extend_leases(conn, owner=owner, held=held, until=now + lease_ms)
+        return self.write_statement(
+            lambda conn: leases.extend_leases(
+                conn, backend=self.backend, owner=owner, held=held, until=now + lease_ms
+            )
         )
 
     def release_jobs(self, *, owner: str, held: Sequence[tuple[str, int]], now: int) -> list[bool]:

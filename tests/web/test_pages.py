@@ -169,7 +169,12 @@ def test_job_pages_walk_an_index_not_a_sort(
     try:
         store.read(
             lambda conn: status.jobs_page(
-                conn, now=T0, where=JobFilter(statuses=statuses), after=(T0, "job-x"), limit=50
+                conn,
+                backend=store.backend,
+                now=T0,
+                where=JobFilter(statuses=statuses),
+                after=(T0, "job-x"),
+                limit=50,
             )
         )
     finally:

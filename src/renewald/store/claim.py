@@ -234,14 +234,8 @@ def claim_due_jobs(
     return [Job.from_row(r) for r in conn.execute(statement, params).mappings()]
 
 
-def load_targets(
-    conn: Connection, claimed: Sequence[Job], *, backend: Backend | None = None
-) -> list[ClaimedJob]:
-    """Attach each claimed job's conversation platform and active link (latest observed).
-
-    With the `backend` (the claim), the statements' text is the same however many
-    conversations a claim holds, so PostgreSQL's driver prepares them once; the operator
-    views read a page at a time and need not care."""
+def load_targets(conn: Connection, claimed: Sequence[Job], *, backend: Backend) -> list[ClaimedJob]:
+    """Attach each claimed job's conversation platform and active link (latest observed)."""
     if not claimed:
         return []
     ids = sorted({j.local_conversation_id for j in claimed})
@@ -266,21 +260,17 @@ def load_targets(
 
 
 @lru_cache(maxsize=4)
-def _target_statements(backend: Backend | None) -> tuple[Select[Any], Select[Any]]:
-    """The conversations and their active links, of the conversations in the list `ids`."""
-
-    def among(conversation: ColumnElement[Any]) -> ColumnElement[bool]:
-        if backend is None:
-            return conversation.in_(bindparam("ids", expanding=True))
-        return backend.one_of(conversation, "ids")
-
+def _target_statements(backend: Backend) -> tuple[Select[Any], Select[Any]]:
+    """The conversations and their active links, of the conversations in the list `ids`
+    (`Backend.one_of`: one statement text however many conversations a claim holds)."""
     conversations = select(local_conversations).where(
-        among(local_conversations.c.local_conversation_id)
+        backend.one_of(local_conversations.c.local_conversation_id, "ids")
     )
     links = (
         select(conversation_links)
         .where(
-            among(conversation_links.c.local_conversation_id), conversation_links.c.is_active == 1
+            backend.one_of(conversation_links.c.local_conversation_id, "ids"),
+            conversation_links.c.is_active == 1,
         )
         .order_by(conversation_links.c.observed_at.desc(), conversation_links.c.link_id)
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, select
 
+from renewald.store.backend import Backend
 from renewald.store.claim import load_targets
 from renewald.store.conversations import Conversation, conversation_from_row
 from renewald.store.daemons import DaemonRow
@@ -49,6 +50,7 @@ def job_facts(
     conn: Connection,
     job_id: str,
     *,
+    backend: Backend,
     now: int,
     target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
 ) -> JobFacts | None:
@@ -61,7 +63,7 @@ def job_facts(
     row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
     if row is None:
         return None
-    [facts] = jobs_facts(conn, [Job.from_row(row)], now=now, target_of=target_of)
+    [facts] = jobs_facts(conn, [Job.from_row(row)], backend=backend, now=now, target_of=target_of)
     return facts
 
 
@@ -71,6 +73,7 @@ _CHUNK = 500
 
 def _chunk_facts(
     conn: Connection,
+    backend: Backend,
     chunk: Sequence[Job],
     registry: dict[str, DaemonRow],
     open_pauses: Sequence[TargetPause],
@@ -91,7 +94,7 @@ def _chunk_facts(
     ).mappings():
         other = Job.from_row(r)
         running.setdefault(other.local_conversation_id, []).append(other)
-    claimed = {c.job.job_id: c for c in load_targets(conn, chunk)}
+    claimed = {c.job.job_id: c for c in load_targets(conn, chunk, backend=backend)}
     out = []
     for job in chunk:
         c = claimed[job.job_id]
@@ -131,6 +134,7 @@ def jobs_facts(
     conn: Connection,
     found: Sequence[Job],
     *,
+    backend: Backend,
     now: int,
     target_of: Callable[[ClaimedJob], tuple[str | None, str | None]] | None = None,
 ) -> list[JobFacts]:
@@ -145,5 +149,6 @@ def jobs_facts(
     open_pauses = paused_targets(conn, now=now)
     out: list[JobFacts] = []
     for start in range(0, len(found), _CHUNK):
-        out += _chunk_facts(conn, found[start : start + _CHUNK], registry, open_pauses, target_of)
+        chunk = found[start : start + _CHUNK]
+        out += _chunk_facts(conn, backend, chunk, registry, open_pauses, target_of)
     return out

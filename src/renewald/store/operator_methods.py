@@ -37,7 +37,9 @@ class OperatorMethods(Transactions):
         """The job, the rows that decide whether it is due, and the rule that applies.
         `gone` tells a registered daemon whose process is known not to run any more."""
         facts = self.read(
-            lambda conn: facts_sql.job_facts(conn, job_id, now=now, target_of=target_of)
+            lambda conn: facts_sql.job_facts(
+                conn, job_id, backend=self.backend, now=now, target_of=target_of
+            )
         )
         if facts is None:
             return None
@@ -68,7 +70,10 @@ class OperatorMethods(Transactions):
             total = len(found)
             if limit is not None and total >= limit:
                 total = jobs.count_jobs(conn, where)
-            return facts_sql.jobs_facts(conn, found, now=now, target_of=target_of), total
+            found_facts = facts_sql.jobs_facts(
+                conn, found, backend=self.backend, now=now, target_of=target_of
+            )
+            return found_facts, total
 
         all_facts, total = self.read(tx)
         all_facts = [f.with_gone_owners(gone) for f in all_facts]

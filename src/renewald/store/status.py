@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Connection, and_, func, literal, or_, sele
 
 from renewald.store import conversations as conversation_sql
 from renewald.store import facts, stats
+from renewald.store.backend import Backend
 from renewald.store.daemons import DaemonRow
 from renewald.store.decode import epoch_ms_or_none
 from renewald.store.jobs import EVERY_JOB, JobFilter, due_condition
@@ -101,6 +102,7 @@ class JobPage:
 def jobs_page(
     conn: Connection,
     *,
+    backend: Backend,
     now: int,
     where: JobFilter = EVERY_JOB,
     after: tuple[int, str] | None = None,
@@ -127,7 +129,8 @@ def jobs_page(
     more = len(found) > limit
     found = found[:limit]
     cursor = (found[-1].created_at, found[-1].job_id) if more and found else None
-    return JobPage(facts.jobs_facts(conn, found, now=now, target_of=target_of), cursor)
+    found_facts = facts.jobs_facts(conn, found, backend=backend, now=now, target_of=target_of)
+    return JobPage(found_facts, cursor)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,7 @@ class StatusApp:
         page = self.store.read(
             lambda conn: status.jobs_page(
                 conn,
+                backend=self.store.backend,
                 now=now,
                 after=after,
                 limit=PAGE_SIZE,

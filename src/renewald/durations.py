@@ -19,12 +19,17 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNITS[u] for n, u in _PART.findall(cleaned))
 
 
-def parse_positive_ms(text: str) -> int:
-    """Milliseconds in `text`, a duration longer than zero; raises ValueError saying why not."""
+def parse_positive_duration(text: str) -> float:
+    """Seconds in `text`, a duration longer than zero; raises ValueError saying why not."""
     seconds = parse_duration(text)
     if seconds <= 0:
         raise ValueError(f"must be longer than zero, got {text!r}")
-    return round(seconds * 1000)
+    return seconds
+
+
+def parse_positive_ms(text: str) -> int:
+    """Milliseconds in `text`, a duration longer than zero; raises ValueError saying why not."""
+    return round(parse_positive_duration(text) * 1000)
 
 
 def format_duration(seconds: float) -> str:

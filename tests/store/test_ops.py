@@ -253,10 +253,13 @@ def test_retry_failed_filters_and_batches(store: Store) -> None:
 
 def test_cancel_pending_ends_at_once(store: Store) -> None:
     make_job(store, job_id="j")
+    earlier = update(renewal_jobs).values(last_error="HTTP 503 from an earlier attempt")
+    store.write(lambda conn: conn.execute(earlier.where(renewal_jobs.c.job_id == "j")))
     done = store.cancel_job("j", now=T0 + 5, action=OPERATOR, attempt_id="op-c")
     assert done is not None and done.result == "cancelled"
     job = done.job
     assert (job.status, job.terminal_reason, job.finished_at) == ("failed", "cancelled", T0 + 5)
+    assert job.last_error == "cancelled by operator"
     [row] = attempt_rows(store, "j")
     assert (row["outcome"], row["decision"], row["decision_reason"]) == (
         "cancelled",

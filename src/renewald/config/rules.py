@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from renewald.durations import parse_duration
+from renewald.durations import parse_duration, parse_positive_duration
 from renewald.errors import ConfigError
 
 ENV_PREFIX = "RENEWALD_"
@@ -83,12 +83,9 @@ def _duration(*, positive: bool = True) -> _Rule:
         if not isinstance(value, str):
             raise _Invalid(f'must be a duration such as "30s", got {value!r}')
         try:
-            seconds = parse_duration(value)
+            return (parse_positive_duration if positive else parse_duration)(value)
         except ValueError as err:
             raise _Invalid(str(err)) from None
-        if positive and seconds <= 0:
-            raise _Invalid(f"must be longer than zero, got {value!r}")
-        return seconds
 
     return _Rule(check)
 

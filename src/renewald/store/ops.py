@@ -205,6 +205,8 @@ def cancel_job(
             values={
                 "status": "failed",
                 "terminal_reason": CANCELLED,
+                # Not the error of an earlier retry: `jobs show` says why the job ended.
+                "last_error": CANCEL_REASON,
                 "finished_at": now,
                 "updated_at": now,
             },

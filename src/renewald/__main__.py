@@ -1,5 +1,5 @@
 """`python -m renewald` is the `renewald` command."""
 
-from renewald.cli import main
+from renewald.program import main
 
 main()

@@ -39,3 +39,33 @@ def test_every_command_module_registers_what_the_lazy_table_names() -> None:
     for module in set(COMMANDS.values()):
         importlib.import_module(f"renewald.cli.{module}")
     assert set(cli.commands) == set(COMMANDS)
+
+
+_PROGRAM = """
+import atexit, gc, sys
+def report():
+    print(gc.isenabled(), gc.get_freeze_count(), "renewald.cli.app" in sys.modules)
+atexit.register(report)
+sys.argv = ["renewald", "--version"]
+from renewald.program import main
+main()
+"""
+
+
+def test_the_program_freezes_what_its_import_made_and_collects_again() -> None:
+    """The console script (`renewald.program:main`) imports the command line with the
+    collector off, then freezes what the import made and turns the collector back on."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    enabled, frozen, imported = out.stdout.split()[-3:]
+    assert (enabled, imported) == ("True", "True")
+    assert int(frozen) > 10_000  # SQLAlchemy alone makes more
+
+
+def test_the_console_script_is_the_program() -> None:
+    from importlib.metadata import entry_points
+
+    [script] = [e for e in entry_points(group="console_scripts") if e.name == "renewald"]
+    assert script.value == "renewald.program:main"

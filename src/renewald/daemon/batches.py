@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -19,4 +20,26 @@ def gather(source: queue.Queue[T | None], batch: list[T], most: int) -> bool:
         if more is None:
             return True
         batch.append(more)
+    return False
+
+
+def gather_for(source: queue.Queue[T | None], batch: list[T], most: int, *, seconds: float) -> bool:
+    """`gather`, then wait up to `seconds` for more while fewer than `most` items are in
+    hand; True when the end mark (None) was taken: nothing more is to come."""
+    if gather(source, batch, most):
+        return True
+    deadline = time.monotonic() + seconds
+    while len(batch) < most:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            more = source.get(timeout=left)
+        except queue.Empty:
+            return False
+        if more is None:
+            return True
+        batch.append(more)
+        if gather(source, batch, most):
+            return True
     return False

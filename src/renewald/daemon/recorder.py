@@ -1,7 +1,8 @@
 """Recording finished attempts: one thread writes results in batches, then their lines.
 
 Every finished attempt becomes an `AttemptResult` queued here. The recorder writes whatever
-has gathered (up to `RECORD_BATCH`) in one fenced transaction — the jobs' next states and
+has gathered (up to `RECORD_BATCH`; a few results wait briefly for more, `RECORD_LINGER`) in
+one fenced transaction — the jobs' next states and
 the attempt rows (`Store.record_results`) — and appends the JSONL lines right after the
 commit, flushed once per batch. A result whose fence matched nothing is logged `lease.lost`
 and changes nothing. A database outage is waited out: no result is ever dropped.
@@ -17,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from renewald.daemon.batches import gather
+from renewald.daemon.batches import gather, gather_for
 from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import attempt_keys
 from renewald.logging import Throttle, emit
@@ -27,14 +28,22 @@ from renewald.store.attempts import CANCELLED
 _log = structlog.get_logger("renewald.daemon")
 
 RECORD_BATCH = 256
+# Results that trickle in (one per finishing worker, the I/O-bound case) would each cost a
+# transaction of five statements: a batch of fewer than RECORD_SMALL waits up to
+# RECORD_LINGER for company. A claim's worth of results (sent at once) never waits.
+RECORD_SMALL = 16
+RECORD_LINGER = 0.02
 
 OnRecorded = Callable[[Sequence[AttemptResult], Sequence[bool]], None]
 
 
 class Recorder(Part):
-    def __init__(self, parts: DaemonParts, *, on_recorded: OnRecorded) -> None:
+    def __init__(
+        self, parts: DaemonParts, *, on_recorded: OnRecorded, linger: float = RECORD_LINGER
+    ) -> None:
         super().__init__(parts)
         self._on_recorded = on_recorded
+        self._linger = linger
         self._queue: queue.Queue[AttemptResult | None] = queue.Queue()
         # Attempts whose lines were flushed; their unlogged marks go with the next batch's
         # transaction (or `close`).
@@ -63,7 +72,9 @@ class Recorder(Part):
         while not closing:
             first = self._queue.get()
             batch = [] if first is None else [first]
-            closing = gather(self._queue, batch, RECORD_BATCH) or first is None
+            closing = first is None or gather(self._queue, batch, RECORD_BATCH)
+            if not closing and len(batch) < RECORD_SMALL:
+                closing = gather_for(self._queue, batch, RECORD_SMALL, seconds=self._linger)
             if batch:
                 self.record(batch)
 

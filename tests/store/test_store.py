@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -143,30 +141,6 @@ def test_claim_sets_lease_and_counts(store: Store) -> None:
     assert job.lease_token == 1 and job.attempt_count == 1
     assert job.started_at == T0 + 10 and job.last_attempt_at == T0 + 10
     assert claim(store, now=T0 + 10) == []
-
-
-def test_a_claim_that_finds_nothing_takes_no_write_lock_where_writers_queue(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An idle daemon polls every few seconds: on SQLite each empty claim would hold the
-    one write lock the tracker needs. Due later, held, or of a busy conversation: the
-    claim looks first and finds nothing to take."""
-    make_job(store, conversation="c", job_id="held", next_attempt_at=T0 - 1)
-    [held] = claim(store)
-    make_job(store, conversation="c", job_id="behind")
-    make_job(store, conversation="d", job_id="later", next_attempt_at=T0 + 1)
-    writes: list[bool] = []
-    run = store._run
-
-    def counted(fn: Callable[..., Any], *, write: bool, **kw: Any) -> Any:
-        writes.append(write)
-        return run(fn, write=write, **kw)
-
-    monkeypatch.setattr(store, "_run", counted)
-    assert claim(store) == []
-    assert (True in writes) is not store.backend.serial_writes
-    assert [c.job.job_id for c in claim(store, now=T0 + 1)] == ["later"]
-    assert held.job.job_id == "held"
 
 
 def test_claim_order_and_limit(store: Store) -> None:

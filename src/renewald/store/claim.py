@@ -201,18 +201,6 @@ def _claim_locked_statement(backend: Backend):  # type: ignore[no-untyped-def]
     )
 
 
-@lru_cache(maxsize=16)
-def _look_statement(dispatch_statuses: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    return _candidates(dispatch_statuses, skip_locked=False)
-
-
-def any_claimable(conn: Connection, dispatch_statuses: Sequence[str], *, now: int) -> bool:
-    """Whether a claim at `now` would find a job: the claim's own choice, read without
-    locking anything (a scan of one row that passes every check of the claim)."""
-    params = {"now": now, "limit": 1, "scan_limit": 1}
-    return conn.execute(_look_statement(tuple(dispatch_statuses)), params).first() is not None
-
-
 def claim_due_jobs(
     conn: Connection,
     backend: Backend,

@@ -150,16 +150,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
     ) -> list[ClaimedJob]:
         """Claim up to `limit` due jobs. Given a clock (`now` as a callable), it is read
         inside the claim's transaction (on SQLite once it holds the write lock), so the lease
-        runs from the claim, however long it waited for the lock or a retry.
-
-        Where writers are serialized (`Backend.serial_writes`: SQLite), the claim looks
-        before it takes the write lock: an idle daemon's polls never make the tracker's
-        writes wait behind a claim that finds nothing."""
+        runs from the claim, however long it waited for the lock or a retry."""
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
-        if self.backend.serial_writes and not self.read(
-            lambda conn: claim.any_claimable(conn, self.due.statuses, now=clock())
-        ):
-            return []
 
         def tx(conn: Connection) -> list[ClaimedJob]:
             claimed = claim.claim_due_jobs(

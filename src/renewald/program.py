@@ -1,6 +1,6 @@
 """The `renewald` program's entry point (the console script).
 
-Importing the command line builds some 70,000 objects that live as long as the process:
+Importing the command line builds some 80,000 objects that live as long as the process:
 modules, classes, SQLAlchemy's tables and compiled statements. Python's collector, run
 while they are being made, walks them again and again for nothing (about a fifth of an
 idle `run --once`). So the collector waits until the import is done, and then leaves what

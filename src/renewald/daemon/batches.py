@@ -24,22 +24,15 @@ def gather(source: queue.Queue[T | None], batch: list[T], most: int) -> bool:
 
 
 def gather_for(source: queue.Queue[T | None], batch: list[T], most: int, *, seconds: float) -> bool:
-    """`gather`, then wait up to `seconds` for more while fewer than `most` items are in
-    hand; True when the end mark (None) was taken: nothing more is to come."""
-    if gather(source, batch, most):
-        return True
+    """`gather`, but waiting up to `seconds` in all for more while fewer than `most` items
+    are in hand; True when the end mark (None) was taken: nothing more is to come."""
     deadline = time.monotonic() + seconds
     while len(batch) < most:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
         try:
-            more = source.get(timeout=left)
+            more = source.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             return False
         if more is None:
             return True
         batch.append(more)
-        if gather(source, batch, most):
-            return True
     return False

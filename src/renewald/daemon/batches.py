@@ -9,26 +9,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def gather(source: queue.Queue[T | None], batch: list[T], most: int) -> bool:
-    """Add to `batch`, without waiting, what is queued, up to `most` items in all; True
-    when the end mark (None) was taken: nothing more is to come."""
+def gather(source: queue.Queue[T | None], batch: list[T], most: int, *, wait: float = 0.0) -> bool:
+    """Add to `batch` what is queued, up to `most` items in all, waiting up to `wait`
+    seconds in all for more (by default not at all); True when the end mark (None) was
+    taken: nothing more is to come."""
+    deadline = time.monotonic() + wait
     while len(batch) < most:
         try:
-            more = source.get_nowait()
-        except queue.Empty:
-            return False
-        if more is None:
-            return True
-        batch.append(more)
-    return False
-
-
-def gather_for(source: queue.Queue[T | None], batch: list[T], most: int, *, seconds: float) -> bool:
-    """`gather`, but waiting up to `seconds` in all for more while fewer than `most` items
-    are in hand; True when the end mark (None) was taken: nothing more is to come."""
-    deadline = time.monotonic() + seconds
-    while len(batch) < most:
-        try:
+            # Once the deadline has passed, a timeout of zero takes only what is queued.
             more = source.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             return False

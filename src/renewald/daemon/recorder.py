@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from renewald.daemon.batches import gather, gather_for
+from renewald.daemon.batches import gather
 from renewald.daemon.parts import DaemonParts, Part
 from renewald.daemon.results import attempt_keys
 from renewald.logging import Throttle, emit
@@ -74,7 +74,7 @@ class Recorder(Part):
             batch = [] if first is None else [first]
             closing = first is None or gather(self._queue, batch, RECORD_BATCH)
             if not closing and len(batch) < RECORD_SMALL:
-                closing = gather_for(self._queue, batch, RECORD_SMALL, seconds=self._linger)
+                closing = gather(self._queue, batch, RECORD_SMALL, wait=self._linger)
             if batch:
                 self.record(batch)
 

@@ -1,10 +1,5 @@
 """renewald: delivers renewal jobs from the conversation tracker's artifact.db."""
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("renewald")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+# The one place the version is written: pyproject.toml reads it from here when it builds
+# (`[tool.setuptools.dynamic]`), so no start-up pays for importlib.metadata to read it back.
+__version__ = "0.1.0"

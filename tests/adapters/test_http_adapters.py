@@ -445,6 +445,10 @@ def test_third_party_adapter_registers_through_entry_point(tmp_path, monkeypatch
         assert adapter.deliver(make_delivery()).summary == "paged ops"
         registry.close()
         assert adapter.closed
+        # The group is read when a kind is not built in, whether or not kinds() came first.
+        fresh = AdapterRegistry({"acme.pager": {"channel": "ops"}})
+        assert fresh.get("acme.pager") is not None
+        assert fresh.get("no.such.kind") is None
     finally:
         sys.modules.pop("acme_pager", None)
 

@@ -1,5 +1,6 @@
 """What a command does not use, it does not import: `run` on SQLite pays for no psycopg,
-Jinja2 or prometheus_client (issue 15, start-up), and every command is still reachable."""
+Jinja2 or prometheus_client, nor for a scan of the installed packages' metadata (issue 15,
+start-up), and every command is still reachable."""
 
 from __future__ import annotations
 
@@ -12,15 +13,25 @@ from renewald.cli.app import COMMANDS, cli
 
 _PROBE = """
 import sys
+import importlib.metadata
+scanned = []
+def _scan(*args, **kwargs):
+    scanned.append("metadata")
+    raise AssertionError("installed packages scanned")
+importlib.metadata.Distribution.discover = _scan
+importlib.metadata.Distribution.from_name = _scan
 import click
 from renewald.cli.app import cli
+from renewald.adapters import AdapterRegistry
 from renewald.store.engine import is_unavailable, make_engine
 command = cli.get_command(click.Context(cli), "run")
 assert command is not None
 engine = make_engine(sys.argv[1])
 engine.connect().close()
 is_unavailable(RuntimeError("x"))
-print(" ".join(m for m in ("psycopg", "jinja2", "prometheus_client") if m in sys.modules))
+assert AdapterRegistry({}).get("log") is not None
+heavy = [m for m in ("psycopg", "jinja2", "prometheus_client") if m in sys.modules]
+print(" ".join(heavy + scanned))
 """
 
 

@@ -1,7 +1,10 @@
 """Delivery adapters, found by `target_kind`.
 
 Built-in kinds are listed in `BUILTIN`; third-party ones register a factory in the
-`renewald.adapters` entry-point group under the kind they serve.
+`renewald.adapters` entry-point group under the kind they serve. The group is read the
+first time a kind is not built in (or every kind is asked for): reading it means scanning
+every installed package's metadata, which a daemon that only uses built-in kinds never
+needs at start-up.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
 from renewald.adapters.base import (
@@ -52,14 +54,26 @@ class AdapterRegistry:
     def __init__(self, settings: Mapping[str, Mapping[str, Any]]) -> None:
         self._settings = settings
         self._factories: dict[str, str | AdapterFactory] = dict(BUILTIN)
-        for ep in entry_points(group="renewald.adapters"):
-            self._factories.setdefault(ep.name, ep.value)
+        self._plugins_read = False
         self._adapters: dict[str, Adapter] = {}
         self._failed: dict[str, ConfigError] = {}
         self._lock = threading.Lock()
 
     def kinds(self) -> list[str]:
-        return sorted(self._factories)
+        with self._lock:
+            self._read_plugins()
+            return sorted(self._factories)
+
+    def _read_plugins(self) -> None:
+        """Add the entry-point group's kinds (under `_lock`); a built-in or registered
+        kind keeps its own factory."""
+        if self._plugins_read:
+            return
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="renewald.adapters"):
+            self._factories.setdefault(ep.name, ep.value)
+        self._plugins_read = True
 
     def register(self, kind: str, factory: AdapterFactory) -> None:
         with self._lock:
@@ -85,6 +99,9 @@ class AdapterRegistry:
             if failed is not None:
                 raise failed
             ref = self._factories.get(kind)
+            if ref is None:
+                self._read_plugins()
+                ref = self._factories.get(kind)
             if ref is None:
                 return None
             try:

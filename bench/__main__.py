@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import report
-from bench.common import BENCH_DIR, Ctx, loadavg, machine_info, say, stop_started
+from bench.common import (
+    BENCH_DIR,
+    Ctx,
+    compile_bytecode,
+    loadavg,
+    machine_info,
+    say,
+    stop_started,
+)
 from bench.db import DEFAULT_PG_URL, DBs
 
 # section -> its module in bench/sections
@@ -52,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     dbs = DBs(work, None if args.no_pg else args.pg_url)
     ctx = Ctx(quick=args.quick, reps=args.reps or (1 if args.quick else 3), work=work,
               dbs=dbs)  # fmt: skip
+    bytecode = compile_bytecode()
     record: dict[str, Any] = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "reps": ctx.reps,
-        "sections_run": only, "machine": machine_info(dbs.admin),
+        "sections_run": only, "machine": {**machine_info(dbs.admin), "bytecode": bytecode},
         "sections": {}, "timing": {}, "loadavg": {},
     }  # fmt: skip
     started, failed = time.monotonic(), False

@@ -111,6 +111,7 @@ def markdown(record: dict[str, Any], *, json_name: str) -> str:
          f"{m['python']}, {m['sqlite']}, {items(m['postgresql'], '=')}"],
         ["packages", items(m["packages"])],
         ["renewald commit", f"{m['git_commit']} (branch {m['git_branch']})"],
+        ["bytecode of renewald and bench/", m.get("bytecode", "not recorded")],
         ["load average (1/5/15 min)", f"at start {m['loadavg_at_start']}; after each "
          f"section: {items(record['loadavg'])}"],
         ["seconds per section", items(record["timing"])],

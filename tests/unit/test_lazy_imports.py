@@ -5,6 +5,8 @@ start-up), and every command is still reachable."""
 from __future__ import annotations
 
 import importlib
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +57,11 @@ def test_every_command_module_registers_what_the_lazy_table_names() -> None:
 _PROGRAM = """
 import atexit, gc, sys
 def report():
-    print(gc.isenabled(), gc.get_freeze_count(), "renewald.cli.app" in sys.modules)
+    import structlog.dev
+    structlog_rich = structlog.dev.rich is not None
+    import rich  # whatever structlog saw, rich itself imports
+    print(gc.isenabled(), gc.get_freeze_count(), "renewald.cli.app" in sys.modules,
+          structlog_rich, file=sys.__stdout__)
 atexit.register(report)
 sys.argv = ["renewald", "--version"]
 from renewald.program import main
@@ -70,9 +76,26 @@ def test_the_program_freezes_what_its_import_made_and_collects_again() -> None:
         [sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    enabled, frozen, imported = out.stdout.split()[-3:]
+    enabled, frozen, imported, rich = out.stdout.split()[-4:]
     assert (enabled, imported) == ("True", "True")
     assert int(frozen) > 10_000  # SQLAlchemy alone makes more
+    assert rich == "False", "off a terminal, structlog's console needs no rich"
+
+
+def test_on_a_terminal_structlog_keeps_rich_and_rich_stays_importable() -> None:
+    """On a terminal the human console's tracebacks are rich's (and off one, the probe's
+    own `import rich` shows rich still imports for whoever asks: the progress bar)."""
+    leader, follower = pty.openpty()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROGRAM], stdout=subprocess.PIPE, stderr=follower,
+            text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert out.returncode == 0
+    assert out.stdout.split()[-1] == "True"
 
 
 def test_the_console_script_is_the_program() -> None:

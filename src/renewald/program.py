@@ -11,6 +11,10 @@ rich, when it can, only for the tracebacks of its human console, and that import
 45 ms of every start. Off a terminal the console is JSON lines (tracebacks as plain text),
 so a service, a container or a cron run never uses it. rich itself stays importable.
 
+A standard stream that was closed when the program started (`2>&-` in a crontab) is
+opened on /dev/null first: with its descriptor free, the next file opened (the database)
+would take it, and whatever is written to stderr would land in that file.
+
 This lives outside `renewald.cli`, whose import is the work being spared; a test or a
 program importing `renewald.cli` keeps its own collector and modules as they were.
 """
@@ -18,10 +22,14 @@ program importing `renewald.cli` keeps its own collector and modules as they wer
 from __future__ import annotations
 
 import gc
+import os
 import sys
+
+_STANDARD = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
 
 
 def main() -> None:
+    _reopen_closed_streams()
     gc.disable()
     try:
         if not sys.stderr.isatty():
@@ -41,3 +49,17 @@ def _import_structlog_without_rich() -> None:
         import structlog  # noqa: F401
     finally:
         del sys.modules["rich"]
+
+
+def _reopen_closed_streams() -> None:
+    for fd, name, mode in _STANDARD:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115

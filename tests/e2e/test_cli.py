@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 
 from renewald.store import Store
-from tests.e2e.conftest import Renewald
+from tests.e2e.conftest import RENEWALD, Renewald
 from tests.e2e.test_ops import one_line_error
+from tests.store.factories import job_of
 
 
 def test_migrate_is_idempotent(renewald: Renewald) -> None:
@@ -123,3 +125,20 @@ def test_schema_newer_than_code(renewald: Renewald, e2e_store: Store) -> None:
     )
     for command in ("migrate", "jobs"):
         assert "newer than this renewald" in one_line_error(renewald.run(command))
+
+
+def test_closed_standard_streams_are_no_trap(renewald: Renewald, e2e_store: Store) -> None:
+    """`renewald run --once <&- >&- 2>&-` (a crontab that wants silence) delivers what is
+    due and exits 0; the streams are opened on /dev/null, so the database file cannot take
+    their descriptors and receive the console."""
+    job_id = renewald.enqueue("conv-quiet", "keepalive", "--target-kind", "log")
+    out = subprocess.run(
+        ["sh", "-c", f"exec {RENEWALD} run --once <&- >&- 2>&-"],
+        env=renewald.env, cwd=renewald.dir, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0
+    assert job_of(e2e_store, job_id).status == "done"
+    assert [line["event"] for line in renewald.log_lines() if line.get("job_id") == job_id] == [
+        "attempt.started",
+        "attempt.finished",
+    ]

@@ -8,8 +8,9 @@ it made out of every later collection (`gc.freeze`).
 
 Off a terminal, structlog is imported as if rich were not installed: structlog imports
 rich, when it can, only for the tracebacks of its human console, and that import is about
-45 ms of every start. Off a terminal the console is JSON lines (tracebacks as plain text),
-so a service, a container or a cron run never uses it. rich itself stays importable.
+45 ms of every start. Off a terminal the console is JSON lines, so a service, a container
+or a cron run never uses it (a human console asked for off a terminal, `console =
+"human"`, prints its tracebacks as plain text). rich itself stays importable.
 
 A standard stream that was closed when the program started (`2>&-` in a crontab) is
 opened on /dev/null first: with its descriptor free, the next file opened (the database)

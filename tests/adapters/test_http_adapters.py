@@ -20,7 +20,13 @@ from renewald.adapters.http import parse_retry_after
 from renewald.adapters.webhook import WebhookAdapter
 from renewald.errors import ConfigError
 from renewald.redact import MASK, redact_text
-from tests.adapters.conftest import RETRY_DATE, RETRY_DATE_EPOCH, ScriptedServer, make_delivery
+from tests.adapters.conftest import (
+    RETRY_DATE,
+    RETRY_DATE_EPOCH,
+    ScriptedServer,
+    make_delivery,
+    respond,
+)
 
 SECRET = "webhook-test-secret-0123456789"
 
@@ -100,6 +106,21 @@ def test_webhook_sends_the_bridge_request_signed(server, make_webhook):
         "payload": "Please continue where we left off.",
         "payload_kind": "text",
     }
+
+
+def test_each_delivery_stands_alone_no_cookie_no_compression(server, make_webhook):
+    """A cookie a target sets is never sent back: deliveries carry no state from one to
+    the next. Bodies are asked for as they are (read only as an excerpt)."""
+    server.routes["/cookie"] = respond(200, b"ok", {"Set-Cookie": "session=abc; Path=/"})
+    adapter = make_webhook()
+
+    first = adapter.deliver(to(server, "/cookie", job_id="job-1"))
+    second = adapter.deliver(to(server, "/cookie", job_id="job-2"))
+
+    assert first.kind is second.kind is OutcomeKind.delivered
+    assert [r.headers.get("Cookie") for r in server.requests] == [None, None]
+    assert [r.headers["Accept-Encoding"] for r in server.requests] == ["identity"] * 2
+    assert server.requests[1].headers["Idempotency-Key"] == "job-2"
 
 
 def test_json_payload_is_sent_as_a_json_value(server, make_webhook):

@@ -1,8 +1,8 @@
 """The total deadline of an HTTP request, which httpx alone does not have.
 
 httpx's timeouts are per phase: a read timeout bounds each `recv`, so a server that
-trickles one byte a second never trips it. `http.HttpSender` therefore runs its client on
-`DeadlineTransport`, an httpcore connection pool whose network streams clamp every
+trickles one byte a second never trips it. `http.HttpSender` therefore sends its requests
+on `DeadlineTransport`, an httpcore connection pool whose network streams clamp every
 connect, TLS handshake, write and read to the time left before the request's deadline
 (kept in a context variable that `total_deadline` sets around the request, so it belongs
 to the calling thread). When no time is left the next I/O raises the

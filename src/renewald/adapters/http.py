@@ -216,7 +216,7 @@ class HttpSender:
     allow-list and the total deadline: `post` turns one request into one `Outcome`.
 
     Requests go to the transport itself, not through an `httpx.Client`: the client's
-    work (merging defaults, cookies, auth, redirects, event hooks) was a quarter of a
+    work (merging defaults, cookies, auth, redirects, event hooks) was a sixth of a
     request's CPU, and renewald wants none of it. Its one-shot requests carry no state
     from one delivery to the next (no cookie jar), follow no redirect, and read nothing
     from the environment (no proxy).

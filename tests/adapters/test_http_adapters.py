@@ -123,6 +123,17 @@ def test_each_delivery_stands_alone_no_cookie_no_compression(server, make_webhoo
     assert server.requests[1].headers["Idempotency-Key"] == "job-2"
 
 
+def test_a_header_replaces_its_default_whatever_its_case(server, make_webhook):
+    """A configured header named like a default one (any case) replaces it: one header on
+    the wire, never both."""
+    adapter = make_webhook(secret=SECRET, signature_header="user-agent")
+
+    assert adapter.deliver(to(server, "/ok")).kind is OutcomeKind.delivered
+    [request] = server.requests
+    [agent] = request.headers.get_all("User-Agent")
+    assert agent.startswith("sha256=")
+
+
 def test_json_payload_is_sent_as_a_json_value(server, make_webhook):
     adapter = make_webhook()
 

@@ -239,7 +239,7 @@ class HttpSender:
             "POST",
             checked,
             content=body,
-            headers={**DEFAULT_HEADERS, **headers},
+            headers=_with_defaults(headers),
             extensions={"timeout": timeout.as_dict()},
         )
         try:
@@ -261,6 +261,14 @@ class HttpSender:
 
     def close(self) -> None:
         self._transport.close()
+
+
+def _with_defaults(headers: Mapping[str, str]) -> httpx.Headers:
+    """`DEFAULT_HEADERS`, each replaced by a header of the same name in `headers` whatever
+    its case, as httpx's client merged them."""
+    merged = httpx.Headers(DEFAULT_HEADERS)
+    merged.update(headers)
+    return merged
 
 
 def _timeout_reason(exc: httpx.TimeoutException, timeouts: Timeouts) -> str:

@@ -212,7 +212,8 @@ class Timeouts:
 
 
 class HttpSender:
-    """The HTTP transport (a connection pool, safe to share between worker threads), the
+    """The HTTP transport (keep-alive connections per thread, safe to share between worker
+    threads), the
     allow-list and the total deadline: `post` turns one request into one `Outcome`.
 
     Requests go to the transport itself, not through an `httpx.Client`: the client's
@@ -274,8 +275,6 @@ def _with_defaults(headers: Mapping[str, str]) -> httpx.Headers:
 def _timeout_reason(exc: httpx.TimeoutException, timeouts: Timeouts) -> str:
     if isinstance(exc, httpx.ConnectTimeout):
         return f"no connection within {format_duration(min(timeouts.connect, timeouts.total))}"
-    if isinstance(exc, httpx.PoolTimeout):
-        return f"no free connection within {format_duration(timeouts.total)}"
     return f"no complete response within {format_duration(timeouts.total)}"
 
 

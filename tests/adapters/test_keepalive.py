@@ -28,6 +28,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.ports.append(self.client_address[1])
+        self.server.by_sender.append((self.headers.get("X-Sender"), self.client_address[1]))
         reply(self, 200, b"ok")
         if self.path == "/then-hang-up":
             # Closed without a `Connection: close`: the client learns it only from the socket.
@@ -48,6 +49,7 @@ class KeepAliveServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.ports: list[int] = []
         self.ended: list[int] = []
+        self.by_sender: list[tuple[str | None, int]] = []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}).start()
 
     def url(self, path: str = "/ok") -> str:
@@ -71,7 +73,8 @@ def sender() -> Iterator[HttpSender]:
 
 
 def post(sender: HttpSender, url: str) -> None:
-    outcome = sender.post(url, b"{}", {"Content-Type": "application/json"}, TIMEOUTS)
+    headers = {"Content-Type": "application/json", "X-Sender": threading.current_thread().name}
+    outcome = sender.post(url, b"{}", headers, TIMEOUTS)
     assert outcome.kind is OutcomeKind.delivered, outcome
 
 
@@ -83,16 +86,11 @@ def test_a_thread_sends_its_requests_on_one_connection(servers, sender):
 
 
 def test_threads_do_not_share_a_connection(servers, sender):
-    by_thread: dict[str, list[int]] = {}
     both_sent = threading.Barrier(2)
 
     def send_twice() -> None:
         for _ in range(2):
-            before = len(servers[0].ports)
             post(sender, servers[0].url())
-            by_thread.setdefault(threading.current_thread().name, []).append(
-                servers[0].ports[before]
-            )
             both_sent.wait(timeout=5)
 
     threads = [threading.Thread(target=send_twice, name=f"t{n}") for n in range(2)]
@@ -101,8 +99,8 @@ def test_threads_do_not_share_a_connection(servers, sender):
     for t in threads:
         t.join(timeout=10)
 
-    assert len(set(servers[0].ports)) == 2
-    assert all(len(set(ports)) == 1 for ports in by_thread.values())
+    ports = {name: {p for n, p in servers[0].by_sender if n == name} for name in ("t0", "t1")}
+    assert len(ports["t0"]) == len(ports["t1"]) == 1 and ports["t0"] != ports["t1"]
 
 
 def test_a_connection_the_server_closed_is_replaced_not_failed(servers, sender):

@@ -24,8 +24,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from renewald import credentials
 from renewald.adapters.allowlist import HostAllowList
 from renewald.adapters.base import Delivery, Outcome
@@ -34,6 +32,7 @@ from renewald.adapters.http import (
     Clock,
     HttpSender,
     Timeouts,
+    parse_url,
     request_body,
     request_headers,
     setting_int,
@@ -101,10 +100,7 @@ class WebhookAdapter:
 
     def target_key(self, delivery: Delivery) -> str:
         url = delivery.target.get("url")
-        try:
-            parsed = httpx.URL(url) if isinstance(url, str) else None
-        except (httpx.InvalidURL, ValueError):
-            parsed = None
+        parsed = parse_url(url) if isinstance(url, str) else None
         if parsed is None or not parsed.host:
             return "webhook:invalid"
         host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host

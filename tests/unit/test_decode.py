@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -57,6 +58,14 @@ def test_a_good_row_has_no_problems():
     job = Job.from_row(good_row())  # type: ignore[arg-type]
     assert job.problems == ()
     assert job.next_attempt_at == T0 and job.max_attempts == 3
+
+
+@pytest.mark.parametrize("row", [good_row(), good_row(max_attempts="three", payload=b"\xff")])
+def test_a_decoded_row_is_the_job_its_constructor_makes(row):
+    """`Job.from_row` fills the instance without `__init__`: every field must be decoded."""
+    values, problems = job_values(row)
+    assert set(values) | {"problems"} == {f.name for f in dataclasses.fields(Job)}
+    assert Job.from_row(row) == Job(**values, problems=problems)
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,8 @@ def test_a_job_events_console_line_is_the_processors_own_line_byte_for_byte(
         ("attempt.finished", "info", {"job_id": "j1", "attempt": 2, "status": "done",
                                       "summary": "logged: é ✓ \"quoted\"", "next_attempt_at": None,
                                       "target": {"url": "https://h/?token=abc12345"}}),
-        ("lease.lost", "warning", {"job_id": "j2", "reason": "taken away", "owner": "me"}),
+        ("lease.lost", "warning", {"job_id": "j2", "reason": "taken away", "owner": "me",
+                                   "not_json": frozenset({"x"})}),
         ("schedule.fired", "debug", {"job_id": "j3"}),
         ("job.released", "error", {"job_id": "j4", "during": "send"}),
     ]  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -34,10 +35,6 @@ class _Handler(BaseHTTPRequestHandler):
             # Closed without a `Connection: close`: the client learns it only from the socket.
             self.close_connection = True
 
-    def finish(self) -> None:
-        super().finish()
-        self.server.ended.append(self.client_address[1])
-
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -51,6 +48,13 @@ class KeepAliveServer(ThreadingHTTPServer):
         self.ended: list[int] = []
         self.by_sender: list[tuple[str | None, int]] = []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}).start()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Count a connection as ended once its socket is closed, not when its handler
+        returns: a client told earlier could still send on it and meet the close."""
+        port = request.getpeername()[1]
+        super().shutdown_request(request)
+        self.ended.append(port)
 
     def url(self, path: str = "/ok") -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"

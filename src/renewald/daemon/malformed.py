@@ -8,12 +8,11 @@ same way, logged with its id, and the duty goes on.
 
 from __future__ import annotations
 
-import uuid
-
 import structlog
 
 from renewald.controls import escape_controls
 from renewald.daemon.results import attempt_keys_of
+from renewald.ids import new_attempt_id
 from renewald.logging import JobLog, emit
 from renewald.store import AttemptResult, ClaimedJob, Store
 from renewald.store.decode import malformed_error
@@ -38,7 +37,7 @@ def malformed_result(
         claimed.job,
         now,
         malformed_error(problems if problems is not None else claimed.problems),
-        attempt_id=attempt_id or uuid.uuid4().hex,
+        attempt_id=attempt_id or new_attempt_id(),
         owner=owner,
         error_class=error_class,
         log_path=log_path,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -26,6 +25,7 @@ from renewald.daemon.target import (
     target_kind_of,
 )
 from renewald.errors import ConfigError
+from renewald.ids import new_attempt_id
 from renewald.redact import redact_value
 from renewald.store import AttemptResult, ClaimedJob
 
@@ -64,7 +64,7 @@ class Planner(Part):
     def plan(self, claimed: ClaimedJob) -> Planned | AttemptResult:
         """The job's delivery, adapter and target; or its result when it cannot have one."""
         job = claimed.job
-        attempt_id = uuid.uuid4().hex
+        attempt_id = new_attempt_id()
         now = self.clock.now_ms()
         if claimed.problems:  # a row that does not fit is never sent (DESIGN §2)
             return malformed_result(

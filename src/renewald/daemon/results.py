@@ -7,13 +7,13 @@ build every result here, so the columns a result carries are set in one place.
 from __future__ import annotations
 
 import random
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from renewald.adapters import Outcome
 from renewald.clock import iso_utc
 from renewald.daemon.backoff import DEADLINE_PASSED, RetryPolicy, decide, defer
+from renewald.ids import new_attempt_id
 from renewald.logging import JobLog
 from renewald.store import AttemptResult, ClaimedJob, Decision, Job
 
@@ -85,7 +85,7 @@ class ResultMaker:
         return AttemptResult(
             job,
             self._decide(job, "abandoned", now),
-            uuid.uuid4().hex,
+            new_attempt_id(),
             job.lease_owner or "",
             "abandoned",
             job.started_at or job.last_attempt_at or now,

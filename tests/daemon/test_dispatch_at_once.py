@@ -176,20 +176,20 @@ def test_an_instant_job_taken_away_before_its_send_began_is_not_sent(
 def test_claims_for_blocking_adapters_take_only_what_the_free_workers_can_start(
     dispatcher: Dispatcher, store: Store, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    """workers=2 and a lead of 1 (a worker that frees finds its next job), not batch=8.
+    """workers=2 and a lead of 2 (a worker that frees finds its next job), not batch=8.
     One target taking two at a time: the job in its line is the lead, where the line
     used to grow a lead at a time to the whole capacity (2 + 2 x batch)."""
     adapter = request.getfixturevalue(kind.replace("-", "_"))
     for _ in range(12):
         make_job(store, target_kind=kind)
     first = dispatcher.poll_once(T0)
-    assert (first.claimed, dispatcher.holding()) == (3, 3)
+    assert (first.claimed, dispatcher.holding()) == (4, 4)
     later = [dispatcher.poll_once(T0) for _ in range(5)]
     assert [(p.claimed, p.more_waiting) for p in later] == [(0, True)] * 5  # both busy
-    assert not dispatcher.has_room() and dispatcher.holding() == 3
+    assert not dispatcher.has_room() and dispatcher.holding() == 4
     adapter.go.set()
     assert dispatcher.wait_idle(10)
-    assert dispatcher.poll_once(T0).claimed == 3
+    assert dispatcher.poll_once(T0).claimed == 4
 
 
 def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
@@ -197,7 +197,7 @@ def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
 ) -> None:
     for _ in range(12):
         make_job(store, target_kind="instant")
-    assert dispatcher.poll_once(T0).claimed == 3  # sized to the workers until it knows
+    assert dispatcher.poll_once(T0).claimed == 4  # sized to the workers until it knows
     assert dispatcher.poll_once(T0).claimed == 8  # batch
     assert dispatcher.wait_idle(10)
-    assert len(instant.sent) == 11
+    assert len(instant.sent) == 12

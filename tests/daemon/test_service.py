@@ -268,27 +268,28 @@ def test_the_schedule_tick_sleeps_until_the_next_fire(
     assert probe(service).moved[-1] == ("schedules", ms_to_datetime(T0 + 2_500 + 5_000))
 
 
-def test_a_listen_watcher_does_not_stretch_the_schedule_tick() -> None:
-    """LISTEN is told of jobs, not of schedules another process adds: the schedule tick
-    keeps its one-second pace there, and sleeps to the next fire only within it."""
+def test_the_schedule_tick_sleeps_to_the_next_fire_within_the_watched_interval() -> None:
+    """Both watchers see schedule writes (SQLite's every commit, PostgreSQL's LISTEN a
+    trigger on the schedules): while one is up the tick sleeps to the next fire, up to the
+    long safety interval; while it is down (PgBouncer, a reconnect), up to one second."""
     from renewald.config import Timings
 
     clock = ManualClock(T0)
-    pace = Pacer(
-        clock,
-        Timings.of(DaemonConfig(poll_interval=1.0)),
-        watcher_sees_every_commit=False,
-        stopping=lambda: False,
-    )
+    pace = Pacer(clock, Timings.of(DaemonConfig(poll_interval=1.0)), stopping=lambda: False)
     pace.scheduler = SchedulerProbe()  # type: ignore[assignment]
-    pace.changes = Watch(watching=True)  # type: ignore[assignment]
+    watch = pace.changes = Watch(watching=True)  # type: ignore[assignment]
     pace.after_schedule_tick(T0 + 60_000, T0)
     pace.after_schedule_tick(T0 + 300, T0)
     pace.after_schedule_tick(None, T0)
+    watch.watching = False
+    pace.after_schedule_tick(T0 + 60_000, T0)
+    pace.after_schedule_tick(None, T0)
     assert pace.scheduler.moved == [  # type: ignore[attr-defined]
-        ("schedules", ms_to_datetime(T0 + 1000)),
+        ("schedules", ms_to_datetime(T0 + 5_000)),
         ("schedules", ms_to_datetime(T0 + 300)),
-        ("schedules", ms_to_datetime(T0 + 1000)),
+        ("schedules", ms_to_datetime(T0 + 5_000)),
+        ("schedules", ms_to_datetime(T0 + 1_000)),
+        ("schedules", ms_to_datetime(T0 + 1_000)),
     ]
 
 

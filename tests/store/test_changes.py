@@ -11,6 +11,7 @@ from renewald.store import Store
 from renewald.store.backend_sqlite import FORCE_POLL_ENV
 from renewald.store.changes import ChangeWatcher
 from tests.store.factories import make_job
+from tests.store.test_schedules import make_schedule
 from tests.waiting import wait_for
 
 
@@ -24,9 +25,13 @@ def sqlite_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return str(request.param)
 
 
-@pytest.mark.parametrize("made_by", ["url", "store"])
+@pytest.mark.parametrize(("made_by", "written"), [("url", "job"), ("store", "job"),
+                                                  ("store", "schedule")])  # fmt: skip
 @pytest.mark.usefixtures("sqlite_watch")
-def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made_by: str) -> None:
+def test_watcher_notices_work_written_elsewhere(
+    store: Store, db_url: str, made_by: str, written: str
+) -> None:
+    """A job, or a schedule: the schedule tick sleeps to the next fire while a watch is up."""
     changed = threading.Event()
     if made_by == "url":
         watcher = ChangeWatcher(db_url, changed.set, interval=0.01)
@@ -39,16 +44,16 @@ def test_watcher_notices_a_job_written_elsewhere(store: Store, db_url: str, made
         for _ in range(50):
             if changed.wait(0.05):
                 changed.clear()
-            make_job(store)
+            make_job(store) if written == "job" else make_schedule(store)
             if changed.wait(2):
                 break
-        assert changed.is_set(), "no change noticed after writing jobs"
+        assert changed.is_set(), f"no change noticed after writing {written}s"
     finally:
         watcher.stop()
     assert not watcher.is_alive(), "stop() wakes the watcher from its wait"
 
 
-def test_notify_trigger_only_on_postgresql(store: Store) -> None:
+def test_notify_triggers_only_on_postgresql(store: Store) -> None:
     from sqlalchemy import text
 
     if store.dialect == "postgresql":
@@ -56,16 +61,20 @@ def test_notify_trigger_only_on_postgresql(store: Store) -> None:
             lambda c: (
                 c.execute(
                     text(
-                        "SELECT t.tgname FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid"
-                        " WHERE t.tgname = 'renewald_notify_pending'"
-                        " AND r.relnamespace = current_schema()::regnamespace"
+                        "SELECT r.relname || ':' || t.tgname FROM pg_trigger t"
+                        " JOIN pg_class r ON r.oid = t.tgrelid"
+                        " WHERE t.tgname LIKE 'renewald_notify_%'"
+                        " AND r.relnamespace = current_schema()::regnamespace ORDER BY 1"
                     )
                 )
                 .scalars()
                 .all()
             )
         )
-        assert names == ["renewald_notify_pending"]
+        assert names == [
+            "renewal_jobs:renewald_notify_pending",
+            "renewal_schedules:renewald_notify_schedules",
+        ]
     else:
         triggers = store.read(
             lambda c: c.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'")).all()

@@ -5,8 +5,9 @@ is picked up within milliseconds of becoming due, but never later than the longe
 between polls: one `poll_interval` without a change watcher, `Timings.watched_poll_ms`
 (five intervals) while one is up, since another process's writes then wake the poller
 (daemon/watching.py). The schedule tick sleeps until the next fire time, at most one
-`schedule_tick_ms` unless the watcher sees schedule writes too (a watcher of every
-commit, SQLite's, does; LISTEN on job notifications does not).
+`schedule_tick_ms`, or the long safety interval while a watcher is up: both watchers see
+schedule writes (SQLite's sees every commit; PostgreSQL's LISTEN is notified of schedule
+rows as of jobs, migration 0006).
 
 The pacer moves the ticks' next runs with APScheduler's `modify_job`; their intervals
 remain the pace after a tick that failed.
@@ -35,14 +36,12 @@ class Pacer:
         clock: Clock,
         timings: Timings,
         *,
-        watcher_sees_every_commit: bool,
         stopping: Callable[[], bool],
     ) -> None:
         self.clock = clock
         self.timings = timings
         self.scheduler: BaseScheduler | None = None
         self.changes: WatchedChanges | None = None
-        self._every_commit = watcher_sees_every_commit
         self._stopping = stopping
         # Held while a poll runs; a wake-up meanwhile asks it for one more round.
         self.poll_lock = threading.Lock()
@@ -53,9 +52,6 @@ class Pacer:
     def watching(self) -> bool:
         """Whether a change watcher is up now: another process's writes then wake us."""
         return self.changes is not None and self.changes.watching
-
-    def sees_schedule_writes(self) -> bool:
-        return self._every_commit and self.watching()
 
     def wake_at(self, at_ms: int, *, polled_at: int | None = None) -> None:
         """Make the next poll happen at `at_ms` (or at once), unless one is due sooner.
@@ -87,19 +83,18 @@ class Pacer:
         A fire time still due after the tick (a row that could not be advanced) waits
         for the interval."""
         t = self.timings
-        latest = now + (t.watched_poll_ms if self.sees_schedule_writes() else t.schedule_tick_ms)
+        latest = now + (t.watched_poll_ms if self.watching() else t.schedule_tick_ms)
         if upcoming is None or upcoming <= now:
             upcoming = latest
         self._move("schedules", min(upcoming, latest))
 
     def on_change(self) -> None:
-        """Another process wrote jobs (or, with a watcher of every commit, anything):
-        poll now rather than at the next interval, and look at the schedules again."""
+        """Another process wrote jobs or schedules (on SQLite, anything): poll now rather
+        than at the next interval, and look at the schedules again."""
         if self._stopping():
             return
         self.poll_soon()
-        if self.sees_schedule_writes():
-            self._move("schedules", self.clock.now_ms())
+        self._move("schedules", self.clock.now_ms())
 
     def on_watch_lost(self) -> None:
         """The watch went down: what was planned for the end of the long safety interval

@@ -101,7 +101,6 @@ class Service:
         self.pace = Pacer(
             self.clock,
             self.timings,
-            watcher_sees_every_commit=not store.backend.listen_notify,
             stopping=lambda: self.dispatcher.stopping,
         )
         self.poll_lock = self.pace.poll_lock

@@ -1,4 +1,4 @@
-"""Jobs of an adapter that does not block are sent by the polling thread, a claim at a
+"""Jobs of an adapter that does not block are sent by the sender thread, a claim at a
 time; claims are sized to what can start now. A real store on both backends, a manual
 clock, adapters that record where and what they were asked to send."""
 
@@ -18,6 +18,7 @@ from renewald.logging import JobLog, read_lines
 from renewald.store import Store
 from tests.clock import ManualClock
 from tests.store.factories import T0, make_job
+from tests.waiting import wait_for
 
 OWNER = "test-host:1:at-once"
 
@@ -69,6 +70,23 @@ class OneTarget(Held):
         return "one-target:only"
 
 
+class Gated(Recording):
+    """Does not block by its own account, but each send waits until the test opens the
+    gate: holds the sender thread mid-claim."""
+
+    kind = "gated"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.entered = threading.Event()
+
+    def deliver(self, delivery: Delivery) -> Outcome:
+        self.entered.set()
+        self.go.wait(10)
+        return super().deliver(delivery)
+
+
 @pytest.fixture
 def one_target() -> OneTarget:
     return OneTarget()
@@ -85,27 +103,38 @@ def held() -> Held:
 
 
 @pytest.fixture
-def dispatcher(
-    store: Store, job_log: JobLog, instant: Recording, held: Held, one_target: OneTarget
-) -> Iterator[Dispatcher]:
-    adapters = AdapterRegistry({})
+def gated() -> Gated:
+    return Gated()
 
-    def factory(adapter: Adapter) -> Any:
-        return lambda _settings: adapter
 
-    adapters.register("instant", factory(instant))
-    adapters.register("held", factory(held))
-    adapters.register("one-target", factory(one_target))
+def _dispatcher(store: Store, job_log: JobLog, *adapters: Adapter) -> Dispatcher:
+    registry = AdapterRegistry({})
+    for adapter in adapters:
+        registry.register(adapter.kind, lambda _settings, adapter=adapter: adapter)
     d = Dispatcher(
         DaemonParts(store, ManualClock(T0), job_log, OWNER),
-        adapters=adapters,
+        adapters=registry,
         settings=DispatchSettings(workers=2, batch=8),
         policy=RetryPolicy(base=30, factor=2, cap=3600, jitter=0),
     )
     d.start()
+    return d
+
+
+@pytest.fixture
+def dispatcher(
+    store: Store,
+    job_log: JobLog,
+    instant: Recording,
+    held: Held,
+    one_target: OneTarget,
+    gated: Gated,
+) -> Iterator[Dispatcher]:
+    d = _dispatcher(store, job_log, instant, held, one_target, gated)
     yield d
     held.go.set()
     one_target.go.set()
+    gated.go.set()
     # A worker still sending after close would write its lines to a closed job log.
     d.wait_idle(10)
     d.close(now=T0)
@@ -127,7 +156,7 @@ def _spy_begin_sends(
     return calls
 
 
-def test_a_claim_of_instant_jobs_is_sent_by_the_polling_thread_after_one_begin_write(
+def test_a_claim_of_instant_jobs_is_sent_by_the_sender_thread_after_one_begin_write(
     dispatcher: Dispatcher, store: Store, instant: Recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs = [make_job(store, target_kind="instant") for _ in range(2)]
@@ -135,7 +164,7 @@ def test_a_claim_of_instant_jobs_is_sent_by_the_polling_thread_after_one_begin_w
     assert dispatcher.poll_once(T0).claimed == 2
     assert dispatcher.wait_idle(10)
     assert sorted(j for j, _ in instant.sent) == sorted(j.job_id for j in jobs)
-    assert {thread for _, thread in instant.sent} == {threading.current_thread().name}
+    assert {thread for _, thread in instant.sent} == {"renewald-sender"}
     assert [sorted(j for j, _ in c) for c in calls] == [sorted(j.job_id for j in jobs)]
     for job in jobs:
         done = store.get_job(job.job_id)
@@ -178,7 +207,7 @@ def test_claims_for_blocking_adapters_take_only_what_the_free_workers_can_start(
 ) -> None:
     """workers=2 and a lead of 2 (a worker that frees finds its next job), not batch=8.
     One target taking two at a time: the job in its line is the lead, where the line
-    used to grow a lead at a time to the whole capacity (2 + 2 x batch)."""
+    used to grow a lead at a time to the whole capacity (2 + 3 x batch)."""
     adapter = request.getfixturevalue(kind.replace("-", "_"))
     for _ in range(12):
         make_job(store, target_kind=kind)
@@ -201,3 +230,45 @@ def test_once_claimed_jobs_go_out_at_once_a_claim_takes_a_whole_batch(
     assert dispatcher.poll_once(T0).claimed == 8  # batch
     assert dispatcher.wait_idle(10)
     assert len(instant.sent) == 12
+
+
+def test_the_next_claim_is_taken_while_the_sender_thread_sends_the_last(
+    dispatcher: Dispatcher, store: Store, gated: Gated
+) -> None:
+    jobs = [make_job(store, target_kind="gated") for _ in range(12)]
+    assert dispatcher.poll_once(T0).claimed == 4
+    assert gated.entered.wait(10)  # the first claim's sends are under way, and held
+    assert dispatcher.poll_once(T0).claimed == 8
+    assert gated.sent == []
+    gated.go.set()
+    assert dispatcher.wait_idle(10)
+    assert sorted(j for j, _ in gated.sent) == sorted(j.job_id for j in jobs)
+    assert {thread for _, thread in gated.sent} == {"renewald-sender"}
+    for job in jobs:
+        done = store.get_job(job.job_id)
+        assert done is not None and (done.status, done.attempt_count) == ("done", 1)
+
+
+def test_close_records_the_claim_being_sent_and_gives_back_the_claims_behind_it(
+    store: Store, job_log: JobLog
+) -> None:
+    """The first claim's sends began (all marked at once), so they finish and are
+    recorded; the claim queued behind them never began, so it goes back unspent."""
+    gated = Gated()
+    d = _dispatcher(store, job_log, gated)
+    ids = [make_job(store, target_kind="gated").job_id for _ in range(12)]
+    first = d.poll_once(T0).claimed
+    assert first == 4 and gated.entered.wait(10)
+    assert d.poll_once(T0).claimed == 8
+    closing = threading.Thread(target=d.close, kwargs={"now": T0})
+    closing.start()
+    wait_for(
+        lambda: sum(h.jobs for h in store.held_leases()) == first,
+        timeout=10,
+        what="close to give back the claim that never began",
+    )
+    gated.go.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    ends = [(j.status, j.attempt_count) for j in map(store.get_job, ids) if j is not None]
+    assert sorted(ends) == [("done", 1)] * first + [("pending", 0)] * 8

@@ -111,7 +111,7 @@ class Adapter(Protocol):
 
     An adapter whose `deliver` returns at once, waiting on no network or child process,
     may say so with a class attribute `blocking = False` (`log` does): the daemon then
-    sends its jobs from the polling thread, a whole claim at a time, instead of handing
+    sends its jobs from one sender thread, a whole claim at a time, instead of handing
     each to a worker thread. Without it an adapter is taken to block.
     """
 

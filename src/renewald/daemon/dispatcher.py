@@ -8,9 +8,11 @@ per-target in-flight limit (`limits.py`: a job whose target is busy waits in tha
 target's line, holding its lease but no thread, until a finishing delivery hands it the
 slot). An adapter that cannot be built (bad config) defers its jobs like an open breaker.
 
-Jobs that hold a slot are sent by a worker thread, or by the poll thread a claim at a time
-for adapters that do not block (`sending.py`). Every finished attempt goes to the recorder
-(`recorder.py`), which writes results in batches.
+Jobs that hold a slot are sent by a worker thread, or by the sender thread a claim at a
+time for adapters that do not block (`sending.py`). Every finished attempt goes to the
+recorder (`recorder.py`), which writes results in batches. Claiming, sending at once and
+recording are three threads, so a drain of such jobs runs them side by side: each waits on
+its own round trips to the database while the others work.
 
 The dispatcher never reads the clock on its own: every time comes from the injected
 clock, and every periodic duty takes `now`.
@@ -110,8 +112,9 @@ class Dispatcher(Sending, Part):
 
     def _init_holding(self) -> None:
         workers, batch = self.settings.workers, self.settings.batch
-        # Held jobs at most: a claim in flight to the recorder while the next is sent.
-        self.capacity = workers + 2 * batch
+        # Held jobs at most: a claim being recorded, the next being sent at once and the
+        # one after that being claimed, beside what the workers hold.
+        self.capacity = workers + 3 * batch
         # Jobs handed to the worker threads and not yet done with them.
         self._with_workers = 0
         # Claims are sized to what can start now: while the jobs claimed last needed
@@ -130,6 +133,8 @@ class Dispatcher(Sending, Part):
         self._finishing: set[str] = set()
         self._held_lock = threading.Condition()
         self._tasks: queue.Queue[Planned | None] = queue.Queue()
+        # Claims of jobs sent at once, in claim order, for the sender thread.
+        self._at_once: queue.Queue[list[Planned] | None] = queue.Queue()
         self._limits: TargetLimits[Planned] = TargetLimits()
 
     def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
@@ -143,6 +148,7 @@ class Dispatcher(Sending, Part):
         for n in range(self.settings.workers):
             self._spawn(self._deliver_loop, f"renewald-worker-{n}")
         self._spawn(self.recorder.run, "renewald-recorder")
+        self._spawn(self._send_at_once_loop, "renewald-sender")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -228,18 +234,22 @@ class Dispatcher(Sending, Part):
         released = self.release_unstarted(now=now)
         for _ in range(self.settings.workers):
             self._tasks.put(None)
-        self.recorder.finish()
-        for thread in self._threads:
-            if thread.name == "renewald-recorder":
-                thread.join(timeout=10)
+        self._at_once.put(None)
+        # The sender first: the results of a claim it is sending go to the recorder.
+        for name in ("renewald-sender", "renewald-recorder"):
+            if name == "renewald-recorder":
+                self.recorder.finish()
+            for thread in self._threads:
+                if thread.name == name:
+                    thread.join(timeout=10)
         self.recorder.close()
         return released
 
     # -- polling ---------------------------------------------------------------------
 
     def poll_once(self, now: int) -> PollResult:
-        """Claim what fits in the free capacity, send what can be sent at once; say when
-        to look again."""
+        """Claim what fits in the free capacity, hand each job on (what can be sent at once
+        to the sender thread); say when to look again."""
         if self._stopping.is_set() or self.fatal is not None:
             return PollResult(0, None, False)
         with self._held_lock:
@@ -266,7 +276,7 @@ class Dispatcher(Sending, Part):
         if claimed:
             self._size_to_workers = any(blocking)
         if at_once:
-            self._send_at_once(at_once)
+            self._at_once.put(at_once)
         if len(claimed) == limit:
             return PollResult(len(claimed), now, True)
         return PollResult(len(claimed), self.store.next_due_at(now=now), False)

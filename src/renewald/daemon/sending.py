@@ -1,11 +1,12 @@
-"""Sending planned jobs: by a worker thread, or by the polling thread a claim at a time.
+"""Sending planned jobs: by a worker thread, or by the sender thread a claim at a time.
 
 An adapter that waits on the network or a child process (`blocking`, the default) gets a
 thread of the bounded pool (`workers`), and its send is marked begun through the send
 gate (`sendgate.py`), which writes the marks of all waiting workers at once. An adapter
-that returns at once (`blocking = False`: `log`) is sent by the polling thread itself, a
-whole claim at a time: one write marks every send of the claim begun, then each is sent,
-with no thread hand-off per job. Right before a send the job's deadline and its target's
+that returns at once (`blocking = False`: `log`) is sent by one sender thread, a whole
+claim at a time: one write marks every send of the claim begun, then each is sent, with
+one thread hand-off per claim rather than per job, while the polling thread claims the
+next. Right before a send the job's deadline and its target's
 breaker are checked again (`_admit`). Every finished attempt goes to the recorder.
 
 `Sending` is the send half of the `Dispatcher` (dispatcher.py), which owns the state
@@ -50,6 +51,7 @@ class Sending:
     _started: set[str]
     _finishing: set[str]
     _tasks: queue.Queue[Planned | None]
+    _at_once: queue.Queue[list[Planned] | None]
     _limits: TargetLimits[Planned]
     _with_workers: int
     _on_capacity: Callable[[], None] | None
@@ -100,6 +102,14 @@ class Sending:
         verdict = self._admitted(planned)
         if verdict is not None:
             self._send_begun(planned, verdict, lambda: self._gate_begin(planned.claimed))
+
+    def _send_at_once_loop(self) -> None:
+        """The sender thread: the claims of jobs sent at once, in claim order."""
+        while True:
+            batch = self._at_once.get()
+            if batch is None:
+                return
+            self._send_at_once(batch)
 
     def _send_at_once(self, batch: Sequence[Planned]) -> None:
         """Send a claim's jobs for non-blocking adapters in this thread: one write marks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from renewald.errors import DuplicateJob, SchemaMissing, SchemaOutdated, SchemaTooNew
 from renewald.store import (
@@ -341,6 +341,42 @@ def test_poll_query_uses_the_due_index(store: Store) -> None:
 
         plan = store.read(pg_plan)
         assert any("idx_renewal_jobs_status_due" in row for row in plan), plan
+
+
+def test_the_claims_conversation_gate_reads_only_the_conversations_it_could_match(
+    store: Store,
+) -> None:
+    """The gate (out of `auto`, or cooling down) must not read every conversation per
+    claim: SQLite looks each candidate's conversation up by its key; PostgreSQL, which
+    planned a scan of the whole table, reads migration 0007's partial index."""
+    make_job(store, job_id="a")
+    plans: list[str] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if "local_conversations AS gate" not in statement or plans:
+            return
+        raw = cursor.connection.cursor()
+        if store.dialect == "sqlite":
+            raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.extend(str(row[-1]) for row in raw.fetchall())
+            return
+        raw.execute("SAVEPOINT plan")
+        raw.execute("SET LOCAL enable_seqscan = off")
+        raw.execute(f"EXPLAIN {statement}", parameters)
+        plans.extend(row[0] for row in raw.fetchall())
+        raw.execute("ROLLBACK TO SAVEPOINT plan")
+
+    engine = store.read(lambda c: c.engine)
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        assert [c.job.job_id for c in claim(store)] == ["a"]
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    gate = [line for line in plans if " gate" in line]
+    if store.dialect == "sqlite":
+        assert gate and all(line.startswith("SEARCH gate") for line in gate), plans
+    else:
+        assert any("idx_local_conversations_gated" in line for line in gate), plans
 
 
 def test_attempt_rows_only_for_matched_results(store: Store) -> None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 VERSION_TABLE = "renewald_schema_version"
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 HEAD = REVISIONS[-1]
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 MIGRATE_LOCK = 0x72656E65  # "rene": serializes concurrent `renewald migrate` runs

@@ -58,7 +58,7 @@ def test_defaults_without_any_file(empty_dir: Path) -> None:
     assert config.database.busy_timeout == 5.0
     assert config.daemon == DaemonConfig()
     assert config.daemon.workers == 8
-    assert config.daemon.batch == 128
+    assert config.daemon.batch == 256
     assert config.daemon.lease == 60.0
     assert config.daemon.heartbeat is None
     assert config.daemon.heartbeat_interval == 20.0

@@ -47,7 +47,10 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     workers: int = field(default=8, metadata=_COUNT)
-    batch: int = field(default=128, metadata=_COUNT)
+    # 256, not 128: what a claim, a send-begun mark and a record cost per transaction
+    # (round trips, commits, statement set-up) is shared by twice the jobs. 10,000 log
+    # jobs drained 1.09-1.12x faster on PostgreSQL, 1.09x on SQLite (bench/results.md).
+    batch: int = field(default=256, metadata=_COUNT)
     poll_interval: float = field(default=1.0, metadata=_DURATION)
     lease: float = field(default=60.0, metadata=_DURATION)
     heartbeat: float | None = field(default=None, metadata=_DURATION)

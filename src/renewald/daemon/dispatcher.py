@@ -236,14 +236,16 @@ class Dispatcher(Sending, Part):
             self._tasks.put(None)
         self._at_once.put(None)
         # The sender first: the results of a claim it is sending go to the recorder.
-        for name in ("renewald-sender", "renewald-recorder"):
-            if name == "renewald-recorder":
-                self.recorder.finish()
-            for thread in self._threads:
-                if thread.name == name:
-                    thread.join(timeout=10)
+        self._join("renewald-sender")
+        self.recorder.finish()
+        self._join("renewald-recorder")
         self.recorder.close()
         return released
+
+    def _join(self, name: str) -> None:
+        for thread in self._threads:
+            if thread.name == name:
+                thread.join(timeout=10)
 
     # -- polling ---------------------------------------------------------------------
 

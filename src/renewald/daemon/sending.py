@@ -6,8 +6,8 @@ gate (`sendgate.py`), which writes the marks of all waiting workers at once. An 
 that returns at once (`blocking = False`: `log`) is sent by one sender thread, a whole
 claim at a time: one write marks every send of the claim begun, then each is sent, with
 one thread hand-off per claim rather than per job, while the polling thread claims the
-next. Right before a send the job's deadline and its target's
-breaker are checked again (`_admit`). Every finished attempt goes to the recorder.
+next. Right before a send the job's deadline and its target's breaker are checked again
+(`_admit`). Every finished attempt goes to the recorder.
 
 `Sending` is the send half of the `Dispatcher` (dispatcher.py), which owns the state
 declared here.

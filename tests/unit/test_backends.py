@@ -14,24 +14,18 @@ _table = Table("t", MetaData(), Column("k", Integer, primary_key=True), Column("
 
 
 @pytest.mark.parametrize(
-    ("url", "name", "skip_locked", "listen_notify"),
+    ("url", "name", "skip_locked"),
     [
-        ("sqlite:///x.db", "sqlite", False, False),
-        ("sqlite+pysqlite:///x.db", "sqlite", False, False),
-        ("postgresql://u@h/d", "postgresql", True, True),
-        ("postgresql+psycopg://u@h/d", "postgresql", True, True),
+        ("sqlite:///x.db", "sqlite", False),
+        ("sqlite+pysqlite:///x.db", "sqlite", False),
+        ("postgresql://u@h/d", "postgresql", True),
+        ("postgresql+psycopg://u@h/d", "postgresql", True),
     ],
 )
-def test_the_url_chooses_the_backend(
-    url: str, name: str, skip_locked: bool, listen_notify: bool
-) -> None:
+def test_the_url_chooses_the_backend(url: str, name: str, skip_locked: bool) -> None:
     backend = backend_for(url)
     assert backend is BACKENDS[name]
-    assert (backend.name, backend.skip_locked, backend.listen_notify) == (
-        name,
-        skip_locked,
-        listen_notify,
-    )
+    assert (backend.name, backend.skip_locked) == (name, skip_locked)
 
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "mssql+pyodbc://x/y", "oracle://x"])

@@ -55,7 +55,6 @@ class Capabilities:
     backend module's class inherits these and states only what it has."""
 
     skip_locked = False
-    listen_notify = False
     serial_writes = False
     bulk_rows_as_json = False
     bare_statements = False
@@ -69,8 +68,6 @@ class Backend(Protocol):
     name: str
     skip_locked: bool
     """The claim's scan takes `FOR UPDATE SKIP LOCKED` (rows other claims hold are skipped)."""
-    listen_notify: bool
-    """New work is pushed (LISTEN/NOTIFY) rather than noticed by polling a counter."""
     serial_writes: bool
     """One writer at a time: the process queues its own write transactions on a lock
     rather than in the database's busy handler, which sleeps in steps of milliseconds."""

@@ -103,7 +103,6 @@ def _ping_when_idle(engine: Engine) -> None:
 class PostgresqlBackend(Capabilities):
     name = "postgresql"
     skip_locked = True
-    listen_notify = True
     bulk_rows_as_json = True
     bare_statements = True
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)

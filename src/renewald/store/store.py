@@ -59,7 +59,8 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         self, on_change: Callable[[], None], *, interval: float = 0.05
     ) -> ChangeWatcher:
         """A watcher of work other processes write to this database, through this store's
-        backend (LISTEN/NOTIFY where `backend.listen_notify`, else a polled counter)."""
+        backend (`Backend.changes_watch`: LISTEN/NOTIFY on PostgreSQL, inotify or a polled
+        counter on SQLite)."""
         url = self.engine.url.render_as_string(hide_password=False)
         return ChangeWatcher(url, on_change, interval=interval, backend=self.backend)
 

@@ -171,6 +171,23 @@ def test_a_claim_of_instant_jobs_is_sent_by_the_sender_thread_after_one_begin_wr
         assert done is not None and (done.status, done.attempt_count) == ("done", 1)
 
 
+def test_a_claims_results_reach_the_recorder_in_one_hand_off(
+    dispatcher: Dispatcher, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [make_job(store, target_kind="instant") for _ in range(4)]
+    handed: list[list[str]] = []
+    real = dispatcher.recorder.put
+
+    def put(results: Sequence[Any]) -> None:
+        handed.append(sorted(r.job_id for r in results))
+        real(results)
+
+    monkeypatch.setattr(dispatcher.recorder, "put", put)
+    assert dispatcher.poll_once(T0).claimed == 4
+    assert dispatcher.wait_idle(10)
+    assert handed == [sorted(j.job_id for j in jobs)]
+
+
 def test_an_instant_job_taken_away_before_its_send_began_is_not_sent(
     dispatcher: Dispatcher,
     store: Store,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from renewald.daemon import recorder as recorder_module
 from renewald.daemon.parts import DaemonParts
 from renewald.daemon.recorder import RECORD_SMALL, Recorder
 from renewald.logging import JobLog
@@ -66,10 +67,10 @@ def test_results_that_trickle_in_are_written_together(
     recorded: list[str] = []
     recorder = _recorder(store, job_log, recorded)
     thread = _start(recorder)
-    recorder.put(results[0])
+    recorder.put([results[0]])
     wait_for(recorder._queue.empty, timeout=5, what="the first result to be taken")
     for result in results[1:]:
-        recorder.put(result)
+        recorder.put([result])
     wait_for(lambda: len(recorded) == RECORD_SMALL, timeout=10, what="the batch to be written")
     assert writes == [[r.job_id for r in results]]
     recorder.finish()
@@ -84,7 +85,7 @@ def test_stopping_writes_what_is_in_hand_without_waiting_for_company(
     recorded: list[str] = []
     recorder = _recorder(store, job_log, recorded)
     thread = _start(recorder)
-    recorder.put(result)
+    recorder.put([result])
     wait_for(recorder._queue.empty, timeout=5, what="the result to be taken")
     recorder.finish()
     thread.join(timeout=10)
@@ -99,9 +100,28 @@ def test_a_claims_worth_of_results_is_written_at_once(
     recorded: list[str] = []
     recorder = _recorder(store, job_log, recorded)
     for result in results:
-        recorder.put(result)
+        recorder.put([result])
     thread = _start(recorder)
     wait_for(lambda: len(recorded) == len(results), timeout=10, what="the batch to be written")
     assert writes == [[r.job_id for r in results]]
+    recorder.finish()
+    thread.join(timeout=10)
+
+
+def test_results_handed_over_together_are_never_split_across_batches(
+    store: Store, job_log: JobLog, writes: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim sent at once hands over its results in one list: a batch takes whole lists,
+    and stops growing once it holds `RECORD_BATCH` or more."""
+    monkeypatch.setattr(recorder_module, "RECORD_BATCH", 4)
+    monkeypatch.setattr(recorder_module, "RECORD_SMALL", 2)
+    results = _results(store, 9)
+    recorded: list[str] = []
+    recorder = _recorder(store, job_log, recorded)
+    for handed in (results[:3], results[3:6], results[6:]):
+        recorder.put(handed)
+    thread = _start(recorder)
+    wait_for(lambda: len(recorded) == len(results), timeout=10, what="the batches to be written")
+    assert writes == [[r.job_id for r in results[:6]], [r.job_id for r in results[6:]]]
     recorder.finish()
     thread.join(timeout=10)

@@ -9,10 +9,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def gather(source: queue.Queue[T | None], batch: list[T], most: int, *, wait: float = 0.0) -> bool:
-    """Add to `batch` what is queued, up to `most` items in all, waiting up to `wait`
-    seconds in all for more (by default not at all); True when the end mark (None) was
-    taken: nothing more is to come."""
+def gather(
+    source: queue.Queue[list[T] | None], batch: list[T], most: int, *, wait: float = 0.0
+) -> bool:
+    """Add to `batch` the items of the lists queued, until it holds `most` or more (a list
+    is never split), waiting up to `wait` seconds in all for more (by default not at all);
+    True when the end mark (None) was taken: nothing more is to come."""
     deadline = time.monotonic() + wait
     while len(batch) < most:
         try:
@@ -22,5 +24,5 @@ def gather(source: queue.Queue[T | None], batch: list[T], most: int, *, wait: fl
             return False
         if more is None:
             return True
-        batch.append(more)
+        batch.extend(more)
     return False

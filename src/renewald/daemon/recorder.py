@@ -1,11 +1,12 @@
 """Recording finished attempts: one thread writes results in batches, then their lines.
 
-Every finished attempt becomes an `AttemptResult` queued here. The recorder writes whatever
-has gathered (up to `RECORD_BATCH`; a few results wait briefly for more, `RECORD_LINGER`) in
-one fenced transaction — the jobs' next states and
-the attempt rows (`Store.record_results`) — and appends the JSONL lines right after the
-commit, flushed once per batch. A result whose fence matched nothing is logged `lease.lost`
-and changes nothing. A database outage is waited out: no result is ever dropped.
+Every finished attempt becomes an `AttemptResult` queued here (a claim sent at once hands
+over all its results in one go). The recorder writes whatever has gathered (up to
+`RECORD_BATCH`; a few results wait briefly for more, `RECORD_LINGER`) in one fenced
+transaction — the jobs' next states and the attempt rows (`Store.record_results`) — and
+appends the JSONL lines right after the commit, flushed once per batch. A result whose
+fence matched nothing is logged `lease.lost` and changes nothing. A database outage is
+waited out: no result is ever dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Recorder(Part):
         super().__init__(parts)
         self._on_recorded = on_recorded
         self._linger = linger
-        self._queue: queue.Queue[AttemptResult | None] = queue.Queue()
+        self._queue: queue.Queue[list[AttemptResult] | None] = queue.Queue()
         # Attempts whose lines were flushed; their unlogged marks go with the next batch's
         # transaction (or `close`).
         self._logged: list[str] = []
@@ -54,8 +55,10 @@ class Recorder(Part):
     def add_observer(self, observer: Callable[[AttemptResult, bool], None]) -> None:
         self._observers.append(observer)
 
-    def put(self, result: AttemptResult) -> None:
-        self._queue.put(result)
+    def put(self, results: Sequence[AttemptResult]) -> None:
+        """Queue results in one hand-off (a claim's worth sent at once, or a worker's one):
+        they are written in the same batch."""
+        self._queue.put(list(results))
 
     def finish(self) -> None:
         """Write what is queued, then end `run` (the thread)."""
@@ -71,7 +74,7 @@ class Recorder(Part):
         closing = False
         while not closing:
             first = self._queue.get()
-            batch = [] if first is None else [first]
+            batch = [] if first is None else first
             closing = first is None or gather(self._queue, batch, RECORD_BATCH)
             if not closing and len(batch) < RECORD_SMALL:
                 closing = gather(self._queue, batch, RECORD_SMALL, wait=self._linger)

@@ -4,10 +4,11 @@ An adapter that waits on the network or a child process (`blocking`, the default
 thread of the bounded pool (`workers`), and its send is marked begun through the send
 gate (`sendgate.py`), which writes the marks of all waiting workers at once. An adapter
 that returns at once (`blocking = False`: `log`) is sent by one sender thread, a whole
-claim at a time: one write marks every send of the claim begun, then each is sent, with
-one thread hand-off per claim rather than per job, while the polling thread claims the
-next. Right before a send the job's deadline and its target's breaker are checked again
-(`_admit`). Every finished attempt goes to the recorder.
+claim at a time: one write marks every send of the claim begun, then each is sent and
+the claim's results go to the recorder together, with one thread hand-off per claim at
+either end rather than one per job, while the polling thread claims the next. Right
+before a send the job's deadline and its target's breaker are checked again (`_admit`).
+Every finished attempt goes to the recorder.
 
 `Sending` is the send half of the `Dispatcher` (dispatcher.py), which owns the state
 declared here.
@@ -65,7 +66,7 @@ class Sending:
         # Started like a delivery, so that a shutdown does not release the job under the
         # recorder; when shutdown released it first, the result is dropped with it.
         if self._begin(claimed):
-            self._queue_result(result)
+            self._queue_results([result])
 
     def _begin(self, claimed: ClaimedJob) -> bool:
         """Mark a held job as being worked on; False when it was released meanwhile."""
@@ -101,7 +102,9 @@ class Sending:
         """Deliver a job that holds a slot of its target (in a worker), then pass the slot on."""
         verdict = self._admitted(planned)
         if verdict is not None:
-            self._send_begun(planned, verdict, lambda: self._gate_begin(planned.claimed))
+            result = self._send_begun(planned, verdict, lambda: self._gate_begin(planned.claimed))
+            if result is not None:
+                self._queue_results([result])
 
     def _send_at_once_loop(self) -> None:
         """The sender thread: the claims of jobs sent at once, in claim order."""
@@ -113,7 +116,7 @@ class Sending:
 
     def _send_at_once(self, batch: Sequence[Planned]) -> None:
         """Send a claim's jobs for non-blocking adapters in this thread: one write marks
-        every send begun, then each is sent and its result queued for the recorder."""
+        every send begun, then each is sent; their results go to the recorder together."""
         ready: list[tuple[Planned, Verdict]] = []
         for planned in batch:
             if not self._begin(planned.claimed):  # released at shutdown
@@ -123,8 +126,14 @@ class Sending:
             if verdict is not None:
                 ready.append((planned, verdict))
         begun = self._gate_begin_all([p.claimed for p, _ in ready])
-        for (planned, verdict), ok in zip(ready, begun, strict=True):
-            self._send_begun(planned, verdict, lambda ok=ok: ok)  # type: ignore[misc]
+        results: list[AttemptResult] = []
+        try:
+            for (planned, verdict), ok in zip(ready, begun, strict=True):
+                result = self._send_begun(planned, verdict, lambda ok=ok: ok)  # type: ignore[misc]
+                if result is not None:
+                    results.append(result)
+        finally:
+            self._queue_results(results)
 
     def _admitted(self, planned: Planned) -> Verdict | None:
         """`_admit`, where a job not to be sent now (or whose handling failed) has its
@@ -135,15 +144,15 @@ class Sending:
             step = self._handling_failed(planned.claimed, exc)
         if isinstance(step, AttemptResult):
             self._free_slot(planned.key)
-            self._queue_result(step)
+            self._queue_results([step])
             return None
         return step
 
     def _send_begun(
         self, planned: Planned, verdict: Verdict, begin: Callable[[], bool | None]
-    ) -> None:
-        """Send an admitted job once `begin()` has marked its send begun, queue what came
-        of it, and pass its slot on."""
+    ) -> AttemptResult | None:
+        """Send an admitted job once `begin()` has marked its send begun and pass its slot
+        on; what came of it, for the recorder (None: not sent, nothing to record)."""
         result: AttemptResult | None = None
         try:
             if self._may_send(planned.claimed, begin()):
@@ -152,8 +161,7 @@ class Sending:
             result = self._handling_failed(planned.claimed, exc)
         finally:
             self._free_slot(planned.key)
-        if result is not None:
-            self._queue_result(result)
+        return result
 
     def _admit(self, planned: Planned) -> AttemptResult | Verdict:
         """Right before the send: the job's deadline (it may have waited in line past it)
@@ -265,7 +273,9 @@ class Sending:
             # other targets' jobs.
             self._to_workers(following)
 
-    def _queue_result(self, result: AttemptResult) -> None:
+    def _queue_results(self, results: Sequence[AttemptResult]) -> None:
+        if not results:
+            return
         with self._held_lock:
-            self._finishing.add(result.job_id)
-        self.recorder.put(result)
+            self._finishing.update(r.job_id for r in results)
+        self.recorder.put(results)

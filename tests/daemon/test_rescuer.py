@@ -151,8 +151,9 @@ def test_concurrent_writes_one_wins(
     outcome: list[list[bool]] = []
     try:
         with store.connection() as conn:
+            prepared = attempt_sql.prepare_results(first_batch)
             assert attempt_sql.record_results(
-                conn, first_batch, backend=store.backend, now=expiry
+                conn, prepared, backend=store.backend, now=expiry
             ).applied == [True]
             racer = threading.Thread(
                 target=lambda: outcome.append(second_store.record_results(second_batch, now=expiry))

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from renewald.store import ClaimedJob, Store, migrate
-from renewald.store.claim import claim_due_jobs
+from renewald.store.claim import claim_due_rows
 from tests.store.factories import T0, job_of, make_job
 from tests.store.test_lease_protocol import LEASE, delivered
 
@@ -144,11 +144,11 @@ def test_an_open_claim_neither_blocks_nor_shares_its_conversations(
     other = Store.open(pg_schema_url)
     try:
         with pg_store.connection() as conn, ThreadPoolExecutor(1) as pool:
-            held = claim_due_jobs(
+            held = claim_due_rows(
                 conn, backend=pg_store.backend, owner="host-a:1:boot", clock=lambda: T0,
                 lease_ms=LEASE, limit=1, dispatch_statuses=pg_store.due.statuses,
             )  # fmt: skip
-            assert [j.job_id for j in held] == ["c-0"]
+            assert [r["job_id"] for r in held] == ["c-0"]
             second = pool.submit(_claim_in, other, "host-b:2:boot", 10)
             try:
                 got = second.result(timeout=10)
@@ -166,10 +166,10 @@ def test_claim_locks_end_with_its_transaction(pg_store: Store) -> None:
     make_job(pg_store, job_id="j", conversation="c")
     with pg_store.engine.connect() as conn:
         with conn.begin():
-            [job] = claim_due_jobs(
+            [job] = claim_due_rows(
                 conn, backend=pg_store.backend, owner="host-a:1:boot", clock=lambda: T0,
                 lease_ms=LEASE, limit=5, dispatch_statuses=pg_store.due.statuses,
             )  # fmt: skip
             assert conn.execute(ADVISORY_HELD).scalar() == 1, "c's lock, while claiming"
         assert conn.execute(ADVISORY_HELD).scalar() == 0
-    assert job.job_id == "j"
+    assert job["job_id"] == "j"

@@ -17,6 +17,7 @@ from renewald.store import (
     check_schema,
     migrate,
 )
+from renewald.store.engine import READ_ONLY
 from renewald.store.migrate import HEAD, VERSION_TABLE
 from renewald.store.schema import renewal_job_attempts, renewal_jobs
 from tests.store.factories import (
@@ -171,6 +172,38 @@ def test_claim_attaches_latest_active_link(store: Store) -> None:
     [c] = claim(store)
     assert c.platform == "claude"
     assert c.link is not None and c.link.target_kind == "log" and c.link.page_url == "https://x"
+
+
+def test_where_writers_queue_on_one_lock_a_claim_reads_its_targets_after_its_commit(
+    store: Store,
+) -> None:
+    """SQLite's writers (this process's, on one lock) wait for a claim's transaction: it
+    runs the claim alone, and the conversations and links are read in a read transaction
+    after it. PostgreSQL reads them in the claim's transaction (no extra round trips)."""
+    make_conversation(store, "c")
+    make_link(store, "c", link_id="l", observed_at=T0, target_kind="log")
+    make_job(store, conversation="c")
+    seen: dict[str, bool] = {}
+
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        head = statement.lstrip().split("\n", 1)[0]
+        for what in ("SELECT local_conversations.", "SELECT conversation_links.", "UPDATE"):
+            if head.startswith(what):
+                seen.setdefault(what, bool(conn.get_execution_options().get(READ_ONLY)))
+
+    engine = store.read(lambda c: c.engine)
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        [c] = claim(store)
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert c.platform == "claude" and c.link is not None and c.link.target_kind == "log"
+    after_commit = store.backend.serial_writes
+    assert seen == {
+        "UPDATE": False,
+        "SELECT local_conversations.": after_commit,
+        "SELECT conversation_links.": after_commit,
+    }
 
 
 # -- recording, fenced -----------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, event
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from renewald.errors import EX_USAGE, DatabaseError
+from renewald.store.attempts import _plain_insert
 from renewald.store.engine import BACKENDS, backend_for
+from renewald.store.schema import renewal_job_attempts
 
 _table = Table("t", MetaData(), Column("k", Integer, primary_key=True), Column("v", Integer))
 
@@ -100,3 +102,16 @@ def test_an_unknown_pooler_is_the_users_error(value: str) -> None:
     with pytest.raises(DatabaseError, match="pooler=pgbouncer") as caught:
         make_engine(f"postgresql+psycopg://u@h/d?pooler={value}")
     assert caught.value.exit_code == EX_USAGE
+
+
+def test_rows_go_to_the_driver_as_they_are_only_where_no_column_converts_them() -> None:
+    dialect = sqlite.dialect()
+    names = ("attempt_id", "job_id", "started_at")
+    assert _plain_insert(dialect, renewal_job_attempts, names) == (
+        "INSERT INTO renewal_job_attempts (attempt_id, job_id, started_at) VALUES (?, ?, ?)",
+        names,
+    )
+    dated = Table(
+        "dated", MetaData(), Column("k", Integer, primary_key=True), Column("at", DateTime)
+    )
+    assert _plain_insert(dialect, dated, ("k", "at")) is None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Dialect,
     Integer,
     Table,
     Text,
@@ -126,9 +128,33 @@ def _finish_row(r: AttemptResult) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class PreparedResults:
+    """A batch of results made ready for `record_results` before its transaction opens:
+    on SQLite this process's writers queue on one lock, which the transaction then holds
+    for its statements alone."""
+
+    results: Sequence[AttemptResult]
+    ordered: list[AttemptResult]
+    """In job_id order: one lock order for every duty that writes several rows."""
+    finish_rows: str
+    attempt_rows: dict[str, dict[str, object]]
+    """Each result's attempt row, by attempt id, as if its job was not cancelled."""
+
+
+def prepare_results(results: Sequence[AttemptResult]) -> PreparedResults:
+    ordered = sorted(results, key=lambda r: r.job_id)
+    return PreparedResults(
+        results,
+        ordered,
+        json.dumps([_finish_row(r) for r in ordered], separators=(",", ":")),
+        {r.attempt_id: _attempt_row(r, cancelled=False) for r in ordered},
+    )
+
+
 def record_results(
     conn: Connection,
-    results: Sequence[AttemptResult],
+    prepared: PreparedResults,
     *,
     backend: Backend,
     now: int,
@@ -151,15 +177,13 @@ def record_results(
     """
     if logged:
         _forget_unlogged(conn, backend, logged)
-    # In job_id order: one lock order for every duty that writes several rows.
-    ordered = sorted(results, key=lambda r: r.job_id)
-    rows = json.dumps([_finish_row(r) for r in ordered], separators=(",", ":"))
     # Keyed by lease as well: a batch may hold a stale result of a job beside its new one.
     statement = _finish_statement(backend)
-    finished = {(j, t) for j, t in conn.execute(statement, {"p_rows": rows, "p_now": now})}
+    params = {"p_rows": prepared.finish_rows, "p_now": now}
+    finished = {(j, t) for j, t in conn.execute(statement, params)}
     cancelled: set[str] = set()
     recorded: list[AttemptResult] = []
-    for r in ordered:
+    for r in prepared.ordered:
         if (r.job_id, r.lease_token) in finished:
             recorded.append(r)
         elif _finish_cancelled(conn, r, now):
@@ -169,9 +193,15 @@ def record_results(
             # A retry of a commit whose answer was lost (the connection dropped during
             # COMMIT): the attempt row is there, so the result was applied, once.
             finished.add((r.job_id, r.lease_token))
-    _write_recorded(conn, backend, recorded, cancelled, now=now, writer=writer)
+    rows = [
+        _attempt_row(r, cancelled=True)
+        if r.job_id in cancelled
+        else prepared.attempt_rows[r.attempt_id]
+        for r in recorded
+    ]
+    _write_recorded(conn, backend, recorded, rows, now=now, writer=writer)
     return Recorded(
-        [(r.job_id, r.lease_token) in finished or r.job_id in cancelled for r in results],
+        [(r.job_id, r.lease_token) in finished or r.job_id in cancelled for r in prepared.results],
         frozenset(cancelled),
     )
 
@@ -180,13 +210,13 @@ def _write_recorded(
     conn: Connection,
     backend: Backend,
     recorded: Sequence[AttemptResult],
-    cancelled: set[str],
+    rows: Sequence[dict[str, object]],
     *,
     now: int,
     writer: str | None,
 ) -> None:
-    """The attempt rows of the results whose fence held, their unlogged marks, and the
-    conversations' cooldowns."""
+    """The attempt rows (`rows`) of the results whose fence held, their unlogged marks,
+    and the conversations' cooldowns."""
     for r in recorded:
         if r.cooldown_until is not None and r.local_conversation_id is not None:
             conn.execute(
@@ -195,7 +225,6 @@ def _write_recorded(
                 .values(cooldown_until=r.cooldown_until, updated_at=now)
             )
     if recorded:
-        rows = [_attempt_row(r, r.job_id in cancelled) for r in recorded]
         _insert_rows(conn, backend, renewal_job_attempts, rows)
         marks = [{"attempt_id": r.attempt_id, "owner": writer or r.lease_owner or "",
                   "created_at": now}
@@ -207,12 +236,33 @@ def _insert_rows(
     conn: Connection, backend: Backend, table: Table, rows: Sequence[dict[str, object]]
 ) -> None:
     """Insert `rows` (all with the same keys): as one statement over a JSON array where
-    the backend's driver would spend a round of Python per row (`bulk_rows_as_json`)."""
+    the backend's driver would spend a round of Python per row (`bulk_rows_as_json`),
+    else by the driver's executemany, straight: SQLAlchemy's per-row handling of the
+    parameters would run while this process's other writers wait (SQLite)."""
     if not backend.bulk_rows_as_json:
-        conn.execute(insert(table), rows)
+        plain = _plain_insert(conn.dialect, table, tuple(rows[0]))
+        if plain is None:
+            conn.execute(insert(table), rows)
+        else:
+            text, keys = plain
+            conn.exec_driver_sql(text, [tuple(row[k] for k in keys) for row in rows])
         return
     statement = _json_insert(backend, table, tuple(rows[0]))
     conn.execute(statement, {"p_rows": json.dumps(rows, separators=(",", ":"))})
+
+
+@lru_cache(maxsize=8)
+def _plain_insert(
+    dialect: Dialect, table: Table, names: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]] | None:
+    """The INSERT's text for the driver and its parameters' order; None where a column's
+    type converts its values on the way in (the driver would get them unconverted)."""
+    if any(table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names):
+        return None
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
+    if compiled.positiontup is None:
+        return None
+    return str(compiled), tuple(compiled.positiontup)
 
 
 @lru_cache(maxsize=8)

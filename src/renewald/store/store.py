@@ -153,20 +153,34 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         inside the claim's transaction (on SQLite once it holds the write lock), so the lease
         runs from the claim, however long it waited for the lock or a retry."""
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
+        backend = self.backend
 
-        def tx(conn: Connection) -> list[ClaimedJob]:
-            claimed = claim.claim_due_jobs(
+        def claim_rows(conn: Connection) -> list[claim.Row]:
+            return claim.claim_due_rows(
                 conn,
-                self.backend,
+                backend,
                 self.due.statuses,
                 owner=owner,
                 clock=clock,
                 lease_ms=lease_ms,
                 limit=limit,
             )
-            return claim.load_targets(conn, claimed, backend=self.backend)
 
-        return self.write(tx)
+        def targets_of(conn: Connection, rows: list[claim.Row]) -> claim.TargetRows:
+            return claim.read_targets(conn, claim.conversation_ids(rows), backend=backend)
+
+        def claimed(conn: Connection) -> list[ClaimedJob]:
+            rows = claim_rows(conn)
+            return claim.claimed_jobs(rows, targets_of(conn, rows))
+
+        if not backend.serial_writes:
+            return self.write(claimed)
+        # This process's writers queue on one lock: the claim holds it for its statement
+        # alone; its targets are read, and its rows decoded, after the commit (claim.py).
+        rows = self.write(claim_rows)
+        if not rows:
+            return []
+        return claim.claimed_jobs(rows, self.read(lambda conn: targets_of(conn, rows)))
 
     def begin_sends(
         self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
@@ -209,9 +223,10 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         one transaction."""
         if not results and not logged:
             return Recorded([], frozenset())
+        prepared = attempts.prepare_results(results)
         return self.write(
             lambda conn: attempts.record_results(
-                conn, results, backend=self.backend, now=now, writer=writer, logged=logged
+                conn, prepared, backend=self.backend, now=now, writer=writer, logged=logged
             )
         )
 

@@ -24,18 +24,17 @@ Claims of different conversations never wait for each other; locks are scoped to
 transaction, so PgBouncer's transaction pooling keeps working. SKIP LOCKED still keeps a
 claim from waiting on rows that a finishing or rescuing transaction holds.
 
-The claimed rows come back as fetched (`claim_due_rows`), their conversations and links
-as well (`read_targets`), and `claimed_jobs` decodes them. Where writers are serialized
-(`Backend.serial_writes`: this process's writers queue on one lock), the claim's
-transaction is the claim statement alone; its targets are read in a read transaction
-after the commit and decoded then, so the lock is not held for them. Elsewhere the
-claim and its targets are one transaction, without extra round trips.
+The claimed rows come back as fetched (`claim_due_rows`); the caller decodes them
+(`Job.from_row`) and attaches their targets (`load_targets`). Where writers are
+serialized (`Backend.serial_writes`: this process's writers queue on one lock), the
+claim's transaction is the claim statement alone, and both come after its commit, the
+targets in a read transaction, so the lock is not held for them. Elsewhere the claim and
+its targets are one transaction, without extra round trips.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -44,6 +43,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    RowMapping,
     Select,
     Text,
     bindparam,
@@ -55,7 +55,7 @@ from sqlalchemy import (
 )
 
 from renewald.store.backend import Backend
-from renewald.store.decode import Decoder, conversation_gate
+from renewald.store.decode import conversation_gate
 from renewald.store.jobs import due_condition
 from renewald.store.models import ClaimedJob, Job, Link
 from renewald.store.schema import (
@@ -209,10 +209,6 @@ def _claim_locked_statement(backend: Backend):  # type: ignore[no-untyped-def]
     )
 
 
-Row = Mapping[Any, Any]
-"""A row as fetched: its values stay readable once its transaction has ended."""
-
-
 def claim_due_rows(
     conn: Connection,
     backend: Backend,
@@ -222,8 +218,9 @@ def claim_due_rows(
     clock: Callable[[], int],
     lease_ms: int,
     limit: int,
-) -> list[Row]:
-    """Claim up to `limit` due jobs: their `renewal_jobs` rows as claimed, undecoded."""
+) -> list[RowMapping]:
+    """Claim up to `limit` due jobs: their `renewal_jobs` rows as claimed, undecoded (the
+    values stay readable once the transaction has ended)."""
     gate = tuple(dispatch_statuses)
     # Read inside the transaction (SQLite's write lock is taken at BEGIN; PostgreSQL's
     # claim waits on no lock), so a claim that waited for a busy file or was retried still
@@ -247,54 +244,18 @@ def claim_due_rows(
     return list(conn.execute(statement, params).mappings())
 
 
-@dataclass(frozen=True)
-class TargetRows:
-    """The rows a claim's delivery targets come from, undecoded: the conversations and
-    their active links, latest observed first."""
-
-    conversations: list[Row]
-    links: list[Row]
-
-
-def conversation_ids(rows: Sequence[Row]) -> list[str]:
-    """The conversation of each claimed row, as `Job.from_row` will decode it."""
-    d = Decoder("renewal_jobs")
-    ids = (r.get("local_conversation_id") for r in rows)
-    return [i if type(i) is str else d.text("local_conversation_id", i) or "" for i in ids]
-
-
-def read_targets(
-    conn: Connection, conversation_ids: Iterable[str], *, backend: Backend
-) -> TargetRows:
-    ids = sorted(set(conversation_ids))
-    if not ids:
-        return TargetRows([], [])
-    conversations_of, links_of = _target_statements(backend)
-    return TargetRows(
-        list(conn.execute(conversations_of, {"ids": ids}).mappings()),
-        list(conn.execute(links_of, {"ids": ids}).mappings()),
-    )
-
-
-def claimed_jobs(rows: Sequence[Row], targets: TargetRows) -> list[ClaimedJob]:
-    """Decode claimed rows (`claim_due_rows`) and attach their targets (`read_targets`)."""
-    return attach_targets([Job.from_row(r) for r in rows], targets)
-
-
 def load_targets(conn: Connection, claimed: Sequence[Job], *, backend: Backend) -> list[ClaimedJob]:
     """Attach each claimed job's conversation platform and active link (latest observed)."""
     if not claimed:
         return []
-    ids = [j.local_conversation_id for j in claimed]
-    return attach_targets(claimed, read_targets(conn, ids, backend=backend))
-
-
-def attach_targets(claimed: Sequence[Job], targets: TargetRows) -> list[ClaimedJob]:
+    ids = sorted({j.local_conversation_id for j in claimed})
+    conversations_of, links_of = _target_statements(backend)
     platforms = {
-        row["local_conversation_id"]: conversation_gate(row) for row in targets.conversations
+        row["local_conversation_id"]: conversation_gate(row)
+        for row in conn.execute(conversations_of, {"ids": ids}).mappings()
     }
     links: dict[str, Link] = {}
-    for row in targets.links:
+    for row in conn.execute(links_of, {"ids": ids}).mappings():
         links.setdefault(row["local_conversation_id"], Link.from_row(row))
     ordered = sorted(claimed, key=lambda j: (j.next_attempt_at or 0, j.created_at, j.job_id))
     return [

@@ -204,8 +204,7 @@ _TIMES_OPTIONAL = _job_columns(lambda t: t is Millis, nullable=True)
 
 def job_values(row: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The values of a `renewal_jobs` row as `Job` declares them, and what did not fit."""
-    if type(row) is not dict:
-        row = dict(row)  # a plain dict's `get`, not the result row's Mapping one
+    row = dict(row)  # a plain dict's `get`, not the result row's Mapping one
     d = Decoder("renewal_jobs")
     values = d.texts(row, _TEXT_REQUIRED, nullable=False)
     kind = row.get("payload_kind")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Generic, TypeVar, cast
@@ -48,7 +47,7 @@ class Job:
     problems: tuple[str, ...] = ()
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Job:
+    def from_row(cls, row: RowMapping) -> Job:
         values, problems = job_values(row)
         # Not through __init__: a frozen dataclass's sets each of its 26 fields with
         # object.__setattr__, half of what decoding a claimed row cost (9 of 17 us).
@@ -75,7 +74,7 @@ class Link:
     problems: tuple[str, ...] = ()
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Link:
+    def from_row(cls, row: RowMapping) -> Link:
         values, problems = link_values(row)
         return cls(**values, problems=problems)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, RowMapping
 
 from renewald.errors import DatabaseError
 from renewald.store import (
@@ -155,7 +155,7 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
         clock: Callable[[], int] = now if callable(now) else (lambda: now)
         backend = self.backend
 
-        def claim_rows(conn: Connection) -> list[claim.Row]:
+        def claim_rows(conn: Connection) -> list[RowMapping]:
             return claim.claim_due_rows(
                 conn,
                 backend,
@@ -166,21 +166,16 @@ class Store(OperatorMethods, ScheduleMethods, TargetMethods):
                 limit=limit,
             )
 
-        def targets_of(conn: Connection, rows: list[claim.Row]) -> claim.TargetRows:
-            return claim.read_targets(conn, claim.conversation_ids(rows), backend=backend)
-
-        def claimed(conn: Connection) -> list[ClaimedJob]:
-            rows = claim_rows(conn)
-            return claim.claimed_jobs(rows, targets_of(conn, rows))
+        def claimed(conn: Connection, rows: list[RowMapping]) -> list[ClaimedJob]:
+            jobs = [Job.from_row(r) for r in rows]
+            return claim.load_targets(conn, jobs, backend=backend)
 
         if not backend.serial_writes:
-            return self.write(claimed)
+            return self.write(lambda conn: claimed(conn, claim_rows(conn)))
         # This process's writers queue on one lock: the claim holds it for its statement
-        # alone; its targets are read, and its rows decoded, after the commit (claim.py).
+        # alone; its rows are decoded, and its targets read, after the commit (claim.py).
         rows = self.write(claim_rows)
-        if not rows:
-            return []
-        return claim.claimed_jobs(rows, self.read(lambda conn: targets_of(conn, rows)))
+        return self.read(lambda conn: claimed(conn, rows)) if rows else []
 
     def begin_sends(
         self, *, owner: str, held: Sequence[tuple[str, int]], now: int, lease_ms: int
